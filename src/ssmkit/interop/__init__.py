@@ -1,0 +1,7 @@
+"""Hugging Face transformers Mamba / Mamba-2 checkpoints in and out (transformers imported lazily)."""
+
+from ssmkit._lazy import lazy_exports
+
+_EXPORTS = {"from_hf": "ssmkit.interop.hf", "to_hf": "ssmkit.interop.hf"}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

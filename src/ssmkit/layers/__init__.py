@@ -1,0 +1,21 @@
+"""nn.Modules on the mixer protocol (see base.py)."""
+
+from ssmkit._lazy import lazy_exports
+from ssmkit.layers.base import Mixer, state_nbytes
+from ssmkit.layers.norm import RMSNorm
+
+_EXPORTS = {
+    "S4": "ssmkit.layers.s4",
+    "S4D": "ssmkit.layers.s4",
+    "S5": "ssmkit.layers.s5",
+    "H3": "ssmkit.layers.h3",
+    "Hyena": "ssmkit.layers.hyena",
+    "Mamba": "ssmkit.layers.mamba",
+    "Mamba2": "ssmkit.layers.mamba2",
+    "Attention": "ssmkit.layers.attention",
+    "MLP": "ssmkit.layers.mlp",
+    "GatedMLP": "ssmkit.layers.mlp",
+    "MoE": "ssmkit.layers.mlp",
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted([*_EXPORTS, "Mixer", "RMSNorm", "state_nbytes"])

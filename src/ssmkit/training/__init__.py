@@ -1,0 +1,1 @@
+"""Data (tokenizers, corpora, synthetic tasks), the training loop and checkpoints."""

@@ -1,0 +1,14 @@
+import os
+
+import pytest
+import torch
+
+# Two xdist workers on two cores: one thread each, or they fight.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
