@@ -17,6 +17,7 @@ test-fast: setup
 	$(PY) -m pytest -n 2 -q -m "not slow" tests
 
 bench: setup           ## speed and memory benchmarks, ratios in one run
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m benchmarks
 
 reproduce: setup       ## the papers' claims at small scale -> docs/results.md
