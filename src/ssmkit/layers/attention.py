@@ -1,0 +1,170 @@
+"""Causal multi-head attention on the mixer protocol: grouped-query heads, rotary positions, an
+optional sliding window, through `F.scaled_dot_product_attention`.
+
+Glossary (code name: meaning)
+    n_head:     number of query heads (H)
+    n_kv_head:  number of key/value heads (grouped-query attention: n_head % n_kv_head == 0)
+    head_dim:   channels per head (d_model // n_head unless given)
+    rope_theta: base of the rotary frequencies, theta_i = rope_theta ** (-2i / head_dim)
+    window:     each query attends to at most `window` positions, itself included (None = all)
+    pos:        per row, how many tokens the layer has seen; the next token has position `pos`
+
+State = the KV cache, the one state in ssmkit that grows with the context:
+    {"k": (b, n_kv_head, t, head_dim), "v": (b, n_kv_head, t, head_dim), "pos": (b,) int64}
+Rotary embeddings are applied before caching, so cached keys never change. Cache slot j of row i
+holds the token at position `pos[i] - t + j`; a negative position marks an empty slot. That rule
+lets rows with different history lengths share one cache (left-padded with empty slots, see
+`Attention.cat_states`), which is how a batch of prompts of different lengths is decoded together.
+A window cache keeps only the last `window` slots, so its size is bounded.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmkit._checks import check_positive_int
+from ssmkit.layers.base import Mixer, StateDict
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + head_dim/2) of x by angle positions * inv_freq (GPT-NeoX layout).
+
+    x: (b, h, l, head_dim); positions: (b, l) int64; inv_freq: (head_dim/2,) float32.
+    """
+    angles = positions.to(torch.float32)[:, None, :, None] * inv_freq  # (b, 1, l, hd/2)
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (b, h, l, hd)
+    return out.to(x.dtype)
+
+
+class Attention(Mixer):
+    """Causal (or bidirectional) multi-head attention with GQA, RoPE and an optional sliding window.
+
+    Weights follow the hybrid Mamba checkpoints' attention mixer: `in_proj` (fused q, k, v) and
+    `out_proj`.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int = 8,
+        n_kv_head: int | None = None,
+        head_dim: int | None = None,
+        rope_theta: float = 10000.0,
+        window: int | None = None,
+        bias: bool = False,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        check_positive_int("d_model", d_model)
+        check_positive_int("n_head", n_head)
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        check_positive_int("n_kv_head", n_kv_head)
+        if n_head % n_kv_head != 0:
+            raise ValueError(f"Attention: n_head={n_head} must be a multiple of n_kv_head={n_kv_head}")
+        if head_dim is None:
+            if d_model % n_head != 0:
+                raise ValueError(
+                    f"Attention: d_model={d_model} must be divisible by n_head={n_head} (or give head_dim)"
+                )
+            head_dim = d_model // n_head
+        check_positive_int("head_dim", head_dim)
+        if head_dim % 2 != 0:
+            raise ValueError(f"Attention: head_dim must be even for rotary embeddings, got {head_dim}")
+        if window is not None:
+            check_positive_int("window", window)
+        if rope_theta <= 0:
+            raise ValueError(f"Attention: rope_theta must be > 0, got {rope_theta}")
+        self.d_model, self.n_head, self.n_kv_head, self.head_dim = d_model, n_head, n_kv_head, head_dim
+        self.rope_theta, self.window, self.bidirectional = float(rope_theta), window, bidirectional
+        kw = {"device": device, "dtype": dtype}
+        self.in_proj = nn.Linear(d_model, (n_head + 2 * n_kv_head) * head_dim, bias=bias, **kw)
+        self.out_proj = nn.Linear(n_head * head_dim, d_model, bias=bias, **kw)
+        inv_freq = rope_theta ** (
+            -torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+        )
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    # ---- protocol ---------------------------------------------------------------------------
+    def init_state(self, batch_size: int, device=None, dtype=None) -> StateDict:
+        self._check_causal("init_state")
+        device = self.in_proj.weight.device if device is None else device
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        empty = torch.zeros(batch_size, self.n_kv_head, 0, self.head_dim, device=device, dtype=dtype)
+        return {
+            "k": empty,
+            "v": empty.clone(),
+            "pos": torch.zeros(batch_size, dtype=torch.long, device=device),
+        }
+
+    def forward(self, x: torch.Tensor, state: StateDict | None = None, return_state: bool = False):
+        self._check_x(x)
+        if state is not None or return_state:
+            self._check_causal("a state")
+        if state is not None:
+            self._check_state(state, x.shape[0])
+        b, l, _ = x.shape
+        H, Hk, hd = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.in_proj(x).split([H * hd, Hk * hd, Hk * hd], dim=-1)
+        q = q.view(b, l, H, hd).transpose(1, 2)  # (b, H, l, hd)
+        k = k.view(b, l, Hk, hd).transpose(1, 2)  # (b, Hk, l, hd)
+        v = v.view(b, l, Hk, hd).transpose(1, 2)
+
+        pos0 = state["pos"] if state is not None else torch.zeros(b, dtype=torch.long, device=x.device)
+        positions = pos0[:, None] + torch.arange(l, device=x.device)  # (b, l)
+        q, k = rotary(q, positions, self.inv_freq), rotary(k, positions, self.inv_freq)
+        if state is not None:
+            k = torch.cat([state["k"].to(k.dtype), k], dim=2)  # (b, Hk, t + l, hd)
+            v = torch.cat([state["v"].to(v.dtype), v], dim=2)
+        t_past = k.shape[2] - l
+
+        if self.bidirectional or (t_past == 0 and self.window is None and state is None):
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=not self.bidirectional, enable_gqa=H != Hk)
+        else:
+            key_pos = pos0[:, None] - t_past + torch.arange(t_past + l, device=x.device)  # (b, t + l)
+            mask = (key_pos[:, None, :] <= positions[:, :, None]) & (key_pos >= 0)[:, None, :]
+            if self.window is not None:
+                mask &= positions[:, :, None] - key_pos[:, None, :] < self.window
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=H != Hk)
+        y = self.out_proj(y.transpose(1, 2).reshape(b, l, H * hd))  # (b, l, d_model)
+        if not return_state:
+            return y
+        if self.window is not None:
+            k, v = k[:, :, -self.window :], v[:, :, -self.window :]
+        return y, {"k": k, "v": v, "pos": pos0 + l}
+
+    def step(self, x_t: torch.Tensor, state: StateDict) -> tuple[torch.Tensor, StateDict]:
+        """One token; the cost grows with the cache length (at most `window` with a window)."""
+        self._check_x_t(x_t)
+        y, state = self.forward(x_t[:, None], state=state, return_state=True)
+        return y[:, 0], state
+
+    # ---- batching states of different lengths -----------------------------------------------
+    @staticmethod
+    def cat_states(states: list[StateDict]) -> StateDict:
+        """Concatenate caches along the batch, left-padding shorter ones with empty slots.
+
+        Valid because a slot's position is `pos - t + j`: padding on the left makes it negative.
+        """
+        t = max(s["k"].shape[2] for s in states)
+
+        def pad(c: torch.Tensor) -> torch.Tensor:
+            return F.pad(c, (0, 0, t - c.shape[2], 0))
+
+        return {
+            "k": torch.cat([pad(s["k"]) for s in states]),
+            "v": torch.cat([pad(s["v"]) for s in states]),
+            "pos": torch.cat([s["pos"] for s in states]),
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_head={self.n_head}, n_kv_head={self.n_kv_head}, "
+            f"head_dim={self.head_dim}, rope_theta={self.rope_theta}, window={self.window}, "
+            f"bidirectional={self.bidirectional}"
+        )

@@ -1,0 +1,166 @@
+"""Backbone: an embedding (or input projection), a stack of blocks from the config's layer pattern,
+and a final RMSNorm.
+
+A block is `x + mixer(norm(x))`, then, if the block has one, `x + mlp(norm2(x))`. The residual
+stream x stays in float32 (cfg.residual_in_fp32) whatever the parameter dtype; each sublayer reads
+a normalized copy cast to the parameter dtype.
+
+Weight names are the published Mamba checkpoints' (`embedding`, `layers.{i}.mixer.*`,
+`layers.{i}.norm`, `layers.{i}.norm2`, `layers.{i}.mlp.*`, `norm_f`), so that converting one is a rename.
+Per-layer states travel as a list of dicts (one per block, the mixer protocol's); the heads wrap
+that list in an `ssmkit.State`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+from torch import nn
+
+from ssmkit.layers.base import StateDict
+from ssmkit.layers.mlp import MLP, GatedMLP, MoE
+from ssmkit.layers.norm import RMSNorm
+from ssmkit.models.config import LAYER_TYPES, SSMConfig
+
+
+def mixer_class(kind: str) -> type:
+    """The mixer class for a layer name of the pattern (imported on first use)."""
+    module, _, cls = LAYER_TYPES[kind].partition(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise ImportError(f"layer {kind!r} needs {module}.{cls}, which is not available: {e}") from e
+
+
+def build_mixer(cfg: SSMConfig, kind: str) -> nn.Module:
+    kwargs = dict(cfg.layer_kwargs.get(kind, {}))
+    if kind == "attention":
+        for name in ("n_head", "n_kv_head", "rope_theta", "window"):
+            kwargs.setdefault(name, getattr(cfg, name))
+    if cfg.bidirectional:
+        kwargs["bidirectional"] = True
+    cls = mixer_class(kind)
+    try:
+        return cls(cfg.d_model, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"cannot build layer {kind!r} ({cls.__name__}) with {kwargs}: {e}") from e
+
+
+def build_mlp(cfg: SSMConfig) -> nn.Module:
+    if cfg.mlp == "moe":
+        return MoE(cfg.d_model, cfg.d_intermediate, n_experts=cfg.n_experts, top_k=cfg.top_k)
+    return (GatedMLP if cfg.mlp == "gated" else MLP)(cfg.d_model, cfg.d_intermediate)
+
+
+class Block(nn.Module):
+    """residual + mixer(norm(residual)) [+ mlp(norm2(residual))]; input and output: the residual stream."""
+
+    def __init__(self, cfg: SSMConfig, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mixer = build_mixer(cfg, kind)
+        if cfg.d_intermediate > 0:
+            self.norm2 = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+            self.mlp = build_mlp(cfg)
+        else:
+            self.norm2 = self.mlp = None
+
+    def _mlp(self, residual: torch.Tensor) -> torch.Tensor:
+        if self.mlp is None:
+            return residual
+        dtype = self.norm2.weight.dtype
+        return residual + self.mlp(self.norm2(residual).to(dtype)).to(residual.dtype)
+
+    def forward(self, residual: torch.Tensor, state: StateDict | None = None, return_state: bool = False):
+        h = self.norm(residual).to(self.norm.weight.dtype)  # (b, l, d) param dtype
+        if return_state:
+            y, state = self.mixer(h, state=state, return_state=True)
+        else:
+            y = self.mixer(h) if state is None else self.mixer(h, state=state)
+        residual = self._mlp(residual + y.to(residual.dtype))
+        return (residual, state) if return_state else residual
+
+    def step(self, residual_t: torch.Tensor, state: StateDict) -> tuple[torch.Tensor, StateDict]:
+        y, state = self.mixer.step(self.norm(residual_t).to(self.norm.weight.dtype), state)
+        return self._mlp(residual_t + y.to(residual_t.dtype)), state
+
+
+class Backbone(nn.Module):
+    """Embedding (tokens) or input projection (real-valued series) -> blocks -> norm_f."""
+
+    def __init__(self, cfg: SSMConfig):
+        super().__init__()
+        self.config = cfg
+        if cfg.input_dim is None:
+            self.embedding = nn.Embedding(cfg.vocab_size_padded, cfg.d_model)
+        else:
+            self.input_proj = nn.Linear(cfg.input_dim, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, kind) for kind in cfg.layer_types)
+        self.norm_f = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        cfg = self.config
+        if cfg.input_dim is None:
+            nn.init.normal_(self.embedding.weight, std=cfg.initializer_range)
+        if cfg.rescale_prenorm_residual:
+            # GPT-2 / Mamba: each residual branch's last projection scaled by 1/sqrt(#branches)
+            n_branches = cfg.n_layer * (2 if cfg.d_intermediate > 0 else 1)
+            with torch.no_grad():
+                for name, p in self.layers.named_parameters():
+                    if name.endswith(("out_proj.weight", "fc2.weight")):
+                        p.div_(math.sqrt(n_branches))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.norm_f.weight.dtype
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Token ids (b, l) or series (b, l, input_dim) -> residual stream (b, l, d_model)."""
+        if self.config.input_dim is None:
+            x = self.embedding(inputs)
+        else:
+            x = self.input_proj(inputs.to(self.input_proj.weight.dtype))
+        return x.float() if self.config.residual_in_fp32 else x
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> list[StateDict]:
+        device = self.norm_f.weight.device if device is None else device
+        dtype = self.dtype if dtype is None else dtype
+        return [blk.mixer.init_state(batch_size, device=device, dtype=dtype) for blk in self.layers]
+
+    def forward(
+        self, inputs: torch.Tensor, states: list[StateDict] | None = None, return_state: bool = False
+    ):
+        """inputs: (b, l) ids or (b, l, input_dim) -> hidden (b, l, d_model) after norm_f [, new states]."""
+        residual = self.embed(inputs)
+        new_states = []
+        for i, blk in enumerate(self.layers):
+            s = None if states is None else states[i]
+            if return_state:
+                residual, s = blk(residual, state=s, return_state=True)
+                new_states.append(s)
+            else:
+                residual = blk(residual, state=s)
+        hidden = self.norm_f(residual).to(self.dtype)
+        return (hidden, new_states) if return_state else hidden
+
+    def step(self, inputs_t: torch.Tensor, states: list[StateDict]) -> tuple[torch.Tensor, list[StateDict]]:
+        """One token per row: ids (b,) or series (b, input_dim) -> hidden (b, d_model), new states."""
+        residual = self.embed(inputs_t)
+        new_states = []
+        for blk, s in zip(self.layers, states):
+            residual, s = blk.step(residual, s)
+            new_states.append(s)
+        return self.norm_f(residual).to(self.dtype), new_states
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """Sum of the MoE load-balancing losses of the last forward (None without MoE sublayers)."""
+        losses = [
+            blk.mlp.aux_loss
+            for blk in self.layers
+            if isinstance(blk.mlp, MoE) and blk.mlp.aux_loss is not None
+        ]
+        return torch.stack(losses).sum() if losses else None

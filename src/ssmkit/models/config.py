@@ -1,0 +1,190 @@
+"""SSMConfig: everything that defines a model, as data (JSON-able, hashable).
+
+A hybrid is chosen by a pattern, not a subclass: `layers="mamba2*3,attention"` expands to
+mamba2, mamba2, mamba2, attention, and the pattern repeats (cut at the end) to `n_layer` layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# name in a pattern -> "module:Class"; the class is imported only when a model is built.
+LAYER_TYPES: dict[str, str] = {
+    "s4": "ssmkit.layers.s4:S4",
+    "s4d": "ssmkit.layers.s4:S4D",
+    "s5": "ssmkit.layers.s5:S5",
+    "h3": "ssmkit.layers.h3:H3",
+    "hyena": "ssmkit.layers.hyena:Hyena",
+    "mamba": "ssmkit.layers.mamba:Mamba",
+    "mamba2": "ssmkit.layers.mamba2:Mamba2",
+    "attention": "ssmkit.layers.attention:Attention",
+}
+MLP_TYPES = ("gated", "mlp", "moe")
+POOLINGS = ("mean", "last")
+
+
+def parse_pattern(pattern: str | list[str], n_layer: int) -> list[str]:
+    """ "mamba2*3,attention" (or a list of names) -> one layer name per layer, repeated to n_layer."""
+    if isinstance(pattern, str):
+        items = [p.strip().lower() for p in pattern.split(",") if p.strip()]
+    else:
+        items = [str(p).strip().lower() for p in pattern]
+    names: list[str] = []
+    for item in items:
+        name, _, count = item.partition("*")
+        name = name.strip()
+        if name not in LAYER_TYPES:
+            raise ValueError(
+                f"unknown layer name {name!r} in layers={pattern!r}; known: {sorted(LAYER_TYPES)}"
+            )
+        try:
+            n = int(count) if count else 1
+        except ValueError:
+            n = 0
+        if n <= 0:
+            raise ValueError(f"layers={pattern!r}: the count in {item!r} must be a positive int")
+        names += [name] * n
+    if not names:
+        raise ValueError(f"layers={pattern!r} names no layer; known: {sorted(LAYER_TYPES)}")
+    return [names[i % len(names)] for i in range(n_layer)]
+
+
+@dataclass
+class SSMConfig:
+    """Configuration of a Backbone and its heads. Derived fields are set in __post_init__."""
+
+    d_model: int = 256
+    """Width of the residual stream."""
+    n_layer: int = 4
+    """Number of blocks."""
+    vocab_size: int = 256
+    """Token vocabulary size (ignored when `input_dim` is set)."""
+    layers: str = "mamba2"
+    """Layer pattern: comma-separated names with optional `*count`, repeated to `n_layer`.
+    Names: s4, s4d, s5, h3, hyena, mamba, mamba2, attention."""
+    layer_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Keyword arguments per layer name, e.g. {"mamba2": {"headdim": 32}}; passed to the constructor."""
+    d_intermediate: int = 0
+    """Hidden width of the MLP sublayer of every block; 0 = no MLP sublayer (pure Mamba)."""
+    mlp: str = "gated"
+    """MLP sublayer kind: "gated" (SwiGLU), "mlp" (GELU) or "moe" (top-k mixture of gated experts)."""
+    n_experts: int = 8
+    """MoE: number of experts."""
+    top_k: int = 2
+    """MoE: experts per token."""
+    moe_aux_weight: float = 0.01
+    """MoE: weight of the load-balancing loss added to the training loss."""
+    n_head: int = 8
+    """Attention: query heads."""
+    n_kv_head: int | None = None
+    """Attention: key/value heads (grouped-query); None = n_head."""
+    rope_theta: float = 10000.0
+    """Attention: rotary base."""
+    window: int | None = None
+    """Attention: sliding window (positions attended, itself included); None = full causal."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    residual_in_fp32: bool = True
+    """Keep the residual stream in float32 whatever the parameter dtype."""
+    tie_embeddings: bool = True
+    """LM head shares the embedding matrix."""
+    pad_vocab_size_multiple: int = 8
+    """The embedding has vocab_size rounded up to this multiple (logits are cut back to vocab_size)."""
+    input_dim: int | None = None
+    """Real-valued input channels (series) instead of tokens: an input projection replaces the embedding."""
+    bidirectional: bool = False
+    """Build every mixer with bidirectional=True (classification of whole sequences; no streaming)."""
+    n_classes: int = 0
+    """SSMForSequenceClassification: number of classes."""
+    pooling: str = "mean"
+    """SSMForSequenceClassification: "mean" over valid positions or the "last" valid position."""
+    horizon: int = 0
+    """SSMForForecasting: number of future steps predicted."""
+    revin: bool = True
+    """SSMForForecasting: reversible instance normalization (per series mean/std, learned affine)."""
+    initializer_range: float = 0.02
+    """Std of the embedding's normal initialization."""
+    rescale_prenorm_residual: bool = True
+    """Scale out_proj / fc2 weights by 1/sqrt(2 n_layer) at init (GPT-2 / Mamba scheme)."""
+
+    # derived (not arguments)
+    vocab_size_padded: int = field(init=False)
+    """vocab_size rounded up to pad_vocab_size_multiple."""
+    layer_types: list[str] = field(init=False)
+    """One layer name per block, the expanded pattern."""
+
+    def __post_init__(self):
+        for name in ("d_model", "n_layer", "pad_vocab_size_multiple", "n_head", "n_experts", "top_k"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"SSMConfig.{name} must be a positive int, got {v!r}")
+        for name in ("d_intermediate", "n_classes", "horizon"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"SSMConfig.{name} must be an int >= 0, got {v!r}")
+        if self.input_dim is None and (not isinstance(self.vocab_size, int) or self.vocab_size <= 0):
+            raise ValueError(f"SSMConfig.vocab_size must be a positive int, got {self.vocab_size!r}")
+        if self.input_dim is not None and (not isinstance(self.input_dim, int) or self.input_dim <= 0):
+            raise ValueError(f"SSMConfig.input_dim must be a positive int or None, got {self.input_dim!r}")
+        if self.mlp not in MLP_TYPES:
+            raise ValueError(f"SSMConfig.mlp must be one of {list(MLP_TYPES)}, got {self.mlp!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"SSMConfig.pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+        if self.top_k > self.n_experts:
+            raise ValueError(f"SSMConfig.top_k={self.top_k} must be <= n_experts={self.n_experts}")
+        if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
+            raise ValueError(f"SSMConfig.n_kv_head={self.n_kv_head} must be a positive divisor of n_head")
+        if self.window is not None and (not isinstance(self.window, int) or self.window <= 0):
+            raise ValueError(f"SSMConfig.window must be a positive int or None, got {self.window!r}")
+        if not isinstance(self.layer_kwargs, dict):
+            raise TypeError(
+                f"SSMConfig.layer_kwargs must be a dict name -> dict, got {type(self.layer_kwargs)}"
+            )
+        for name, kw in self.layer_kwargs.items():
+            if name not in LAYER_TYPES:
+                raise ValueError(
+                    f"SSMConfig.layer_kwargs: unknown layer name {name!r}; known: {sorted(LAYER_TYPES)}"
+                )
+            if not isinstance(kw, dict):
+                raise TypeError(f"SSMConfig.layer_kwargs[{name!r}] must be a dict, got {type(kw).__name__}")
+        for name in ("rope_theta", "norm_eps", "moe_aux_weight", "initializer_range"):
+            setattr(self, name, float(getattr(self, name)))  # 1e4 and 10000 hash alike
+        if not isinstance(self.layers, str):
+            self.layers = ",".join(self.layers)
+        self.layer_types = parse_pattern(self.layers, self.n_layer)
+        m = self.pad_vocab_size_multiple
+        self.vocab_size_padded = -(-self.vocab_size // m) * m if self.input_dim is None else 0
+
+    # ---- data in and out ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The constructor arguments (no derived fields), JSON-able."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SSMConfig:
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        derived = {f.name for f in dataclasses.fields(cls) if not f.init}
+        unknown = set(d) - known - derived
+        if unknown:
+            raise ValueError(f"SSMConfig.from_dict: unknown fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def config_hash(self) -> str:
+        """A stable 16-hex-digit hash of the arguments (same config -> same hash, across processes)."""
+        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
