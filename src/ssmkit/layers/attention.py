@@ -28,15 +28,19 @@ from ssmkit._checks import check_positive_int
 from ssmkit.layers.base import Mixer, StateDict
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (i, i + head_dim/2) of x by angle positions * inv_freq (GPT-NeoX layout).
+def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate channel pairs (i, i + head_dim/2) of x by position * theta**(-2i/head_dim) (GPT-NeoX).
 
-    x: (b, h, l, head_dim); positions: (b, l) int64; inv_freq: (head_dim/2,) float32.
+    x: (b, h, l, head_dim); positions: (b, l) int64. Angles are formed in float64 (exact at 64k+
+    positions) and the rotation runs in float32, or float64 for a float64 x.
     """
-    angles = positions.to(torch.float32)[:, None, :, None] * inv_freq  # (b, 1, l, hd/2)
-    cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (b, h, l, hd)
+    hd = x.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, hd, 2, dtype=torch.float64, device=x.device) / hd)
+    angles = positions.to(torch.float64)[:, None, :, None] * inv_freq         # (b, 1, l, hd/2)
+    work = torch.promote_types(x.dtype, torch.float32)
+    cos, sin = angles.cos().to(work), angles.sin().to(work)
+    x1, x2 = x.to(work).chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)      # (b, h, l, hd)
     return out.to(x.dtype)
 
 
@@ -85,10 +89,6 @@ class Attention(Mixer):
         kw = {"device": device, "dtype": dtype}
         self.in_proj = nn.Linear(d_model, (n_head + 2 * n_kv_head) * head_dim, bias=bias, **kw)
         self.out_proj = nn.Linear(n_head * head_dim, d_model, bias=bias, **kw)
-        inv_freq = rope_theta ** (
-            -torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
-        )
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     # ---- protocol ---------------------------------------------------------------------------
     def init_state(self, batch_size: int, device=None, dtype=None) -> StateDict:
@@ -117,7 +117,7 @@ class Attention(Mixer):
 
         pos0 = state["pos"] if state is not None else torch.zeros(b, dtype=torch.long, device=x.device)
         positions = pos0[:, None] + torch.arange(l, device=x.device)  # (b, l)
-        q, k = rotary(q, positions, self.inv_freq), rotary(k, positions, self.inv_freq)
+        q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
         if state is not None:
             k = torch.cat([state["k"].to(k.dtype), k], dim=2)  # (b, Hk, t + l, hd)
             v = torch.cat([state["v"].to(v.dtype), v], dim=2)

@@ -93,7 +93,7 @@ class MoE(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (T, d) -> top-k expert ids (T, k), their weights (T, k), and the load-balancing loss."""
-        probs = self.router(x).float().softmax(dim=-1)  # (T, E)
+        probs = self.router(x).to(torch.promote_types(x.dtype, torch.float32)).softmax(dim=-1)  # (T, E)
         weights, experts = probs.topk(self.top_k, dim=-1)  # (T, k)
         weights = weights / weights.sum(dim=-1, keepdim=True)
         counts = torch.zeros(self.n_experts, device=x.device).index_add_(

@@ -1,0 +1,97 @@
+"""Attention: the five laws (full, windowed, grouped-query), a naive reference, mixed-length caches."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import assert_rel, check_laws
+
+from ssmkit.layers.attention import Attention
+
+CASES = [
+    dict(n_head=4),
+    dict(n_head=4, n_kv_head=2),
+    dict(n_head=4, n_kv_head=1, window=3),
+    dict(n_head=2, window=5, bias=True),
+]
+
+
+@pytest.mark.parametrize("kw", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_laws(kw):
+    layer = Attention(32, **kw)
+    check_laws(layer, torch.randn(2, 11, 32))
+
+
+def test_bidirectional_sees_future_and_has_no_state():
+    layer = Attention(16, n_head=2, bidirectional=True)
+    check_laws(layer, torch.randn(2, 7, 16), causal=False)
+    with pytest.raises(RuntimeError, match="bidirectional"):
+        layer.init_state(2)
+
+
+def naive_attention(layer: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Loop over heads and queries: RoPE by explicit 2x2 rotations, softmax over the allowed keys."""
+    b, l, _ = x.shape
+    H, Hk, hd = layer.n_head, layer.n_kv_head, layer.head_dim
+    q, k, v = layer.in_proj(x).split([H * hd, Hk * hd, Hk * hd], dim=-1)
+    q, k, v = q.view(b, l, H, hd), k.view(b, l, Hk, hd), v.view(b, l, Hk, hd)
+
+    def rope(t, p):  # t: (b, n, hd) at position p
+        out = t.clone()
+        for i in range(hd // 2):
+            theta = p * layer.rope_theta ** (-2 * i / hd)
+            c, s = math.cos(theta), math.sin(theta)
+            out[..., i] = t[..., i] * c - t[..., i + hd // 2] * s
+            out[..., i + hd // 2] = t[..., i + hd // 2] * c + t[..., i] * s
+        return out
+
+    qr = torch.stack([rope(q[:, p], p) for p in range(l)], 1)
+    kr = torch.stack([rope(k[:, p], p) for p in range(l)], 1)
+    y = torch.zeros(b, l, H, hd, dtype=x.dtype)
+    for h in range(H):
+        g = h // (H // Hk)
+        for t in range(l):
+            lo = 0 if layer.window is None else max(0, t - layer.window + 1)
+            scores = torch.einsum("bd,bsd->bs", qr[:, t, h], kr[:, lo : t + 1, g]) / math.sqrt(hd)
+            y[:, t, h] = torch.einsum("bs,bsd->bd", scores.softmax(-1), v[:, lo : t + 1, g])
+    return layer.out_proj(y.reshape(b, l, H * hd))
+
+
+@pytest.mark.parametrize("kw", CASES[:3], ids=["mha", "gqa", "mqa-window"])
+def test_matches_naive_reference_float64(kw):
+    layer = Attention(16, **kw).double()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert_rel(layer(x), naive_attention(layer, x), 1e-10, "attention vs naive")
+
+
+def test_window_cache_is_bounded():
+    layer = Attention(16, n_head=2, window=4)
+    _, st = layer(torch.randn(1, 20, 16), return_state=True)
+    assert st["k"].shape[2] == 4 and st["pos"].item() == 20
+
+
+def test_mixed_length_caches_batch_like_separate_rows():
+    """Rows with 3 and 7 tokens of history, batched through cat_states, decode as if alone."""
+    layer = Attention(16, n_head=4, n_kv_head=2).eval()
+    xa, xb, nxt = torch.randn(1, 3, 16), torch.randn(1, 7, 16), torch.randn(2, 4, 16)
+    with torch.no_grad():
+        _, sa = layer(xa, return_state=True)
+        _, sb = layer(xb, return_state=True)
+        st = Attention.cat_states([sa, sb])
+        assert st["k"].shape[2] == 7 and st["pos"].tolist() == [3, 7]
+        y = layer(nxt, state=st)
+        assert_rel(y[:1], layer(nxt[:1], state=sa), 1e-5, "short row")
+        assert_rel(y[1:], layer(nxt[1:], state=sb), 1e-5, "long row")
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="n_kv_head"):
+        Attention(32, n_head=4, n_kv_head=3)
+    with pytest.raises(ValueError, match="d_model"):
+        Attention(30, n_head=4)
+    layer = Attention(32, n_head=4)
+    with pytest.raises(ValueError, match="d_model=32"):
+        layer(torch.randn(1, 3, 16))
