@@ -28,11 +28,11 @@ def test_mlp_shapes_and_token_independence():
 
 def dense_moe_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     """Every expert on every token, weighted by the renormalized top-k router probabilities (0 elsewhere)."""
-    probs = F.softmax(moe.router(x), dim=-1)                                     # (T, E)
+    probs = F.softmax(moe.router(x), dim=-1)  # (T, E)
     top = probs.topk(moe.top_k, dim=-1)
     w = torch.zeros_like(probs).scatter(-1, top.indices, top.values)
     w = w / w.sum(-1, keepdim=True)
-    outs = torch.stack([e(x) for e in moe.experts], dim=1)                      # (T, E, d)
+    outs = torch.stack([e(x) for e in moe.experts], dim=1)  # (T, E, d)
     return (w[..., None] * outs).sum(1)
 
 
@@ -67,7 +67,7 @@ def test_moe_collapsed_router_gets_larger_loss():
     moe = MoE(8, 16, n_experts=4, top_k=1)
     with torch.no_grad():
         moe.router.weight.zero_()
-        moe.router.weight[0] = 10.0                                             # everything -> expert 0
+        moe.router.weight[0] = 10.0  # everything -> expert 0
     moe(torch.ones(20, 8))
     assert moe.aux_loss.item() > 3.0
 
