@@ -10,15 +10,25 @@ import textwrap
 
 import pytest
 import torch
-from test_models import tiny_lm
+from test_models import tiny_lm, toy_layer  # noqa: F401  (fixture)
 
 from ssmkit import State
 from ssmkit.inference.generate import sample_next
 
-PATTERNS = ["attention", "mamba2", "mamba", "s4d", "mamba2*3,attention", "s4d,attention", "mamba,attention"]
+PATTERNS = [
+    "toy,attention",
+    "attention",
+    "mamba2",
+    "mamba",
+    "s4d",
+    "mamba2*3,attention",
+    "s4d,attention",
+    "mamba,attention",
+]
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.usefixtures("toy_layer")
 def test_greedy_equals_argmax_of_full_forward(pattern):
     model = tiny_lm(pattern, d_intermediate=32)
     ids = torch.randint(0, 37, (2, 5))
@@ -42,7 +52,10 @@ def test_stream_yields_the_same_tokens(pattern):
     assert torch.is_grad_enabled()  # grad mode never leaks
 
 
-@pytest.mark.parametrize("pattern", ["attention", "mamba2", "s4d,attention", "mamba2*3,attention"])
+@pytest.mark.parametrize(
+    "pattern", ["toy,attention", "attention", "mamba2", "s4d,attention", "mamba2*3,attention"]
+)
+@pytest.mark.usefixtures("toy_layer")
 def test_left_padded_batch_equals_each_prompt_alone(pattern):
     model = tiny_lm(pattern)
     prompts = [torch.randint(0, 37, (n,)) for n in (3, 7, 5, 7)]
@@ -55,7 +68,8 @@ def test_left_padded_batch_equals_each_prompt_alone(pattern):
         assert torch.equal(out[i, L:], alone[0, len(p) :]), f"row {i}"
 
 
-@pytest.mark.parametrize("pattern", ["attention", "mamba2,attention", "s4d,attention"])
+@pytest.mark.parametrize("pattern", ["toy,attention", "attention", "mamba2,attention", "s4d,attention"])
+@pytest.mark.usefixtures("toy_layer")
 def test_chunked_prefill_equals_one_call(pattern):
     model = tiny_lm(pattern)
     ids = torch.randint(0, 37, (2, 11))

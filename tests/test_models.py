@@ -11,6 +11,7 @@ import torch
 from helpers import assert_rel
 
 from ssmkit import SSMConfig, SSMForCausalLM, SSMForForecasting, SSMForSequenceClassification
+from ssmkit.layers.base import Mixer
 from ssmkit.models.backbone import mixer_class
 from ssmkit.models.config import LAYER_TYPES
 
@@ -30,6 +31,44 @@ HYBRID = [
     "h3,mamba2",
     "hyena,attention",
 ]
+
+
+class ToyRecurrence(Mixer):
+    """Test double with a fixed-size state: h_t = a * h_{t-1} + B x_t, plus a 2-tap causal conv of x.
+
+    It lets the model tests exercise recurrent (non-growing) states before the real SSM layers land.
+    """
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+        self.B = torch.nn.Linear(d_model, d_model)
+        self.a_logit = torch.nn.Parameter(torch.randn(d_model))
+        self.conv = torch.nn.Parameter(torch.randn(2, d_model) / 2)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        z = torch.zeros(batch_size, self.d_model, device=device, dtype=dtype or torch.float32)
+        return {"h": z, "x_prev": z.clone()}
+
+    def forward(self, x, state=None, return_state=False):
+        state = self.init_state(x.shape[0], x.device, x.dtype) if state is None else state
+        ys = []
+        for t in range(x.shape[1]):
+            y, state = self.step(x[:, t], state)
+            ys.append(y)
+        y = torch.stack(ys, 1)
+        return (y, state) if return_state else y
+
+    def step(self, x_t, state):
+        a = torch.sigmoid(self.a_logit)
+        h = a * state["h"] + self.B(x_t)
+        return h + self.conv[0] * state["x_prev"] + self.conv[1] * x_t, {"h": h, "x_prev": x_t}
+
+
+@pytest.fixture
+def toy_layer(monkeypatch):
+    """Registers ToyRecurrence as layer name "toy" for one test."""
+    monkeypatch.setitem(LAYER_TYPES, "toy", "test_models:ToyRecurrence")
 
 
 def available(kind: str) -> bool:
@@ -122,8 +161,8 @@ def test_weight_names_follow_mamba_checkpoints():
 # ---- cached == full, chunked == one call -----------------------------------------------------
 
 
-@pytest.mark.parametrize("pattern", PURE + HYBRID)
-def test_step_logits_equal_full_forward(pattern):
+@pytest.mark.parametrize("pattern", PURE + HYBRID + ["toy,attention"])
+def test_step_logits_equal_full_forward(pattern, toy_layer):
     model = tiny_lm(pattern, d_intermediate=48)
     ids = torch.randint(0, 37, (2, 10))
     with torch.no_grad():
@@ -133,8 +172,8 @@ def test_step_logits_equal_full_forward(pattern):
     assert_rel(steps, full, 1e-4, f"{pattern}: step vs full")
 
 
-@pytest.mark.parametrize("pattern", PURE + HYBRID)
-def test_chunked_forward_equals_one_call(pattern):
+@pytest.mark.parametrize("pattern", PURE + HYBRID + ["toy,attention"])
+def test_chunked_forward_equals_one_call(pattern, toy_layer):
     model = tiny_lm(pattern)
     ids = torch.randint(0, 37, (2, 13))
     with torch.no_grad():

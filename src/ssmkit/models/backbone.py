@@ -127,8 +127,8 @@ class Backbone(nn.Module):
         return x.float() if self.config.residual_in_fp32 else x
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> list[StateDict]:
+        """Each mixer's empty state; dtype None lets each layer pick its own state dtype."""
         device = self.norm_f.weight.device if device is None else device
-        dtype = self.dtype if dtype is None else dtype
         return [blk.mixer.init_state(batch_size, device=device, dtype=dtype) for blk in self.layers]
 
     def forward(
