@@ -1,0 +1,150 @@
+"""Fused CPU kernels (numba) for h_t = a_t * h_{t-1} + b_t, forward and backward.
+
+Layout inside the kernels: every tensor is flattened to (batch, length, M), M = the product of the
+trailing dims; a is (batch or 1, length or 1, M) and broadcasts (index 0 where its size is 1), so a
+time-invariant a (S5's Lambda-bar) is never materialized over time. Complex tensors go to numba as
+complex64/complex128 arrays directly. Threads split M into blocks (prange); each block walks time
+in order, contiguous in M so the inner loop vectorizes.
+
+Backward (the reverse scan, conj for complex as in PyTorch's convention):
+    g_t = dL/dh_t + conj(a_{t+1}) g_{t+1};   dL/db_t = g_t;   dL/da_t = g_t conj(h_{t-1});
+    dL/dh_{-1} = conj(a_0) g_0.
+numba is imported inside this module only; `unsupported_reason` says when it cannot run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+_BLOCK = 256
+_kernels = None
+
+
+def unsupported_reason(*tensors: torch.Tensor) -> str | None:
+    if importlib.util.find_spec("numba") is None:
+        return "numba is not installed (pip install numba)"
+    for t in tensors:
+        if t is None:
+            continue
+        if t.device.type != "cpu":
+            return f"the cpu backend needs CPU tensors, got {t.device}"
+        if t.dtype not in _DTYPES:
+            return f"the cpu backend supports float32/float64/complex64/complex128, got {t.dtype}"
+    return None
+
+
+def _build():
+    import numba as nb
+    import numpy as np
+
+    @nb.njit(parallel=True, fastmath=False, cache=False)
+    def forward(a, b, h0, h):
+        Bn, L, M = b.shape
+        sa_b = a.shape[0] > 1
+        sa_t = a.shape[1] > 1
+        nblk = (M + _BLOCK - 1) // _BLOCK
+        for job in nb.prange(Bn * nblk):
+            i = job // nblk
+            m0 = (job % nblk) * _BLOCK
+            m1 = min(m0 + _BLOCK, M)
+            ia = i if sa_b else 0
+            for m in range(m0, m1):
+                h[i, 0, m] = a[ia, 0, m] * h0[i, m] + b[i, 0, m]
+            for t in range(1, L):
+                ta = t if sa_t else 0
+                for m in range(m0, m1):
+                    h[i, t, m] = a[ia, ta, m] * h[i, t - 1, m] + b[i, t, m]
+
+    @nb.njit(parallel=True, fastmath=False, cache=False)
+    def backward(a, h0, h, dh, g, da, dh0, conj):
+        Bn, L, M = h.shape
+        sa_b = a.shape[0] > 1
+        sa_t = a.shape[1] > 1
+        nblk = (M + _BLOCK - 1) // _BLOCK
+        for job in nb.prange(Bn * nblk):
+            i = job // nblk
+            m0 = (job % nblk) * _BLOCK
+            m1 = min(m0 + _BLOCK, M)
+            ia = i if sa_b else 0
+            for m in range(m0, m1):
+                g[i, L - 1, m] = dh[i, L - 1, m]
+            for t in range(L - 2, -1, -1):
+                ta = t + 1 if sa_t else 0
+                for m in range(m0, m1):
+                    an = a[ia, ta, m]
+                    if conj:
+                        an = np.conj(an)
+                    g[i, t, m] = dh[i, t, m] + an * g[i, t + 1, m]
+            for t in range(L - 1, 0, -1):
+                for m in range(m0, m1):
+                    hp = h[i, t - 1, m]
+                    if conj:
+                        hp = np.conj(hp)
+                    da[i, t, m] = g[i, t, m] * hp
+            ta = 0
+            for m in range(m0, m1):
+                hp = h0[i, m]
+                a0 = a[ia, ta, m]
+                if conj:
+                    hp = np.conj(hp)
+                    a0 = np.conj(a0)
+                da[i, 0, m] = g[i, 0, m] * hp
+                dh0[i, m] = g[i, 0, m] * a0
+
+    return forward, backward
+
+
+def _get():
+    global _kernels
+    if _kernels is None:
+        _kernels = _build()
+    return _kernels
+
+
+def _flat(a, b, h0):
+    """(Ba, La, M), (B, L, M), (B, M) contiguous views/copies for the kernels."""
+    Bn, L = b.shape[:2]
+    M = b[0, 0].numel()
+    a3 = a.expand(a.shape[0], a.shape[1], *b.shape[2:]).reshape(a.shape[0], a.shape[1], M).contiguous()
+    b3 = b.reshape(Bn, L, M).contiguous()
+    h03 = torch.zeros(Bn, M, dtype=b.dtype) if h0 is None else h0.expand(Bn, *b.shape[2:]).reshape(Bn, M).contiguous()
+    return a3, b3, h03
+
+
+class _CpuScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, h0):
+        fwd, _ = _get()
+        a3, b3, h03 = _flat(a.detach(), b.detach(), None if h0 is None else h0.detach())
+        h = torch.empty_like(b3)
+        fwd(a3.detach().numpy(), b3.detach().numpy(), h03.detach().numpy(), h.numpy())
+        ctx.save_for_backward(a3, h03, h)
+        ctx.shapes = (a.shape, b.shape, None if h0 is None else h0.shape)
+        return h.view(b.shape)
+
+    @staticmethod
+    def backward(ctx, dh):
+        _, bwd = _get()
+        a3, h03, h = ctx.saved_tensors
+        a_shape, b_shape, h0_shape = ctx.shapes
+        dh3 = dh.reshape(h.shape).contiguous()
+        g = torch.empty_like(h)
+        need_a = ctx.needs_input_grad[0]
+        da = torch.empty_like(h)
+        dh0 = torch.empty_like(h03)
+        bwd(a3.numpy(), h03.numpy(), h.numpy(), dh3.numpy(), g.numpy(), da.numpy(), dh0.numpy(), h.is_complex())
+        da_out = None
+        if need_a:
+            da_out = da.sum_to_size(a3.shape).reshape(a3.shape[0], a3.shape[1], *b_shape[2:]).sum_to_size(a_shape)
+        dh0_out = None
+        if h0_shape is not None and ctx.needs_input_grad[2]:
+            dh0_out = dh0.reshape(b_shape[:1] + b_shape[2:]).sum_to_size(h0_shape)
+        return da_out, g.view(b_shape) if ctx.needs_input_grad[1] else None, dh0_out
+
+
+def parallel_scan(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None = None):
+    h = _CpuScan.apply(a, b, initial_state)
+    return h, h[:, -1]
