@@ -3,11 +3,11 @@ state, gradients to a, b and the initial state; real and complex; broadcast a), 
 
 import pytest
 import torch
-
 from helpers import assert_rel
+
 from ssmkit.ops import parallel_scan
-from ssmkit.ops.parallel_scan import chunked, cpu, reference
 from ssmkit.ops._dispatch import unsupported_reason
+from ssmkit.ops.parallel_scan import chunked, cpu, reference
 
 HAS_CPU = unsupported_reason("parallel_scan", "cpu", torch.zeros(1)) is None
 TOL = {torch.float32: 1e-5, torch.complex64: 1e-5, torch.float64: 1e-12, torch.complex128: 1e-12}
@@ -71,8 +71,11 @@ def test_reference_backend_long_input_is_chunked_and_exact():
 def test_gradcheck(dtype, path):
     if path == "cpu" and not HAS_CPU:
         pytest.skip("numba missing")
-    fn = {"reference": reference.parallel_scan, "chunked": lambda a, b, s: chunked.parallel_scan(a, b, s, chunk=2),
-          "cpu": cpu.parallel_scan}[path]
+    fn = {
+        "reference": reference.parallel_scan,
+        "chunked": lambda a, b, s: chunked.parallel_scan(a, b, s, chunk=2),
+        "cpu": cpu.parallel_scan,
+    }[path]
     a, b, s = _inputs(dtype, (2, 5, 3), (2, 5, 3))
     assert torch.autograd.gradcheck(lambda a, b, s: fn(a, b, s), (a, b, s))
     a1, b1, s1 = _inputs(dtype, (1, 1, 3), (2, 5, 3))

@@ -40,8 +40,9 @@ def parallel_scan(
     """
     check_tensor("b", b, dtypes=_DTYPES)
     if b.dim() < 2:
-        raise ValueError(f"b must have at least 2 dimensions (batch, length, ...), got shape {tuple(b.shape)}")
-    check_tensor("a", a, ndim=b.dim(), dtypes=(b.dtype,), legend=f"(like b: {tuple(b.shape)}, dims of 1 broadcast)")
+        raise ValueError(f"b must have at least 2 dimensions (batch, length, ...), got {tuple(b.shape)}")
+    legend = f"(like b: {tuple(b.shape)}, dims of 1 broadcast)"
+    check_tensor("a", a, ndim=b.dim(), dtypes=(b.dtype,), legend=legend)
     if any(sa not in (1, sb) for sa, sb in zip(a.shape, b.shape)):
         raise ValueError(
             f"a must broadcast against b (each dim equal to b's or 1): b has shape {tuple(b.shape)}, "

@@ -74,6 +74,8 @@ class _ChunkedScan(torch.autograd.Function):
         return da, g if ctx.needs_input_grad[1] else None, dh0, None
 
 
-def parallel_scan(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None = None, chunk: int = CHUNK):
+def parallel_scan(
+    a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None = None, chunk: int = CHUNK
+):
     h = _ChunkedScan.apply(a, b, initial_state, chunk)
     return h, h[:, -1]

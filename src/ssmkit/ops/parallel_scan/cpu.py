@@ -69,30 +69,37 @@ def _build():
             m0 = (job % nblk) * _BLOCK
             m1 = min(m0 + _BLOCK, M)
             ia = i if sa_b else 0
-            for m in range(m0, m1):
-                g[i, L - 1, m] = dh[i, L - 1, m]
-            for t in range(L - 2, -1, -1):
+            # one reverse pass: g_t from g_{t+1}, then da_t = g_t conj(h_{t-1}) while g_t is hot
+            for t in range(L - 1, 0, -1):
                 ta = t + 1 if sa_t else 0
                 for m in range(m0, m1):
-                    an = a[ia, ta, m]
-                    if conj:
-                        an = np.conj(an)
-                    g[i, t, m] = dh[i, t, m] + an * g[i, t + 1, m]
-            for t in range(L - 1, 0, -1):
-                for m in range(m0, m1):
+                    gt = dh[i, t, m]
+                    if t < L - 1:
+                        an = a[ia, ta, m]
+                        if conj:
+                            an = np.conj(an)
+                        gt += an * g[i, t + 1, m]
+                    g[i, t, m] = gt
                     hp = h[i, t - 1, m]
                     if conj:
                         hp = np.conj(hp)
-                    da[i, t, m] = g[i, t, m] * hp
-            ta = 0
+                    da[i, t, m] = gt * hp
+            ta1 = 1 if sa_t else 0
             for m in range(m0, m1):
+                gt = dh[i, 0, m]
+                if L > 1:
+                    an = a[ia, ta1, m]
+                    if conj:
+                        an = np.conj(an)
+                    gt += an * g[i, 1, m]
+                g[i, 0, m] = gt
                 hp = h0[i, m]
-                a0 = a[ia, ta, m]
+                a0 = a[ia, 0, m]
                 if conj:
                     hp = np.conj(hp)
                     a0 = np.conj(a0)
-                da[i, 0, m] = g[i, 0, m] * hp
-                dh0[i, m] = g[i, 0, m] * a0
+                da[i, 0, m] = gt * hp
+                dh0[i, m] = gt * a0
 
     return forward, backward
 
@@ -110,7 +117,10 @@ def _flat(a, b, h0):
     M = b[0, 0].numel()
     a3 = a.expand(a.shape[0], a.shape[1], *b.shape[2:]).reshape(a.shape[0], a.shape[1], M).contiguous()
     b3 = b.reshape(Bn, L, M).contiguous()
-    h03 = torch.zeros(Bn, M, dtype=b.dtype) if h0 is None else h0.expand(Bn, *b.shape[2:]).reshape(Bn, M).contiguous()
+    if h0 is None:
+        h03 = torch.zeros(Bn, M, dtype=b.dtype)
+    else:
+        h03 = h0.expand(Bn, *b.shape[2:]).reshape(Bn, M).contiguous()
     return a3, b3, h03
 
 
@@ -135,10 +145,11 @@ class _CpuScan(torch.autograd.Function):
         need_a = ctx.needs_input_grad[0]
         da = torch.empty_like(h)
         dh0 = torch.empty_like(h03)
-        bwd(a3.numpy(), h03.numpy(), h.numpy(), dh3.numpy(), g.numpy(), da.numpy(), dh0.numpy(), h.is_complex())
+        arrays = (a3, h03, h, dh3, g, da, dh0)
+        bwd(*(t.numpy() for t in arrays), h.is_complex())
         da_out = None
         if need_a:
-            da_out = da.sum_to_size(a3.shape).reshape(a3.shape[0], a3.shape[1], *b_shape[2:]).sum_to_size(a_shape)
+            da_out = da.sum_to_size(a3.shape).reshape(*a3.shape[:2], *b_shape[2:]).sum_to_size(a_shape)
         dh0_out = None
         if h0_shape is not None and ctx.needs_input_grad[2]:
             dh0_out = dh0.reshape(b_shape[:1] + b_shape[2:]).sum_to_size(h0_shape)

@@ -16,10 +16,11 @@ import torch
 
 
 def parallel_scan(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None = None):
-    a = a.expand_as(b)
+    # unbind, not a[:, t]: indexing's backward would build a full-size zero tensor per step
+    a_t = a.expand_as(b).unbind(1)
     h = torch.zeros_like(b[:, 0]) if initial_state is None else initial_state
     hs = []
-    for t in range(b.shape[1]):
-        h = a[:, t] * h + b[:, t]
+    for t, b_t in enumerate(b.unbind(1)):
+        h = a_t[t] * h + b_t
         hs.append(h)
     return torch.stack(hs, dim=1), h

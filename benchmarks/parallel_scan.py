@@ -1,0 +1,80 @@
+"""parallel_scan forward+backward time: the numba CPU path and the chunked PyTorch scan against the
+sequential loop (the reference), side by side in one run, with the ratio to the loop.
+
+    .venv/bin/python -m benchmarks.parallel_scan                          # b=1, l=4096, d=512, n=64
+    .venv/bin/python -m benchmarks.parallel_scan --length 1024 --dtype complex64 --repeats 3
+
+a, b have shape (batch, length, d, n): the shape of S5 / selective-scan states. Each timing is the
+median of `--repeats` runs of forward + backward with dL/dh = w (w fixed: h.backward(w)), after one
+warm-up run (which also compiles the numba kernels). `--threads` sets torch and numba threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from ssmkit.ops.parallel_scan import chunked, cpu, reference
+
+PATHS = {
+    "loop (reference)": reference.parallel_scan,
+    "chunked": chunked.parallel_scan,
+    "cpu (numba)": cpu.parallel_scan,
+}
+
+
+def time_path(fn, a, b, w, repeats: int) -> float:
+    times = []
+    for i in range(repeats + 1):
+        a_, b_ = a.detach().requires_grad_(True), b.detach().requires_grad_(True)
+        t0 = time.perf_counter()
+        h, _ = fn(a_, b_, None)
+        h.backward(w)
+        if i > 0:
+            times.append(time.perf_counter() - t0)
+        del h, a_, b_
+    return statistics.median(times)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--length", type=int, default=4096)
+    p.add_argument("--d", type=int, default=512)
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--dtype", default="float32", choices=["float32", "complex64"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        import numba
+
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+    dtype = getattr(torch, args.dtype)
+    shape = (args.batch, args.length, args.d, args.n)
+    torch.manual_seed(0)
+    a = torch.rand(shape) * 0.5 + 0.45
+    if dtype.is_complex:
+        a = a * torch.exp(1j * torch.randn(shape))
+    b = torch.randn(shape, dtype=dtype)
+    w = torch.randn(shape, dtype=dtype)
+    print(f"parallel_scan fwd+bwd, a, b {shape} {args.dtype}, threads={args.threads}, "
+          f"median of {args.repeats}")
+    base = None
+    for name, fn in PATHS.items():
+        if name.startswith("cpu") and cpu.unsupported_reason(a, b) is not None:
+            print(f"{name:18s} skipped: {cpu.unsupported_reason(a, b)}")
+            continue
+        t = time_path(fn, a, b, w, args.repeats)
+        base = base or t
+        print(f"{name:18s} {t * 1e3:10.1f} ms   {base / t:6.2f}x vs loop")
+
+
+if __name__ == "__main__":
+    main()
