@@ -144,6 +144,7 @@ class SSMForCausalLM(PretrainedMixin, nn.Module):
         if cfg.input_dim is not None:
             raise ValueError("SSMForCausalLM needs token input: build it with input_dim=None")
         self.config = cfg
+        self._config_hash = cfg.config_hash()  # once: a decode step checks it on every token
         self.backbone = Backbone(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size_padded, bias=False)
         if cfg.tie_embeddings:
@@ -155,7 +156,7 @@ class SSMForCausalLM(PretrainedMixin, nn.Module):
         from ssmkit.inference.state import State  # models -> inference, lazily (State imports no model)
 
         layers = self.backbone.init_state(batch_size, device=device, dtype=dtype)
-        return State(layers, self.config.layer_types, self.config.config_hash())
+        return State(layers, self.config.layer_types, self._config_hash)
 
     def _check_state(self, state, batch_size: int) -> None:
         from ssmkit.inference.state import State
@@ -164,7 +165,7 @@ class SSMForCausalLM(PretrainedMixin, nn.Module):
             raise TypeError(
                 f"state must be an ssmkit.State (from model.init_state), got {type(state).__name__}"
             )
-        state.check_for(self.config.config_hash(), self.config.layer_types, batch_size)
+        state.check_for(self._config_hash, self.config.layer_types, batch_size)
 
     def _check_ids(self, input_ids: torch.Tensor, name: str = "input_ids", ndim: int = 2) -> None:
         check_tensor(
