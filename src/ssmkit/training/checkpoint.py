@@ -1,0 +1,95 @@
+"""Training checkpoints: model, optimizer, scheduler, data position (the step) and every RNG.
+
+Written atomically: the file goes to a temporary name in the same directory, is flushed to disk,
+then renamed over the old one (os.replace is atomic on POSIX), so a crash at any moment leaves
+either the previous checkpoint or the new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            **np_state,
+            "state": {
+                k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in np_state["state"].items()
+            },
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np_state = {
+        **np_state,
+        "state": {
+            k: (np.asarray(v, dtype=np.uint32) if isinstance(v, list) else v)
+            for k, v in np_state["state"].items()
+        },
+    }
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save to `path` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path: str, model, optimizer, scheduler, step: int, extra: dict | None = None) -> None:
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "rng": rng_state(),
+            "extra": extra or {},
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: str, model, optimizer=None, scheduler=None, map_location="cpu") -> dict:
+    """Restore into the given objects; returns the checkpoint dict (step, extra, ...)."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path} (truncated or corrupt?): {e}") from e
+    model.load_state_dict(ckpt["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"])
+    return ckpt
