@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+DEFAULT_MODEL = {"d_model": 128, "n_layer": 4, "layers": "mamba2"}
+
+
 class ConfigError(ValueError):
     """A bad configuration key or value; the message is one line naming the key."""
 
@@ -20,8 +23,8 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # ---- model ---------------------------------------------------------------------------------
-    model: dict[str, Any] = field(default_factory=lambda: {"d_model": 128, "n_layer": 4, "layers": "mamba2"})
-    """SSMConfig arguments; vocab_size is set from the tokenizer."""
+    model: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MODEL))
+    """SSMConfig arguments over DEFAULT_MODEL; vocab_size is set from the tokenizer."""
     # ---- data ----------------------------------------------------------------------------------
     corpus: str = "stdlib"
     """"stdlib" (built in), "kjv", "python-docs", "dna", or files / a directory / a glob."""
@@ -99,6 +102,14 @@ class TrainConfig:
             raise ConfigError(
                 f"config key 'model' must be a mapping of SSMConfig arguments, got {self.model!r}"
             )
+        from ssmkit.models.config import SSMConfig
+
+        model_keys = {f.name for f in dataclasses.fields(SSMConfig) if f.init}
+        for key in self.model:
+            if key not in model_keys:
+                raise ConfigError(
+                    f"unknown model config key {key!r} (SSMConfig arguments: {', '.join(sorted(model_keys))})"
+                )
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"config key 'val_fraction' must be in (0, 1), got {self.val_fraction!r}")
 
@@ -114,6 +125,8 @@ class TrainConfig:
             if key not in known:
                 raise ConfigError(f"{source}: unknown config key {key!r} (known: {', '.join(sorted(known))})")
         values = {}
+        if isinstance(d.get("model"), dict):
+            d = {**d, "model": {**DEFAULT_MODEL, **d["model"]}}
         for key, value in d.items():
             default = known[key].default
             if isinstance(default, float) and not isinstance(value, bool):
