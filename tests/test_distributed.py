@@ -7,11 +7,11 @@ import os
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_training import TinyLM, periodic_tokens, tiny_cfg
 
 from ssmkit.training import distributed as D
 from ssmkit.training.data import LMBatches
 from ssmkit.training.loop import train
-from test_training import TinyLM, periodic_tokens, tiny_cfg
 
 STEPS, GLOBAL_BATCH = 4, 8
 
@@ -24,7 +24,9 @@ def _run(rank: int, world: int, init_file: str, out: str) -> None:
     assert (info.rank, info.world_size) == (rank, world)
     torch.manual_seed(0)
     model = TinyLM()
-    batches = LMBatches(periodic_tokens(), 16, GLOBAL_BATCH, seed=5, rank=info.rank, world_size=info.world_size)
+    batches = LMBatches(
+        periodic_tokens(), 16, GLOBAL_BATCH, seed=5, rank=info.rank, world_size=info.world_size
+    )
     cfg = tiny_cfg(max_steps=STEPS, grad_accum=2, save_every=0, lr=3e-2)
     res = train(model, batches, cfg, info=info)
     if info.is_main:

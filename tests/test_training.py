@@ -60,8 +60,18 @@ def periodic_tokens(n: int = 4000, vocab: int = 32, seed: int = 0) -> TokenArray
 
 
 def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(max_steps=8, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=2, eval_every=0, log_every=100,
-                save_every=3, device="cpu", seed=0)
+    base = dict(
+        max_steps=8,
+        batch_size=4,
+        seq_len=16,
+        lr=1e-2,
+        warmup_steps=2,
+        eval_every=0,
+        log_every=100,
+        save_every=3,
+        device="cpu",
+        seed=0,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -70,7 +80,9 @@ def test_loss_goes_down_on_a_tiny_task():
     data = periodic_tokens()
     model = TinyLM()
     cfg = tiny_cfg(max_steps=40, save_every=0, eval_every=20)
-    res = train(model, LMBatches(data, 16, 8), cfg, val_windows=eval_windows(data, 16, 8), bytes_per_token=1.0)
+    res = train(
+        model, LMBatches(data, 16, 8), cfg, val_windows=eval_windows(data, 16, 8), bytes_per_token=1.0
+    )
     first, last = res.train_losses[0][1], res.train_losses[-1][1]
     assert first > 3.0 and last < 0.5 * first, (first, last)
     assert res.evals[-1]["acc"] > 0.9 and res.evals[-1]["bpb"] < 1.0
@@ -96,13 +108,19 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 
     torch.manual_seed(1)
     with pytest.raises(Killed):
-        train(TinyLM(), LMBatches(data, 16, 4, seed=3), tiny_cfg(grad_accum=2), out_dir=str(tmp_path / "b"),
-              on_step=kill_at_5)
+        train(
+            TinyLM(),
+            LMBatches(data, 16, 4, seed=3),
+            tiny_cfg(grad_accum=2),
+            out_dir=str(tmp_path / "b"),
+            on_step=kill_at_5,
+        )
     assert torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=True)["step"] == 3
     torch.manual_seed(123)  # a different process would start from other weights and RNG
     resumed_model = TinyLM()
-    resumed = train(resumed_model, LMBatches(data, 16, 4, seed=3), tiny_cfg(grad_accum=2),
-                    out_dir=str(tmp_path / "b"))
+    resumed = train(
+        resumed_model, LMBatches(data, 16, 4, seed=3), tiny_cfg(grad_accum=2), out_dir=str(tmp_path / "b")
+    )
     assert [s for s, _ in resumed.train_losses] == [4, 5, 6, 7, 8]
     assert resumed.train_losses == ref.train_losses[3:]  # same losses, bitwise
     for k, v in _weights(full).items():
@@ -208,8 +226,9 @@ def _ssm_lm(layers="attention"):
     from ssmkit.models.heads import SSMForCausalLM
 
     torch.manual_seed(0)
-    return SSMForCausalLM(SSMConfig(d_model=32, n_layer=2, vocab_size=32, layers=layers, n_head=2,
-                                    d_intermediate=64))
+    return SSMForCausalLM(
+        SSMConfig(d_model=32, n_layer=2, vocab_size=32, layers=layers, n_head=2, d_intermediate=64)
+    )
 
 
 def test_gradient_checkpointing_same_gradients():
@@ -227,15 +246,24 @@ def test_gradient_checkpointing_same_gradients():
 def test_trains_the_real_model_with_bf16_autocast():
     model = _ssm_lm()
     data = periodic_tokens()
-    res = train(model, LMBatches(data, 16, 4), tiny_cfg(max_steps=6, save_every=0, dtype="bfloat16"),
-                val_windows=eval_windows(data, 16, 4), bytes_per_token=1.0)
+    res = train(
+        model,
+        LMBatches(data, 16, 4),
+        tiny_cfg(max_steps=6, save_every=0, dtype="bfloat16"),
+        val_windows=eval_windows(data, 16, 4),
+        bytes_per_token=1.0,
+    )
     assert all(math.isfinite(loss) for _, loss in res.train_losses)
     assert res.train_losses[-1][1] < res.train_losses[0][1]
     assert math.isfinite(res.evals[-1]["bpb"])
 
 
 def test_max_time_stops_with_a_checkpoint(tmp_path):
-    res = train(TinyLM(), LMBatches(periodic_tokens(), 16, 4), tiny_cfg(max_steps=10_000, max_time=0.3),
-                out_dir=str(tmp_path))
+    res = train(
+        TinyLM(),
+        LMBatches(periodic_tokens(), 16, 4),
+        tiny_cfg(max_steps=10_000, max_time=0.3),
+        out_dir=str(tmp_path),
+    )
     assert res.stopped == "max_time" and res.step < 10_000
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["step"] == res.step

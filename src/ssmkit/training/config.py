@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-
 DEFAULT_MODEL = {"d_model": 128, "n_layer": 4, "layers": "mamba2"}
 
 
