@@ -65,10 +65,11 @@ def _discretize(Lambda: torch.Tensor, step: torch.Tensor, method: str) -> tuple[
     from ssmkit.math import discretize
 
     fn = discretize.zoh if method == "zoh" else discretize.bilinear
-    Lambda = Lambda.expand(torch.broadcast_shapes(Lambda.shape, step.shape))
-    ones = torch.ones_like(Lambda)
-    Lambda_bar, B_bar = fn(Lambda, ones, step.to(Lambda.dtype), diagonal=True)
-    return Lambda_bar, B_bar.reshape(Lambda.shape)
+    shape = torch.broadcast_shapes(Lambda.shape, step.shape)
+    # every state is its own 1-state diagonal system, so each gets its own step (dt spans A's batch dims)
+    Lambda = Lambda.expand(shape).unsqueeze(-1)                          # (..., n, 1)
+    Lambda_bar, B_bar = fn(Lambda, torch.ones_like(Lambda), step.expand(shape).to(Lambda.dtype), diagonal=True)
+    return Lambda_bar.reshape(shape), B_bar.reshape(shape)
 
 
 class S5(Mixer):
