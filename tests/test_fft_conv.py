@@ -1,0 +1,114 @@
+"""ssmkit.ops.fft_conv: the FFT path against the direct causal convolution (the oracle)."""
+
+import numpy as np
+import pytest
+import torch
+
+from ssmkit.ops import fft_conv
+from ssmkit.ops.fft_conv import cpu, reference
+from tests.helpers import TOL, assert_rel
+
+
+def _inputs(b, d, l, lk, dtype, channels=None, skip=True):
+    u = torch.randn(b, d, l, dtype=dtype)
+    kshape = (d, lk) if channels is None else (channels, d, lk)
+    k = torch.randn(kshape, dtype=dtype) / lk**0.5
+    D = torch.randn(kshape[:-1], dtype=dtype) if skip else None
+    return u, k, D
+
+
+def test_reference_is_the_textbook_convolution():
+    u, k, D = _inputs(1, 2, 23, 9, torch.float64)
+    y = reference.fft_conv(u, k[None], D[None])[:, 0]
+    for ch in range(2):
+        want = np.convolve(u[0, ch].numpy(), k[ch].numpy())[:23] + D[ch].item() * u[0, ch].numpy()
+        np.testing.assert_allclose(y[0, ch].numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("l,lk", [(64, 64), (37, 37), (101, 13), (50, 80), (1, 1)])
+@pytest.mark.parametrize("channels", [None, 3])
+def test_fft_matches_direct(dtype, l, lk, channels):
+    u, k, D = _inputs(2, 4, l, lk, dtype, channels)
+    y = fft_conv(u, k, D, backend="cpu")
+    y_ref = fft_conv(u, k, D, backend="reference")
+    assert y.dtype == dtype and y.shape == ((2, 4, l) if channels is None else (2, channels, 4, l))
+    assert_rel(y, y_ref, 1e-12 if dtype == torch.float64 else 1e-5, "fft vs direct")
+
+
+def test_no_skip_and_auto_backend():
+    u, k, _ = _inputs(2, 3, 40, 40, torch.float64, skip=False)
+    assert_rel(fft_conv(u, k), fft_conv(u, k, backend="reference"), 1e-12, "D=None")
+
+
+def test_fft_is_causal():
+    u, k, D = _inputs(1, 2, 33, 33, torch.float64)
+    u2 = u.clone()
+    u2[..., 20:] += torch.randn_like(u2[..., 20:])
+    y, y2 = fft_conv(u, k, D), fft_conv(u2, k, D)
+    assert (y[..., :20] - y2[..., :20]).abs().max() < 1e-12
+    assert (y[..., 20:] - y2[..., 20:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("channels", [None, 2])
+def test_gradients_match_direct(channels):
+    u, k, D = _inputs(2, 3, 29, 17, torch.float64, channels)
+    grads = []
+    for backend in ("cpu", "reference"):
+        leaves = [t.clone().requires_grad_(True) for t in (u, k, D)]
+        y = fft_conv(*leaves, backend=backend)
+        (y * torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype)).pow(2).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for name, g, g_ref in zip("ukD", *grads):
+        assert_rel(g, g_ref, 1e-10, f"grad {name}")
+
+
+def test_gradcheck_fft_path():
+    u, k, D = (t.requires_grad_(True) for t in _inputs(1, 2, 7, 5, torch.float64))
+    assert torch.autograd.gradcheck(lambda u, k, D: fft_conv(u, k, D, backend="cpu"), (u, k, D))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_upcast(dtype):
+    u, k, D = _inputs(2, 3, 48, 48, torch.float32)
+    y = fft_conv(u.to(dtype), k.to(dtype), D.to(dtype))
+    assert y.dtype == dtype
+    y_ref = fft_conv(u.to(dtype).float(), k.to(dtype).float(), D.to(dtype).float(), backend="reference")
+    torch.testing.assert_close(y.float(), y_ref, rtol=TOL[dtype][0], atol=TOL[dtype][1])
+
+
+def test_fft_size_covers_linear_convolution():
+    for l in (1, 2, 3, 7, 8, 9, 1000, 4096):
+        n = cpu.fft_size(l)
+        assert n >= 2 * l and n & (n - 1) == 0
+
+
+def test_long_input_length_4096():
+    u, k, D = _inputs(1, 2, 4096, 4096, torch.float32)
+    assert_rel(fft_conv(u, k, D), fft_conv(u.double(), k.double(), D.double(), backend="reference"), 1e-5,
+               "l=4096")
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (((2, 3), (3, 4), None), "u must have 3 dimensions"),
+        (((2, 3, 8), (4, 8), None), r"k must have shape \(3, l_k\)"),
+        (((2, 3, 8), (3,), None), "k must have 2 or 3 dimensions"),
+        (((2, 3, 8), (3, 0), None), "l_k >= 1"),
+        (((2, 3, 8), (3, 8), (4,)), r"D must have shape \(3\)"),
+        (((2, 3, 8), (2, 3, 8), (3,)), r"D must have shape \(2, 3\)"),
+        (((2, 3, 0), (3, 4), None), "u must have length >= 1"),
+    ],
+)
+def test_errors_name_the_argument(args, match):
+    u, k, D = (None if s is None else torch.randn(s) for s in args)
+    with pytest.raises(ValueError, match=match):
+        fft_conv(u, k, D)
+
+
+def test_dtype_and_backend_errors():
+    with pytest.raises(TypeError, match="u must have dtype"):
+        fft_conv(torch.zeros(1, 2, 4, dtype=torch.int64), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fft_conv(torch.zeros(1, 2, 4), torch.zeros(2, 4), backend="fast")
