@@ -267,3 +267,30 @@ def test_max_time_stops_with_a_checkpoint(tmp_path):
     )
     assert res.stopped == "max_time" and res.step < 10_000
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["step"] == res.step
+
+
+def test_trains_a_sequence_classifier_through_the_loop():
+    from ssmkit.models.config import SSMConfig
+    from ssmkit.models.heads import SSMForSequenceClassification
+    from ssmkit.training.datasets import ArrayBatches
+
+    torch.manual_seed(0)
+    X = torch.randint(0, 8, (64, 12))
+    y = (X == 3).any(1).long()  # class: does token 3 occur?
+    model = SSMForSequenceClassification(
+        SSMConfig(d_model=32, n_layer=1, vocab_size=8, layers="attention", n_head=2, n_classes=2)
+    )
+
+    @torch.no_grad()
+    def evaluator(m):
+        out = m(X, labels=y)
+        return {"loss": out.loss.item(), "acc": (out.logits.argmax(-1) == y).float().mean().item()}
+
+    res = train(
+        model,
+        ArrayBatches({"inputs": X, "labels": y}, 16),
+        tiny_cfg(max_steps=30, save_every=0),
+        evaluator=evaluator,
+    )
+    assert res.evals[-1]["loss"] < 0.5 * res.train_losses[0][1]
+    assert res.tokens == 30 * 16 * 12

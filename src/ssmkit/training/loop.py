@@ -134,6 +134,7 @@ def train(
     bytes_per_token: float | None = None,
     out_dir: str | None = None,
     info: D.DistInfo | None = None,
+    evaluator: Callable[[nn.Module], dict] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     desc: str = "train",
 ) -> TrainResult:
@@ -141,7 +142,8 @@ def train(
 
     `model` should already be on `info.device` (1 process: cfg.device); it is wrapped in DDP/FSDP here
     when running under torchrun. `on_step(step, loss)` runs after each optimizer step (tests use it
-    to kill a run). Returns the losses and evaluations of this process's part of the run.
+    to kill a run). `evaluator(model) -> {"loss": ..., ...}` replaces the LM evaluation on `val_windows`
+    (classification, forecasting). Returns the losses and evaluations of this process's part of the run.
     """
     info = info or D.DistInfo(device=D.resolve_device(cfg.device))
     device = info.device
@@ -173,14 +175,18 @@ def train(
         D.barrier()
 
     def run_eval(step: int) -> None:
-        if val_windows is None:
+        if evaluator is not None:
+            ev = evaluator(wrapped)
+        elif val_windows is not None:
+            ev = evaluate(wrapped, val_windows, cfg.batch_size, bytes_per_token, device, amp)
+        else:
             return
-        ev = evaluate(wrapped, val_windows, cfg.batch_size, bytes_per_token, device, amp)
         ev = {**ev, "step": step, "time": time.perf_counter() - t0, "tokens": result.tokens}
         result.evals.append(ev)
         metrics.log(step, "val", **{k: v for k, v in ev.items() if k != "step"})
         bpb = f" bpb {ev['bpb']:.3f}" if "bpb" in ev else ""
-        progress.write(f"{desc} step {step}: val loss {ev['loss']:.4f}{bpb} acc {ev['acc']:.3f}")
+        acc = f" acc {ev['acc']:.3f}" if "acc" in ev else ""
+        progress.write(f"{desc} step {step}: val loss {ev['loss']:.4f}{bpb}{acc}")
 
     wrapped.train()
     step = start
@@ -198,7 +204,8 @@ def train(
                     loss = out.loss.float() / cfg.grad_accum
                     loss.backward()
                 loss_sum += loss.detach()
-                n_tokens += batch["input_ids"].numel() * info.world_size
+                first = next(iter(batch.values()))  # input_ids / inputs: (b, l, ...)
+                n_tokens += first.shape[0] * (first.shape[1] if first.ndim > 1 else 1) * info.world_size
             if cfg.grad_clip:
                 if D.is_fsdp(wrapped):
                     wrapped.clip_grad_norm_(cfg.grad_clip)
