@@ -76,7 +76,9 @@ class H3(Mixer):
         if d_state % 2:
             raise ValueError(f"d_state must be even (the diagonal SSM keeps conjugate pairs), got {d_state}")
         if d_model % head_dim:
-            raise ValueError(f"d_model must be a multiple of head_dim, got d_model={d_model}, head_dim={head_dim}")
+            raise ValueError(
+                f"d_model must be a multiple of head_dim, got d_model={d_model}, head_dim={head_dim}"
+            )
         if n_heads is not None and n_heads * head_dim != d_model:
             raise ValueError(
                 f"n_heads * head_dim must equal d_model={d_model}, got n_heads={n_heads}, head_dim={head_dim}"

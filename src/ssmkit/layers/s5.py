@@ -68,7 +68,8 @@ def _discretize(Lambda: torch.Tensor, step: torch.Tensor, method: str) -> tuple[
     shape = torch.broadcast_shapes(Lambda.shape, step.shape)
     # every state is its own 1-state diagonal system, so each gets its own step (dt spans A's batch dims)
     Lambda = Lambda.expand(shape).unsqueeze(-1)                          # (..., n, 1)
-    Lambda_bar, B_bar = fn(Lambda, torch.ones_like(Lambda), step.expand(shape).to(Lambda.dtype), diagonal=True)
+    step = step.expand(shape).to(Lambda.dtype)
+    Lambda_bar, B_bar = fn(Lambda, torch.ones_like(Lambda), step, diagonal=True)
     return Lambda_bar.reshape(shape), B_bar.reshape(shape)
 
 
