@@ -120,3 +120,14 @@ def test_python_dash_m_ssmkit():
         [sys.executable, "-m", "ssmkit", "info", "--set", "bogus=1"], capture_output=True, text=True
     )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "'bogus'" in r.stderr
+
+
+def test_shipped_configs_parse():
+    from ssmkit.training.config import TrainConfig
+
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    names = sorted(f for f in os.listdir(root) if f.endswith(".yaml"))
+    assert names
+    for name in names:
+        cfg = TrainConfig.from_yaml(os.path.join(root, name))
+        assert cfg.model["layers"] and cfg.lr > 0

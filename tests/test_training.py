@@ -294,3 +294,52 @@ def test_trains_a_sequence_classifier_through_the_loop():
     )
     assert res.evals[-1]["loss"] < 0.5 * res.train_losses[0][1]
     assert res.tokens == 30 * 16 * 12
+
+
+_KILLED_RUN = """
+import sys, time, torch
+sys.path.insert(0, {tests!r})
+from test_training import TinyLM, periodic_tokens, tiny_cfg
+from ssmkit.training.data import LMBatches
+from ssmkit.training.loop import train
+torch.manual_seed(1)
+train(TinyLM(), LMBatches(periodic_tokens(), 16, 4, seed=3), tiny_cfg(max_steps=12, save_every=2),
+      out_dir={out!r}, on_step=lambda step, loss: time.sleep(0.2))
+"""
+
+
+def test_sigkilled_process_resumes_to_the_same_weights(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    torch.manual_seed(1)
+    full = TinyLM()
+    train(full, LMBatches(periodic_tokens(), 16, 4, seed=3), tiny_cfg(max_steps=12, save_every=2))
+
+    out = str(tmp_path / "run")
+    code = _KILLED_RUN.format(tests=os.path.dirname(__file__), out=out)
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    ckpt = os.path.join(out, CHECKPOINT_NAME)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isfile(ckpt) and torch.load(ckpt, weights_only=True)["step"] >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 4 <= step < 12
+    torch.manual_seed(99)
+    resumed = TinyLM()
+    res = train(
+        resumed,
+        LMBatches(periodic_tokens(), 16, 4, seed=3),
+        tiny_cfg(max_steps=12, save_every=2),
+        out_dir=out,
+    )
+    assert res.train_losses[0][0] == step + 1
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
