@@ -66,18 +66,25 @@ def atomic_save(obj, path: str) -> None:
             os.remove(tmp)
 
 
-def save_checkpoint(path: str, model, optimizer, scheduler, step: int, extra: dict | None = None) -> None:
+def save_state(
+    path: str, model_state: dict, optim_state: dict, sched_state: dict, step: int, extra: dict | None = None
+) -> None:
+    """One checkpoint file from state dicts (plus this process's RNG states)."""
     atomic_save(
         {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "model": model_state,
+            "optimizer": optim_state,
+            "scheduler": sched_state,
             "step": step,
             "rng": rng_state(),
             "extra": extra or {},
         },
         path,
     )
+
+
+def save_checkpoint(path: str, model, optimizer, scheduler, step: int, extra: dict | None = None) -> None:
+    save_state(path, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), step, extra)
 
 
 def load_checkpoint(path: str, model, optimizer=None, scheduler=None, map_location="cpu") -> dict:

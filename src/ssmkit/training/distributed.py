@@ -74,6 +74,23 @@ def wrap(model: nn.Module, info: DistInfo, mode: str = "ddp") -> nn.Module:
     return DDP(model, device_ids=[info.device] if info.device.type == "cuda" else None)
 
 
+def fsdp_full_state(model: nn.Module, optimizer) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimizer state dicts of an FSDP model, on CPU, complete on rank 0.
+
+    A collective: every rank must call it.
+    """
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    with FSDP.state_dict_type(
+        model,
+        StateDictType.FULL_STATE_DICT,
+        FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
+        FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True),
+    ):
+        return model.state_dict(), FSDP.optim_state_dict(model, optimizer)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 

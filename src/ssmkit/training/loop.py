@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmkit.training import distributed as D
-from ssmkit.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from ssmkit.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_state
 from ssmkit.training.config import TrainConfig
 from ssmkit.training.optim import build_optimizer, build_scheduler
 from ssmkit.training.progress import MetricsLog, Progress
@@ -149,13 +149,31 @@ def train(
     device = info.device
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
     ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME) if out_dir else None
+    resume_from = ckpt_path if (ckpt_path and cfg.resume and os.path.isfile(ckpt_path)) else None
+    fsdp = info.enabled and cfg.distributed == "fsdp"
+    if fsdp and device.type != "cuda":
+        raise ValueError(
+            "distributed: fsdp needs CUDA devices (FSDP does not run on CPU); use distributed: ddp"
+        )
     start = 0
-    if ckpt_path and cfg.resume and os.path.isfile(ckpt_path):
-        start = load_checkpoint(ckpt_path, model, optimizer, scheduler, map_location=device)["step"]
-    wrapped = D.wrap(model, info, cfg.distributed)
+    if not fsdp:  # the optimizer holds the model's own parameters; DDP shares them
+        optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+        scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        if resume_from:
+            start = load_checkpoint(resume_from, model, optimizer, scheduler, map_location=device)["step"]
+        wrapped = D.wrap(model, info, cfg.distributed)
+    else:  # FSDP flattens and shards the parameters: full weights in first, optimizer on the shards
+        ckpt = load_checkpoint(resume_from, model, map_location="cpu") if resume_from else None
+        wrapped = D.wrap(model, info, "fsdp")
+        optimizer = build_optimizer(wrapped, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+        scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        if ckpt is not None:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            optimizer.load_state_dict(FSDP.optim_state_dict_to_load(wrapped, optimizer, ckpt["optimizer"]))
+            scheduler.load_state_dict(ckpt["scheduler"])
+            start = ckpt["step"]
     amp = autocast_dtype(cfg.dtype, device)
     metrics = MetricsLog(
         os.path.join(out_dir, "metrics.jsonl") if (out_dir and info.is_main) else None,
@@ -170,7 +188,11 @@ def train(
     def save(step: int) -> None:
         if ckpt_path is None:
             return
-        if info.is_main:
+        if fsdp:  # every rank takes part in gathering the full state; rank 0 writes it
+            model_state, optim_state = D.fsdp_full_state(wrapped, optimizer)
+            if info.is_main:
+                save_state(ckpt_path, model_state, optim_state, scheduler.state_dict(), step)
+        elif info.is_main:
             save_checkpoint(ckpt_path, model, optimizer, scheduler, step)
         D.barrier()
 
@@ -210,7 +232,7 @@ def train(
                 if D.is_fsdp(wrapped):
                     wrapped.clip_grad_norm_(cfg.grad_clip)
                 else:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
