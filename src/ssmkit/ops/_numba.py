@@ -1,0 +1,163 @@
+"""Shared pieces of the fused CPU kernels (numba): a vectorizable exp, softplus, silu, the
+availability check and the tensor <-> array conversions.
+
+Why numba for the CPU kernels (and not a C++/OpenMP extension or torch.compile):
+- numba ships wheels for Linux, macOS and Windows (x86-64 and arm64): no compiler on the user's side
+  and no build step in ssmkit's own packaging, whereas a C++/OpenMP extension must either be built by
+  the user (compiler + OpenMP runtime, painful on macOS/Windows) or shipped as a wheel per platform.
+- `@njit(cache=True)` writes the compiled machine code to __pycache__, so only the first run in an
+  environment pays the LLVM compile time; later processes load it in a fraction of a second.
+- `numba.prange` parallelizes over batch x channels with its own thread pool; LLVM vectorizes the
+  inner loops over the state size (AVX2/AVX-512/NEON as the machine has them).
+- torch.compile (inductor) has no fused sequential scan: it unrolls or loops in Python-visible ops,
+  materializes the (b, l, d, n) states, and its compile takes tens of seconds per shape.
+
+exp bounds a fused scan: numba turns `math.exp` into a scalar libm call (about 0.4 G/s on 2 cores),
+which LLVM cannot vectorize. `vexp` below is written with plain arithmetic so it vectorizes:
+    x = k ln2 + f,  |f| <= ln2/2;  e^x = 2^k e^f;  e^f by a degree-6 Taylor polynomial (Horner);
+    2^k built directly in the float's exponent bits ((k + 127) << 23 reinterpreted as float32).
+Max relative error about 1.2e-7 (float32 rounding level) for x in [-87, 88]; x is clamped there.
+
+Glossary: vexp = e^x; softplus(x) = log(1 + e^x); silu(x) = x sigmoid(x).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+NUMBA_MISSING = "numba is not installed (pip install ssmkit[cpu])"
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+
+def unsupported_reason(*tensors) -> str | None:
+    """None when the numba kernels can run these tensors, else why not (used by every op's cpu.py)."""
+    if not HAVE_NUMBA:
+        return NUMBA_MISSING
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.device.type != "cpu":
+            return f"tensor on {t.device.type}"
+        if t.is_floating_point() and t.dtype not in DTYPES:
+            return f"the cpu backend supports float32 and bfloat16, got {t.dtype}"
+    return None
+
+
+def to_np(t: torch.Tensor | None, shape=None) -> np.ndarray:
+    """float32 contiguous numpy view/copy of t (zeros of `shape` when t is None)."""
+    if t is None:
+        return np.zeros(shape, dtype=np.float32)
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+def poison(shape) -> np.ndarray:
+    """Uninitialized float32 array; filled with NaN when SSMKIT_POISON=1 so an unwritten element shows."""
+    a = np.empty(shape, dtype=np.float32)
+    if os.environ.get("SSMKIT_POISON") == "1":
+        a.fill(np.nan)
+    return a
+
+
+try:  # numba is optional: without it the kernels below stay plain Python and are never called
+    import numba as nb
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    HAVE_NUMBA = True
+    prange = nb.prange
+except ImportError:  # pragma: no cover - exercised only where numba is absent
+    nb = None
+    HAVE_NUMBA = False
+    prange = range
+
+
+def njit(**options):
+    """numba.njit(cache=True, **options), or the identity decorator when numba is missing."""
+    if nb is None:
+        return lambda f: f
+    return nb.njit(cache=True, **options)
+
+
+if HAVE_NUMBA:
+
+    @intrinsic
+    def _int_bits_as_f32(typingctx, i):
+        sig = types.float32(types.int32)
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.FloatType())
+
+        return sig, codegen
+
+else:  # pragma: no cover
+
+    def _int_bits_as_f32(i):
+        return np.array([i], dtype=np.int32).view(np.float32)[0]
+
+
+f32 = np.float32
+LOG2E = f32(1.4426950408889634)
+LN2_HI = f32(0.693145751953125)
+LN2_LO = f32(1.428606765330187e-06)
+EXP_LO, EXP_HI = f32(-87.0), f32(88.0)
+C2, C3, C4 = f32(1 / 2), f32(1 / 6), f32(1 / 24)
+C5, C6 = f32(1 / 120), f32(1 / 720)
+ONE, HALF, ZERO = f32(1.0), f32(0.5), f32(0.0)
+SP_CUT = f32(20.0)
+
+
+@njit(inline="always", fastmath=True)
+def vexp(x):
+    x = min(max(f32(x), EXP_LO), EXP_HI)
+    k = math.floor(x * LOG2E + HALF)
+    f = x - k * LN2_HI - k * LN2_LO
+    p = ONE + f * (ONE + f * (C2 + f * (C3 + f * (C4 + f * (C5 + f * C6)))))
+    return p * _int_bits_as_f32(np.int32((np.int32(k) + 127) << 23))
+
+
+@njit(inline="always", fastmath=True)
+def softplus(x):
+    # log(1 + e^x); above 20 it equals x in float32 (torch.nn.functional.softplus's threshold)
+    return x if x > SP_CUT else f32(math.log1p(vexp(x)))
+
+
+@njit(inline="always", fastmath=True)
+def sigmoid(x):
+    return ONE / (ONE + vexp(-x))
+
+
+@njit(inline="always", fastmath=True)
+def silu(x):
+    return x / (ONE + vexp(-x))
+
+
+@njit(parallel=True, fastmath=True)
+def _exp_throughput_kernel(x, out):
+    for i in prange(x.shape[0]):
+        out[i] = vexp(x[i])
+
+
+def exp_array(x: np.ndarray) -> np.ndarray:
+    """vexp over a float32 array (tests and the benchmark's achieved exp/s)."""
+    out = np.empty_like(x)
+    _exp_throughput_kernel(x, out)
+    return out
+
+
+def num_threads() -> int:
+    """numba's current thread count (1 without numba)."""
+    return nb.get_num_threads() if HAVE_NUMBA else 1
+
+
+def set_threads(n: int | None) -> None:
+    """Set numba's thread count (None: leave numba's default, the number of cores)."""
+    if n is not None:
+        import numba
+
+        numba.set_num_threads(n)
