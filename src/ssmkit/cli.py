@@ -164,12 +164,12 @@ def cmd_bench(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    try:
-        from ssmkit.interop import hf  # noqa: F401
-    except ImportError as e:
-        raise UsageError(
-            f"convert: Hugging Face interop is not available ({e}); pip install 'ssmkit[hf]'"
-        ) from None
+    import importlib.util
+
+    if importlib.util.find_spec("ssmkit.interop.hf") is None:
+        raise UsageError("convert: this ssmkit has no Hugging Face interop (ssmkit.interop.hf) yet")
+    if importlib.util.find_spec("transformers") is None:
+        raise UsageError("convert: needs transformers: pip install 'ssmkit[hf]'")
     from ssmkit.interop import from_hf, to_hf
 
     if args.to == "ssmkit":
