@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ImportError, ValueError, TypeError, KeyError)
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ImportError, ValueError)
 
 
 class UsageError(Exception):
@@ -187,7 +187,7 @@ def cmd_convert(args) -> int:
 def cmd_demo(args) -> int:
     from ssmkit.training.demo import demo
 
-    demo(out=args.out, budget_s=args.budget, seed=args.seed, batch_size=args.batch_size)
+    demo(out=args.out, budget_s=args.budget, seed=args.seed, ssm=args.ssm, batch_size=args.batch_size)
     return 0
 
 
@@ -276,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     d.add_argument("--budget", type=float, default=240.0, help="training seconds per model (default: 240)")
     d.add_argument("--batch-size", type=int, default=16, help="windows of 256 bytes per step (default: 16)")
+    d.add_argument(
+        "--ssm",
+        choices=("auto", "mamba2", "mamba"),
+        default="auto",
+        help="the SSM layer (default auto: mamba2 if available, else mamba)",
+    )
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     d.set_defaults(func=cmd_demo)
     return p

@@ -24,11 +24,19 @@ from ssmkit.training.loop import train
 from ssmkit.training.run import MODEL_DIR, build_model, count_parameters, prepare_data
 
 D_MODEL, N_LAYER, SEQ_LEN = 128, 4, 256
-SSM_MODEL = {
-    "d_model": D_MODEL,
-    "n_layer": N_LAYER,
-    "layers": "mamba2",
-    "layer_kwargs": {"mamba2": {"d_state": 64, "headdim": 32, "chunk_size": 64}},
+SSM_MODELS = {  # the Mamba family, in order of preference
+    "mamba2": {
+        "d_model": D_MODEL,
+        "n_layer": N_LAYER,
+        "layers": "mamba2",
+        "layer_kwargs": {"mamba2": {"d_state": 64, "headdim": 32, "chunk_size": 64}},
+    },
+    "mamba": {
+        "d_model": D_MODEL,
+        "n_layer": N_LAYER,
+        "layers": "mamba",
+        "layer_kwargs": {"mamba": {"d_state": 16, "d_conv": 4, "expand": 2}},
+    },
 }
 TRANSFORMER_MODEL = {
     "d_model": D_MODEL,
@@ -38,6 +46,23 @@ TRANSFORMER_MODEL = {
     "mlp": "gated",
 }
 PROMPT = "def "
+
+
+def pick_ssm(name: str = "auto") -> dict:
+    """The SSM of the demo: `name` from SSM_MODELS, or the first whose layer is available."""
+    from ssmkit.models.backbone import mixer_class
+
+    names = list(SSM_MODELS) if name == "auto" else [name]
+    errors = []
+    for n in names:
+        if n not in SSM_MODELS:
+            raise ValueError(f"demo: --ssm must be one of {['auto', *SSM_MODELS]}, got {name!r}")
+        try:
+            mixer_class(n)
+            return dict(SSM_MODELS[n])
+        except ImportError as e:
+            errors.append(str(e))
+    raise ImportError(f"demo: no Mamba-family layer is available: {'; '.join(errors)}")
 
 
 def match_transformer(ssm_params: int, base: dict, vocab_size: int) -> dict:
@@ -112,21 +137,23 @@ def demo(
     out: str = "outputs",
     budget_s: float = 240.0,
     seed: int = 0,
+    ssm: str = "auto",
     ssm_model: dict | None = None,
     transformer_model: dict | None = None,
     sample_tokens: int = 300,
     batch_size: int = 16,
+    seq_len: int = SEQ_LEN,
+    n_eval_windows: int = 96,
 ) -> dict:
     t_start = time.perf_counter()
     os.makedirs(out, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     base = TrainConfig(
-        seq_len=SEQ_LEN,
+        seq_len=seq_len,
         batch_size=batch_size,
         lr=3e-3,
         warmup_steps=30,
         weight_decay=0.1,
-        eval_windows=96,
+        eval_windows=n_eval_windows,
         log_every=25,
         save_every=0,
         seed=seed,
@@ -134,6 +161,7 @@ def demo(
         cache_dir=os.path.join(out, "cache"),
         resume=False,
     )
+    ssm_args = dict(ssm_model or pick_ssm(ssm))
     print(f"demo: preparing the stdlib corpus (byte level) under {base.cache_dir}", flush=True)
     data = prepare_data(base)
     n_train, n_val = len(data.train), len(data.val)
@@ -144,16 +172,15 @@ def demo(
         f"unigram baseline {unigram:.3f} bits/byte",
         flush=True,
     )
-    windows = eval_windows(data.val, SEQ_LEN, base.eval_windows)
+    windows = eval_windows(data.val, seq_len, base.eval_windows)
 
-    ssm_args = dict(ssm_model or SSM_MODEL)
     ssm_params = count_parameters(build_model(ssm_args, 256))
     tf_args = dict(transformer_model or match_transformer(ssm_params, TRANSFORMER_MODEL, 256))
     runs = {"ssm": ssm_args, "transformer": tf_args}
     results, curves, samples = {}, {}, {}
     for name, args in runs.items():
         model = build_model(args, 256, seed)
-        batches = LMBatches(data.train, SEQ_LEN, batch_size, seed)
+        batches = LMBatches(data.train, seq_len, batch_size, seed)
         steps = calibrate_steps(model, batches, budget_s)
         model = build_model(args, 256, seed)  # fresh weights (the probe built autograd state)
         run_dir = os.path.join(out, name)
@@ -170,7 +197,7 @@ def demo(
         )
         label = f"{name} ({args['layers']})"
         print(
-            f"demo: {label}: {count_parameters(model):,} parameters, {steps} steps of {batch_size}x{SEQ_LEN} "
+            f"demo: {label}: {count_parameters(model):,} parameters, {steps} steps of {batch_size}x{seq_len} "
             f"bytes in ~{budget_s:.0f} s",
             flush=True,
         )
@@ -217,7 +244,7 @@ def demo(
         },
         "unigram_bpb": round(unigram, 4),
         "budget_s_per_model": budget_s,
-        "seq_len": SEQ_LEN,
+        "seq_len": seq_len,
         "batch_size": batch_size,
         "models": results,
         "wall_seconds": round(time.perf_counter() - t_start, 1),
