@@ -115,7 +115,7 @@ SP_CUT = f32(20.0)
 @njit(inline="always", fastmath=True)
 def vexp(x):
     x = min(max(f32(x), EXP_LO), EXP_HI)
-    k = math.floor(x * LOG2E + HALF)
+    k = np.floor(x * LOG2E + HALF)
     f = x - k * LN2_HI - k * LN2_LO
     p = ONE + f * (ONE + f * (C2 + f * (C3 + f * (C4 + f * (C5 + f * C6)))))
     return p * _int_bits_as_f32(np.int32((np.int32(k) + 127) << 23))

@@ -8,12 +8,16 @@ Glossary (code name: paper symbol, shape inside the kernels):
     dA_t = exp(dt_t A): the discretized A-bar;  dt_t = softplus(delta_t + delta_bias) if softplus
     K: checkpoint interval; hk (b, d, ceil(l/K), n) holds h_{t-1} for t = 0, K, 2K, ...
 
+Split of the work: the elementwise parts (dt = softplus(delta + delta_bias), y + D u, y * silu(z))
+are one vectorized torch op each, differentiated by autograd; the numba kernels do only the scan,
+the part torch cannot fuse, and never call libm inside it (vexp, no log1p per step).
+
 Forward, per channel (parallel over b x d with prange):
-    h_t = exp(dt_t A) * h_{t-1} + dt_t B_t u_t;  y_t = <C_t, h_t> + D u_t;  out_t = y_t silu(z_t)
-Backward, per channel, segment by segment from the end: recompute the K states of the segment from
-its checkpoint into a (K, n) buffer, then walk it backwards with the adjoint g = dL/dh_t:
-    g += dy_t C_t;  dC_t += dy_t h_t;  dB_t += g dt_t u_t;  du_t += dt_t <g, B_t> + D dy_t
-    d dt_t += <g, A exp(dt_t A) h_{t-1} + B_t u_t>;  dA += g dt_t exp(dt_t A) h_{t-1};  g *= exp(dt_t A)
+    h_t = exp(dt_t A) * h_{t-1} + dt_t B_t u_t;  y_t = <C_t, h_t>
+Backward, per channel, segment by segment from the end: recompute the K states of the segment (and
+their exp(dt A)) from its checkpoint into (K, n) buffers, then walk backwards with g = dL/dh_t:
+    g += dy_t C_t;  dC_t += dy_t h_t;  dB_t += g dt_t u_t;  du_t = dt_t <g, B_t>
+    d dt_t = <g, A exp(dt_t A) h_{t-1} + B_t u_t>;  dA += g dt_t exp(dt_t A) h_{t-1};  g *= exp(dt_t A)
 dB and dC are shared by the d/g channels of a group, so each worker adds into its own slice of a
 partial buffer (workers, b, g, l, n), summed afterwards: no races, no atomics.
 Why numba: see ssmkit/ops/_numba.py.
@@ -23,9 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import _numba as nbk
-from .._numba import ONE, ZERO, njit, prange, sigmoid, silu, softplus, vexp
+from .._numba import ZERO, njit, prange, vexp
 
 K_CHECKPOINT = 128
 
@@ -35,7 +40,7 @@ def unsupported_reason(*tensors: torch.Tensor) -> str | None:
 
 
 @njit(parallel=True, fastmath=True)
-def _forward(u, delta, A, Bt, Ct, D, z, bias, h0, softplus_on, has_z, K, out, hk, hT):
+def _scan_forward(u, dt, A, Bt, Ct, h0, K, y, hk, hT):
     b, d, L = u.shape
     g, n = Bt.shape[1], Bt.shape[3]
     per_group = d // g
@@ -44,41 +49,26 @@ def _forward(u, delta, A, Bt, Ct, D, z, bias, h0, softplus_on, has_z, K, out, hk
         c = job % d
         gi = c // per_group
         h = np.empty(n, dtype=np.float32)
-        a = np.empty(n, dtype=np.float32)
-        Ac = A[c]
         for s in range(n):
             h[s] = h0[i, c, s]
-        Dc = D[c]
-        bc = bias[c]
         for t in range(L):
             if t % K == 0:
                 for s in range(n):
                     hk[i, c, t // K, s] = h[s]
-            dt = delta[i, c, t] + bc
-            if softplus_on:
-                dt = softplus(dt)
-            ut = u[i, c, t]
-            du = dt * ut
-            Bv = Bt[i, gi, t]
-            Cv = Ct[i, gi, t]
+            dtt = dt[i, c, t]
+            du = dtt * u[i, c, t]
+            acc = ZERO
             for s in range(n):
-                a[s] = vexp(dt * Ac[s])
-            y = ZERO
-            for s in range(n):
-                hs = a[s] * h[s] + du * Bv[s]
+                hs = vexp(dtt * A[c, s]) * h[s] + du * Bt[i, gi, t, s]
                 h[s] = hs
-                y += Cv[s] * hs
-            y += Dc * ut
-            if has_z:
-                y = y * silu(z[i, c, t])
-            out[i, c, t] = y
+                acc += Ct[i, gi, t, s] * hs
+            y[i, c, t] = acc
         for s in range(n):
             hT[i, c, s] = h[s]
 
 
 @njit(parallel=True, fastmath=True)
-def _backward(u, delta, A, Bt, Ct, D, z, bias, softplus_on, has_z, K, hk, dout, dhT, nwork,
-              du_o, ddelta_o, dA_o, dD_o, dz_o, dh0_o, dBp, dCp):
+def _scan_backward(u, dt, A, Bt, Ct, K, hk, dy, dhT, nwork, du_o, ddt_o, dA_o, dh0_o, dBp, dCp):
     b, d, L = u.shape
     g, n = Bt.shape[1], Bt.shape[3]
     per_group = d // g
@@ -87,134 +77,109 @@ def _backward(u, delta, A, Bt, Ct, D, z, bias, softplus_on, has_z, K, hk, dout, 
     for job in prange(b * nwork):
         i = job // nwork
         w = job % nwork
-        hs_buf = np.empty((K + 1, n), dtype=np.float32)
-        a = np.empty(n, dtype=np.float32)
+        hbuf = np.empty((K + 1, n), dtype=np.float32)  # h_{t0-1} .. h_{t1-1}
+        abuf = np.empty((K, n), dtype=np.float32)  # exp(dt_t A) for t0 .. t1-1
         gh = np.empty(n, dtype=np.float32)
         dAc = np.empty(n, dtype=np.float32)
         for c in range(w * chunk, min(d, (w + 1) * chunk)):
             gi = c // per_group
-            Ac = A[c]
-            Dc = D[c]
-            bc = bias[c]
-            dDc = ZERO
             for s in range(n):
                 gh[s] = dhT[i, c, s]
                 dAc[s] = ZERO
             for seg in range(nseg - 1, -1, -1):
                 t0 = seg * K
                 t1 = min(L, t0 + K)
-                # recompute h_{t0-1} .. h_{t1-1} into hs_buf[0 .. t1-t0]
                 for s in range(n):
-                    hs_buf[0, s] = hk[i, c, seg, s]
+                    hbuf[0, s] = hk[i, c, seg, s]
                 for t in range(t0, t1):
-                    dt = delta[i, c, t] + bc
-                    if softplus_on:
-                        dt = softplus(dt)
-                    du = dt * u[i, c, t]
-                    Bv = Bt[i, gi, t]
                     r = t - t0
+                    dtt = dt[i, c, t]
+                    du = dtt * u[i, c, t]
                     for s in range(n):
-                        hs_buf[r + 1, s] = vexp(dt * Ac[s]) * hs_buf[r, s] + du * Bv[s]
+                        a = vexp(dtt * A[c, s])
+                        abuf[r, s] = a
+                        hbuf[r + 1, s] = a * hbuf[r, s] + du * Bt[i, gi, t, s]
                 for t in range(t1 - 1, t0 - 1, -1):
                     r = t - t0
-                    raw = delta[i, c, t] + bc
-                    dt = softplus(raw) if softplus_on else raw
+                    dtt = dt[i, c, t]
                     ut = u[i, c, t]
-                    Bv = Bt[i, gi, t]
-                    Cv = Ct[i, gi, t]
-                    dBv = dBp[w, i, gi, t]
-                    dCv = dCp[w, i, gi, t]
-                    dy = dout[i, c, t]
-                    if has_z:
-                        zt = z[i, c, t]
-                        sz = sigmoid(zt)
-                        y = Dc * ut
-                        for s in range(n):
-                            y += Cv[s] * hs_buf[r + 1, s]
-                        dz_o[i, c, t] = dy * y * sz * (ONE + zt * (ONE - sz))
-                        dy = dy * zt * sz
-                    dDc += dy * ut
-                    dut = Dc * dy
+                    dyt = dy[i, c, t]
+                    dut = ZERO
                     ddt = ZERO
                     for s in range(n):
-                        a[s] = vexp(dt * Ac[s])
-                    for s in range(n):
-                        hcur = hs_buf[r + 1, s]
-                        hprev = hs_buf[r, s]
-                        dCv[s] += dy * hcur
-                        gs = gh[s] + dy * Cv[s]
-                        dBv[s] += gs * dt * ut
-                        dut += gs * dt * Bv[s]
-                        ah = a[s] * hprev
-                        ddt += gs * (Ac[s] * ah + Bv[s] * ut)
-                        dAc[s] += gs * dt * ah
-                        gh[s] = gs * a[s]
-                    du_o[i, c, t] = dut
-                    if softplus_on:
-                        ddt = ddt * sigmoid(raw)
-                    ddelta_o[i, c, t] = ddt
+                        As = A[c, s]
+                        Bs = Bt[i, gi, t, s]
+                        a = abuf[r, s]
+                        dCp[w, i, gi, t, s] += dyt * hbuf[r + 1, s]
+                        gs = gh[s] + dyt * Ct[i, gi, t, s]
+                        dBp[w, i, gi, t, s] += gs * dtt * ut
+                        dut += gs * Bs
+                        ah = a * hbuf[r, s]
+                        ddt += gs * (As * ah + Bs * ut)
+                        dAc[s] += gs * dtt * ah
+                        gh[s] = gs * a
+                    du_o[i, c, t] = dut * dtt
+                    ddt_o[i, c, t] = ddt
             for s in range(n):
                 dh0_o[i, c, s] = gh[s]
                 dA_o[i, c, s] = dAc[s]
-            dD_o[i, c] = dDc
 
 
-class _SelectiveScanFn(torch.autograd.Function):
+class _ScanFn(torch.autograd.Function):
+    """(u, dt, A, B, C, h0) -> (y = <C_t, h_t>, h_L), all float32; the fused recurrence only."""
+
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+    def forward(ctx, u, dt, A, B, C, h0):
         b, d, L = u.shape
-        n = B.shape[2]
+        n = A.shape[1]
         K = K_CHECKPOINT
-        arrs = (
-            nbk.to_np(u), nbk.to_np(delta), nbk.to_np(A),
-            nbk.to_np(B.transpose(-1, -2)), nbk.to_np(C.transpose(-1, -2)),  # (b, g, l, n)
-            nbk.to_np(D, (d,)), nbk.to_np(z, (1, 1, 1)), nbk.to_np(delta_bias, (d,)),
-        )
-        h0 = nbk.to_np(initial_state, (b, d, n))
-        out = nbk.poison((b, d, L))
+        Bt, Ct = B.transpose(-1, -2), C.transpose(-1, -2)  # (b, g, l, n): n contiguous
+        arrs = tuple(t.contiguous().numpy() for t in (u, dt, A, Bt, Ct))
+        y = nbk.poison((b, d, L))
         hk = nbk.poison((b, d, (L + K - 1) // K, n))
         hT = nbk.poison((b, d, n))
-        _forward(*arrs, h0, bool(delta_softplus), z is not None, K, out, hk, hT)
-        ctx.arrs, ctx.hk, ctx.softplus = arrs, hk, bool(delta_softplus)
-        ctx.has = (D is not None, z is not None, delta_bias is not None, initial_state is not None)
-        ctx.dtypes = tuple(t.dtype if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias))
-        return torch.from_numpy(out).to(u.dtype), torch.from_numpy(hT)
+        _scan_forward(*arrs, h0.contiguous().numpy(), K, y, hk, hT)
+        ctx.arrs, ctx.hk = arrs, hk
+        return torch.from_numpy(y), torch.from_numpy(hT)
 
     @staticmethod
-    def backward(ctx, dout, dhT):
-        u, delta, A, Bt, Ct, D, z, bias = ctx.arrs
+    def backward(ctx, dy, dhT):
+        u, dt, A, Bt, Ct = ctx.arrs
         b, d, L = u.shape
         g, n = Bt.shape[1], Bt.shape[3]
-        nwork = max(1, min(d, -(-nbk.num_threads() * 2 // b)))
-        dout_np = nbk.to_np(dout) if dout is not None else np.zeros((b, d, L), np.float32)
-        dhT_np = nbk.to_np(dhT) if dhT is not None else np.zeros((b, d, n), np.float32)
-        du, ddelta = nbk.poison((b, d, L)), nbk.poison((b, d, L))
-        dA, dD, dh0 = nbk.poison((b, d, n)), nbk.poison((b, d)), nbk.poison((b, d, n))
-        has_D, has_z, has_bias, has_h0 = ctx.has
-        dz = nbk.poison((b, d, L)) if has_z else np.zeros((1, 1, 1), np.float32)
+        nwork = max(1, min(d, -(-2 * nbk.num_threads() // b)))  # >= 2 jobs per thread in all
+        dy_np = dy.float().contiguous().numpy() if dy is not None else np.zeros((b, d, L), np.float32)
+        dhT_np = dhT.float().contiguous().numpy() if dhT is not None else np.zeros((b, d, n), np.float32)
+        du, ddt = nbk.poison((b, d, L)), nbk.poison((b, d, L))
+        dA, dh0 = nbk.poison((b, d, n)), nbk.poison((b, d, n))
         dBp = np.zeros((nwork, b, g, L, n), np.float32)
         dCp = np.zeros((nwork, b, g, L, n), np.float32)
-        _backward(u, delta, A, Bt, Ct, D, z, bias, ctx.softplus, has_z, K_CHECKPOINT, ctx.hk, dout_np,
-                  dhT_np, nwork, du, ddelta, dA, dD, dz, dh0, dBp, dCp)
-        tdt = ctx.dtypes
+        _scan_backward(u, dt, A, Bt, Ct, K_CHECKPOINT, ctx.hk, dy_np, dhT_np, nwork,
+                       du, ddt, dA, dh0, dBp, dCp)
         T = torch.from_numpy
-        dB = T(dBp).sum(0).transpose(-1, -2).to(tdt[3])
-        dC = T(dCp).sum(0).transpose(-1, -2).to(tdt[4])
-        dd = T(ddelta)
-        return (
-            T(du).to(tdt[0]), dd.to(tdt[1]), T(dA).sum(0).to(tdt[2]), dB, dC,
-            T(dD).sum(0).to(tdt[5]) if has_D else None,
-            T(dz).to(tdt[6]) if has_z else None,
-            dd.sum((0, 2)).to(tdt[7]) if has_bias else None,
-            T(dh0) if has_h0 else None,
-            None,
-        )
+        dB = T(dBp).sum(0).transpose(-1, -2)
+        dC = T(dCp).sum(0).transpose(-1, -2)
+        return T(du), T(ddt), T(dA).sum(0), dB, dC, T(dh0)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None, return_final_state=False):
     """Fused numba selective scan; normalized arguments as in ssmkit.ops.selective_scan.reference."""
-    out, hT = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+    f32 = torch.float32
+    b, d, _ = u.shape
+    dt = delta.to(f32)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(f32)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    h0 = initial_state.to(f32) if initial_state is not None else u.new_zeros(b, d, A.shape[1], dtype=f32)
+    u32 = u.to(f32)
+    y, hT = _ScanFn.apply(u32, dt, A.to(f32), B.to(f32), C.to(f32), h0)
+    if D is not None:
+        y = y + D.to(f32)[:, None] * u32
+    if z is not None:
+        y = y * F.silu(z.to(f32))
+    out = y.to(u.dtype)
     return (out, hT) if return_final_state else out
 
 
