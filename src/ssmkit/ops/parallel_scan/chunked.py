@@ -1,44 +1,64 @@
-"""The plain-PyTorch fast path: a log-depth scan inside chunks, state carried across chunks.
+"""The plain-PyTorch fast path: the scan in chunks, two levels, about 2*sqrt(L) Python steps instead of L.
 
-Inside a chunk of T steps, Hillis-Steele doubling composes the affine maps h -> a h + b:
-after the pass with offset k, (A_t, B_t) is the composition of steps t-2k+1 .. t, so after
-ceil(log2 T) passes B_t is h_t started from zero at the chunk start and A_t = a_{start} ... a_t.
-The chunk's states are then B + A * h_prev. Memory holds one chunk's temporaries: O(b*T*d*n).
+Split time into nc chunks of T steps (T ~ sqrt(L) by default). Level 1 runs the recurrence inside
+every chunk at once, started from zero, with the running products of a:
+    H[c, t] = a[c, t] H[c, t-1] + b[c, t],      P[c, t] = a[c, 0] ... a[c, t]     (T steps, all chunks)
+Level 2 carries the state across chunks: S[0] = h_{-1}, S[c+1] = H[c, T-1] + P[c, T-1] S[c]  (nc steps),
+and then h[c, t] = H[c, t] + P[c, t] S[c] in one elementwise pass. Each step touches b*nc*(d*n) or
+b*(d*n) elements, so the Python overhead of the loop is paid 2*sqrt(L) times, not L; the work stays
+O(L*d*n) (about 3 passes) and the temporaries H, P are the size of the output. No division by the
+products, so no overflow when a is small (unlike cumprod/cumsum formulas).
 
-Autograd does not record the passes: the backward is itself a linear recurrence run in reverse,
+Autograd does not record the steps: the backward is itself a linear recurrence run in reverse,
     g_t = dL/dh_t + conj(a_{t+1}) g_{t+1},   dL/db_t = g_t,   dL/da_t = g_t conj(h_{t-1}),
     dL/dh_{-1} = conj(a_0) g_0,
 so it reuses the same chunked scan on the time-reversed sequence and only a, h are saved.
-Arguments and returns as in reference.py.
+Arguments and returns as in reference.py; `chunk` = T (None: ceil(sqrt(L))).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-CHUNK = 64
+CHUNK = 64  # the public function uses this path above this length
 
 
-def _scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, chunk: int) -> torch.Tensor:
+def _chunk_for(L: int) -> int:
+    """A chunk near sqrt(L) that divides L if one is close (no padding copies), else ceil(sqrt(L))."""
+    root = math.isqrt(L)
+    for T in range(root, max(1, root // 2) - 1, -1):
+        if L % T == 0:
+            return T
+    return max(1, math.ceil(math.sqrt(L)))
+
+
+def _scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, chunk: int | None) -> torch.Tensor:
     """h (batch, length, ...) of h_t = a_t h_{t-1} + b_t; a broadcasts against b; no autograd."""
-    B, L = b.shape[:2]
-    h = torch.empty_like(b)
-    prev = h0
-    for s in range(0, L, chunk):
-        e = min(s + chunk, L)
-        Bc = b[:, s:e].clone()                                            # (batch, T, ...)
-        Ac = (a[:, s:e] if a.shape[1] > 1 else a).expand_as(Bc).clone()   # (batch, T, ...)
-        k = 1
-        while k < e - s:
-            # right sides first: they read the old left sides
-            Bc[:, k:] += Ac[:, k:] * Bc[:, :-k]
-            Ac[:, k:] *= Ac[:, :-k].clone()
-            k *= 2
-        if prev is not None:
-            Bc += Ac * prev.unsqueeze(1)
-        h[:, s:e] = Bc
-        prev = Bc[:, -1]
-    return h
+    Bn, L = b.shape[:2]
+    rest = b.shape[2:]
+    T = chunk or _chunk_for(L)
+    nc = -(-L // T)
+    pad = nc * T - L
+    a = a.expand(a.shape[0], L, *a.shape[2:]) if a.shape[1] == 1 else a
+    if pad:                                   # padded steps (a=1, b=0) come after the end: no effect
+        a = torch.cat([a, a.new_ones(a.shape[0], pad, *a.shape[2:])], dim=1)
+        b = torch.cat([b, b.new_zeros(Bn, pad, *rest)], dim=1)
+    a = a.reshape(a.shape[0], nc, T, *a.shape[2:])                      # (batch or 1, nc, T, ...)
+    b = b.reshape(Bn, nc, T, *rest)                                       # (batch, nc, T, ...)
+    H = torch.empty_like(b)
+    P = torch.empty(a.shape, dtype=b.dtype, device=b.device)             # products keep a's broadcast dims
+    H[:, :, 0], P[:, :, 0] = b[:, :, 0], a[:, :, 0]
+    for t in range(1, T):                                                 # level 1: inside chunks
+        torch.addcmul(b[:, :, t], a[:, :, t], H[:, :, t - 1], out=H[:, :, t])
+        torch.mul(P[:, :, t - 1], a[:, :, t], out=P[:, :, t])
+    S = torch.empty(Bn, nc, *rest, dtype=b.dtype, device=b.device)      # chunk start states
+    S[:, 0] = 0 if h0 is None else h0
+    for c in range(1, nc):                                                # level 2: across chunks
+        torch.addcmul(H[:, c - 1, -1], P[:, c - 1, -1], S[:, c - 1], out=S[:, c])
+    H.addcmul_(P, S.unsqueeze(2))                                         # (batch, nc, T, ...)
+    return H.reshape(Bn, nc * T, *rest)[:, :L]
 
 
 class _ChunkedScan(torch.autograd.Function):
@@ -75,7 +95,7 @@ class _ChunkedScan(torch.autograd.Function):
 
 
 def parallel_scan(
-    a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None = None, chunk: int = CHUNK
+    a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None = None, chunk: int | None = None
 ):
     h = _ChunkedScan.apply(a, b, initial_state, chunk)
     return h, h[:, -1]
