@@ -40,7 +40,7 @@ def _build():
     import numba as nb
     import numpy as np
 
-    @nb.njit(parallel=True, fastmath=False, cache=False)
+    @nb.njit(parallel=True, cache=True)
     def forward(a, b, h0, h):
         Bn, L, M = b.shape
         sa_b = a.shape[0] > 1
@@ -58,7 +58,7 @@ def _build():
                 for m in range(m0, m1):
                     h[i, t, m] = a[ia, ta, m] * h[i, t - 1, m] + b[i, t, m]
 
-    @nb.njit(parallel=True, fastmath=False, cache=False)
+    @nb.njit(parallel=True, cache=True)
     def backward(a, h0, h, dh, g, da, dh0, conj):
         Bn, L, M = h.shape
         sa_b = a.shape[0] > 1
