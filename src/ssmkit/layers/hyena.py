@@ -85,7 +85,8 @@ class Hyena(Mixer):
 
     Args:
         d_model: channels in and out.
-        l_max: maximum length of the filters, i.e. of the context (state history + input).
+        l_max: maximum length of the filters, i.e. of the context (state history + input); 2048 by
+            default so that "hyena" works in a backbone pattern without layer_kwargs.
         order: N, number of long convolutions.
         filter_order: hidden width of the filter MLP.
         emb_dim: positional features (odd, >= 3).
@@ -97,7 +98,7 @@ class Hyena(Mixer):
     def __init__(
         self,
         d_model: int,
-        l_max: int,
+        l_max: int = 2048,
         order: int = 2,
         filter_order: int = 64,
         emb_dim: int = 3,
