@@ -7,11 +7,16 @@ sequential loop (the reference), side by side in one run, with the ratio to the 
 a, b have shape (batch, length, d, n): the shape of S5 / selective-scan states. Each timing is the
 median of `--repeats` runs of forward + backward with dL/dh = w (w fixed: h.backward(w)), after one
 warm-up run (which also compiles the numba kernels). `--threads` sets torch and numba threads.
+
+At this size every path is bound by memory traffic and by first-touch page faults of its 512 MB
+buffers (h, grad a, grad b); PyTorch's THP_MEM_ALLOC_ENABLE=1 (huge pages for large CPU tensors)
+cuts the latter for every path alike, and the header says whether it was set.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -65,7 +70,7 @@ def main(argv=None) -> None:
     b = torch.randn(shape, dtype=dtype)
     w = torch.randn(shape, dtype=dtype)
     print(f"parallel_scan fwd+bwd, a, b {shape} {args.dtype}, threads={args.threads}, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}")
     base = None
     for name, fn in PATHS.items():
         if name.startswith("cpu") and cpu.unsupported_reason(a, b) is not None:
