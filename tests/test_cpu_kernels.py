@@ -1,0 +1,261 @@
+"""The numba CPU kernels (selective scan, SSD, causal conv) against the reference ops: outputs, final
+states and the gradients of every input, float32 and bfloat16 inputs, groups, softplus, seq_idx.
+Outputs are allocated NaN-poisoned (SSMKIT_POISON=1) so an element a kernel forgot to write shows.
+Lengths are not multiples of the checkpoint interval, so partial segments are covered."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssmkit.ops import _dispatch
+from tests.helpers import TOL, assert_rel
+
+pytest.importorskip("numba")
+
+from ssmkit.ops import _numba  # noqa: E402
+from ssmkit.ops.causal_conv1d import cpu as conv_cpu  # noqa: E402
+from ssmkit.ops.selective_scan import cpu as ss_cpu  # noqa: E402
+from ssmkit.ops.selective_scan import reference as ss_ref  # noqa: E402
+from ssmkit.ops.ssd import cpu as ssd_cpu  # noqa: E402
+
+F32 = TOL[torch.float32][0]
+BF16 = TOL[torch.bfloat16][0]
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setenv("SSMKIT_POISON", "1")
+
+
+def _grads(out, inputs, seed=1):
+    """Gradients of a fixed random projection of the outputs w.r.t. the inputs that are tensors."""
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((o.float() * torch.randn(o.shape, generator=gen)).sum() for o in out)
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    return torch.autograd.grad(loss, leaves)
+
+
+def _leaf(t, dtype=torch.float32):
+    return t.to(dtype).requires_grad_(True)
+
+
+def _compare(fn_cpu, fn_ref, args, names, tol, what):
+    out_c = fn_cpu(*args)
+    out_r = fn_ref(*args)
+    for k, (a, e) in enumerate(zip(out_c, out_r)):
+        assert_rel(a.float(), e.float(), tol, f"{what} output {k}")
+    g_c, g_r = _grads(out_c, args), _grads(out_r, args)
+    grad_names = [nm for nm, t in zip(names, args) if isinstance(t, torch.Tensor) and t.requires_grad]
+    for nm, a, e in zip(grad_names, g_c, g_r):
+        assert_rel(a.float(), e.float(), tol, f"{what} d{nm}")
+
+
+def test_vexp_matches_exp():
+    x = np.concatenate([np.linspace(-87, 88, 100_001), np.random.default_rng(0).normal(0, 3, 10_000)])
+    x = x.astype(np.float32)
+    got = _numba.exp_array(x).astype(np.float64)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got - want) / want) < 4e-7  # fastmath-compiled; 1.2e-7 compiled strictly
+
+
+# ---- selective scan ----------------------------------------------------------------------------
+
+def _ss_inputs(b, d, L, n, g, dtype, full=True, softplus=True):
+    u = _leaf(torch.randn(b, d, L), dtype)
+    raw = torch.randn(b, d, L) * 0.5 - 1.0 if softplus else torch.rand(b, d, L) * 0.3 + 0.01
+    delta = _leaf(raw, dtype)
+    A = _leaf(-torch.rand(d, n) * 2 - 0.1)
+    B = _leaf(torch.randn(b, g, n, L), dtype)
+    C = _leaf(torch.randn(b, g, n, L), dtype)
+    D = _leaf(torch.randn(d)) if full else None
+    z = _leaf(torch.randn(b, d, L), dtype) if full else None
+    bias = _leaf(torch.randn(d) * 0.5) if full else None
+    h0 = _leaf(torch.randn(b, d, n)) if full else None
+    return u, delta, A, B, C, D, z, bias, h0
+
+
+@pytest.mark.parametrize(
+    "b,d,L,n,g,softplus,full",
+    [(2, 6, 300, 5, 2, True, True), (1, 4, 131, 16, 1, False, False), (2, 4, 64, 3, 4, True, True)],
+)
+def test_selective_scan_float32(b, d, L, n, g, softplus, full):
+    u, delta, A, B, C, D, z, bias, h0 = _ss_inputs(b, d, L, n, g, torch.float32, full, softplus)
+
+    def run(fn):
+        return lambda u, delta, A, B, C, D, z, bias, h0: fn(u, delta, A, B, C, D, z, bias, softplus, h0, True)
+
+    _compare(run(ss_cpu.selective_scan), run(ss_ref.selective_scan), (u, delta, A, B, C, D, z, bias, h0),
+             "u delta A B C D z delta_bias initial_state".split(), F32, "selective_scan")
+
+
+def test_selective_scan_bfloat16_inputs():
+    args = _ss_inputs(2, 4, 150, 8, 2, torch.bfloat16)
+
+    def run(fn):
+        return lambda u, delta, A, B, C, D, z, bias, h0: fn(u, delta, A, B, C, D, z, bias, True, h0, True)
+
+    out = run(ss_cpu.selective_scan)(*args)
+    assert out[0].dtype == torch.bfloat16 and out[1].dtype == torch.float32
+    _compare(run(ss_cpu.selective_scan), run(ss_ref.selective_scan), args,
+             "u delta A B C D z delta_bias initial_state".split(), BF16, "selective_scan bf16")
+
+
+def test_selective_scan_only_state_grad():
+    """A loss on the final state alone (dout is None in backward) still reaches u and h0."""
+    u, delta, A, B, C, D, z, bias, h0 = _ss_inputs(1, 3, 70, 4, 1, torch.float32)
+    _, hT = ss_cpu.selective_scan(u, delta, A, B, C, D, z, bias, True, h0, True)
+    _, hT_r = ss_ref.selective_scan(u, delta, A, B, C, D, z, bias, True, h0, True)
+    g = torch.autograd.grad(hT.sum(), (u, h0))
+    g_r = torch.autograd.grad(hT_r.sum(), (u, h0))
+    for a, e, nm in zip(g, g_r, ("u", "initial_state")):
+        assert_rel(a, e, F32, f"d{nm} from the final state only")
+
+
+# ---- SSD -----------------------------------------------------------------------------------------
+
+def _ssd_oracle():
+    try:
+        return importlib.import_module("ssmkit.ops.ssd.reference").ssd
+    except ModuleNotFoundError:
+        return _ssd_loop
+
+
+def _ssd_loop(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, S0, seq_idx, ret):
+    """Stand-in until ssmkit.ops.ssd.reference lands: the recurrence, one step at a time."""
+    b, L, h, p = x.shape
+    n = B.shape[-1]
+    x32, dt = x.float(), dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias
+    if dt_softplus:
+        dt = F.softplus(dt)
+    dt = dt.clamp(*dt_limit) if dt_limit != (0.0, float("inf")) else dt
+    Bx = B.float().repeat_interleave(h // B.shape[2], 2)
+    Cx = C.float().repeat_interleave(h // C.shape[2], 2)
+    S = S0 if S0 is not None else x32.new_zeros(b, h, p, n)
+    ys = []
+    for t in range(L):
+        if seq_idx is not None and t > 0:
+            S = S * (seq_idx[:, t] == seq_idx[:, t - 1]).float()[:, None, None, None]
+        dBx = (dt[:, t, :, None] * x32[:, t])[..., None] * Bx[:, t, :, None]
+        S = torch.exp(dt[:, t] * A)[..., None, None] * S + dBx
+        ys.append((S * Cx[:, t, :, None]).sum(-1))
+    y = torch.stack(ys, 1)
+    if D is not None:
+        y = y + (D[:, None] if D.dim() == 1 else D) * x32
+    if z is not None:
+        y = y * F.silu(z.float())
+    return (y.to(x.dtype), S) if ret else y.to(x.dtype)
+
+
+@pytest.mark.parametrize(
+    "b,L,h,p,n,g,Dshape,use_seq,limit",
+    [(2, 150, 4, 6, 8, 2, "h", True, (0.0, float("inf"))), (1, 70, 3, 5, 4, 1, "hp", False, (0.05, 1.5))],
+)
+def test_ssd_float32(b, L, h, p, n, g, Dshape, use_seq, limit):
+    x = _leaf(torch.randn(b, L, h, p))
+    dt = _leaf(torch.randn(b, L, h))
+    A = _leaf(-torch.rand(h) - 0.3)
+    B, C = _leaf(torch.randn(b, L, g, n)), _leaf(torch.randn(b, L, g, n))
+    D = _leaf(torch.randn(h) if Dshape == "h" else torch.randn(h, p))
+    z = _leaf(torch.randn(b, L, h, p))
+    dt_bias = _leaf(torch.randn(h) * 0.5)
+    S0 = _leaf(torch.randn(b, h, p, n))
+    seq_idx = None
+    if use_seq:
+        seq_idx = torch.zeros(b, L, dtype=torch.long)
+        seq_idx[0, 70:] = 1
+        seq_idx[-1, 20:] = 1
+        seq_idx[-1, 100:] = 2
+
+    def run(fn):
+        return lambda x, dt, A, B, C, D, z, dt_bias, S0: fn(
+            x, dt, A, B, C, 64, D, z, dt_bias, True, limit, S0, seq_idx, True)
+
+    _compare(run(ssd_cpu.ssd), run(_ssd_oracle()), (x, dt, A, B, C, D, z, dt_bias, S0),
+             "x dt A B C D z dt_bias initial_state".split(), F32, "ssd")
+
+
+def test_ssd_bfloat16_inputs():
+    b, L, h, p, n = 1, 90, 2, 4, 8
+    args = (_leaf(torch.randn(b, L, h, p), torch.bfloat16), _leaf(torch.randn(b, L, h), torch.bfloat16),
+            _leaf(-torch.rand(h) - 0.3), _leaf(torch.randn(b, L, 1, n), torch.bfloat16),
+            _leaf(torch.randn(b, L, 1, n), torch.bfloat16))
+
+    def run(fn):
+        return lambda x, dt, A, B, C: fn(x, dt, A, B, C, 64, None, None, None, True, (0.0, float("inf")),
+                                         None, None, True)
+
+    out = run(ssd_cpu.ssd)(*args)
+    assert out[0].dtype == torch.bfloat16 and out[1].dtype == torch.float32
+    _compare(run(ssd_cpu.ssd), run(_ssd_oracle()), args, "x dt A B C".split(), BF16, "ssd bf16")
+
+
+# ---- causal conv ---------------------------------------------------------------------------------
+
+def _conv_oracle():
+    try:
+        return importlib.import_module("ssmkit.ops.causal_conv1d.reference").causal_conv1d
+    except ModuleNotFoundError:
+        return _conv_torch
+
+
+def _conv_torch(x, weight, bias, initial_state, activation, ret):
+    """Stand-in until ssmkit.ops.causal_conv1d.reference lands: F.conv1d on the padded input."""
+    b, d, _ = x.shape
+    k = weight.shape[1]
+    s0 = initial_state if initial_state is not None else x.new_zeros(b, d, k - 1)
+    xp = torch.cat([s0.float(), x.float()], -1)
+    y = F.conv1d(xp, weight.float()[:, None], None if bias is None else bias.float(), groups=d)
+    y = (F.silu(y) if activation == "silu" else y).to(x.dtype)
+    return (y, xp[..., xp.shape[-1] - (k - 1):].to(x.dtype)) if ret else y
+
+
+@pytest.mark.parametrize("k,activation,with_state,dtype", [(4, "silu", True, torch.float32),
+                                                           (3, None, False, torch.float32),
+                                                           (4, "silu", True, torch.bfloat16)])
+def test_causal_conv1d(k, activation, with_state, dtype):
+    b, d, L = 2, 5, 41
+    x = _leaf(torch.randn(b, d, L), dtype)
+    w, bias = _leaf(torch.randn(d, k), dtype), _leaf(torch.randn(d), dtype)
+    s0 = _leaf(torch.randn(b, d, k - 1), dtype) if with_state else None
+
+    def run(fn):
+        return lambda x, w, bias, s0: fn(x, w, bias, s0, activation, True)
+
+    tol = F32 if dtype == torch.float32 else BF16
+    _compare(run(conv_cpu.causal_conv1d), run(_conv_oracle()), (x, w, bias, s0),
+             "x weight bias initial_state".split(), tol, "causal_conv1d")
+
+
+# ---- dispatch ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["selective_scan", "ssd", "causal_conv1d"])
+def test_auto_picks_cpu_and_env_forces_reference(op, monkeypatch):
+    x = torch.randn(2, 3)
+    monkeypatch.delenv("SSMKIT_BACKEND", raising=False)
+    assert _dispatch.unsupported_reason(op, "cpu", x) is None
+    assert _dispatch.resolve(op, "auto", x)[0] == "cpu"
+    if _dispatch._load(op, "reference") is not None:
+        monkeypatch.setenv("SSMKIT_BACKEND", "reference")
+        assert _dispatch.resolve(op, "auto", x)[0] == "reference"
+
+
+def test_float64_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.delenv("SSMKIT_BACKEND", raising=False)
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    x = torch.randn(2, 3, dtype=torch.float64)
+    assert "float64" in ss_cpu.unsupported_reason(x)
+    with pytest.warns(RuntimeWarning, match="slow reference"):
+        assert _dispatch.resolve("selective_scan", "auto", x)[0] == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _dispatch.resolve("selective_scan", "auto", x)[0] == "reference"
+    with pytest.raises(RuntimeError, match="float64"):
+        _dispatch.resolve("selective_scan", "cpu", x)
