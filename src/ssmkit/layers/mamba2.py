@@ -1,0 +1,241 @@
+"""Mamba-2 mixer: in_proj -> (z, xBC, dt); causal conv over xBC -> SSD -> gated grouped RMSNorm -> out_proj.
+
+Glossary (code name: symbol in "Transformers are SSMs" / published code):
+    d_inner : expand * d_model               nheads : H = d_inner / headdim, one scalar A per head
+    headdim : P, channels per head            ngroups: G, heads share B and C within a group
+    d_state : N                               dt     : per head, softplus(dt + dt_bias) clamped to dt_limit
+    A = -exp(A_log), A_log initialised from A ~ U(A_init_range)
+Parameter names and shapes are the published checkpoints' (and transformers' Mamba2Mixer's): in_proj
+(outputs ordered z, x, B, C, dt), conv1d (over x, B, C), dt_bias, A_log, D, norm.weight, out_proj.
+
+State: {"conv": (b, d_inner + 2 G N, d_conv-1), the last d_conv-1 conv inputs (transformers keeps
+d_conv), "ssm": (b, H, P, N) float32}.
+
+Variable length: `seq_idx` (b, l) or `cu_seqlens` (b == 1) run packed sequences as if each were alone:
+the conv taps and the SSD state stop at every boundary; a given state applies to each row's first
+sequence. `attention_mask` (b, l), 1 = token, 0 = pad: pads are zeroed before the conv and get dt = 0.
+bidirectional=True adds an independent second Mamba2 (`reverse.*`) over the reversed sequence; summed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmkit.layers.base import Mixer, StateDict
+from ssmkit.layers.mamba import inverse_softplus_dt, mask_conv_state, reverse_seq_idx, varlen_args
+from ssmkit.layers.norm import RMSNorm
+from ssmkit.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
+from ssmkit.ops.ssd import ssd
+
+
+class Mamba2(Mixer):
+    """The Mamba-2 mixer (see the module docstring). `backend` is passed to the ops."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        chunk_size: int = 256,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        dt_limit: tuple[float, float] = (0.0, math.inf),
+        conv_bias: bool = True,
+        bias: bool = False,
+        rmsnorm: bool = True,
+        norm_eps: float = 1e-5,
+        D_has_hdim: bool = False,
+        bidirectional: bool = False,
+        layer_idx: int | None = None,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        for name, v in (
+            ("d_model", d_model),
+            ("d_state", d_state),
+            ("d_conv", d_conv),
+            ("expand", expand),
+            ("headdim", headdim),
+            ("ngroups", ngroups),
+            ("chunk_size", chunk_size),
+        ):
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"Mamba2: {name} must be a positive int, got {v!r}")
+        d_inner = expand * d_model
+        if d_inner % headdim != 0:
+            raise ValueError(
+                f"Mamba2: d_inner = expand * d_model = {expand} * {d_model} = {d_inner} must be divisible "
+                f"by headdim={headdim}"
+            )
+        nheads = d_inner // headdim
+        if nheads % ngroups != 0:
+            raise ValueError(f"Mamba2: ngroups={ngroups} must divide nheads = d_inner / headdim = {nheads}")
+        if not 0 < A_init_range[0] <= A_init_range[1]:
+            raise ValueError(
+                f"Mamba2: A_init_range must be (low, high) with 0 < low <= high, got {A_init_range}"
+            )
+        fk = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner, self.headdim, self.nheads, self.ngroups = d_inner, headdim, nheads, ngroups
+        self.chunk_size, self.dt_limit = chunk_size, (float(dt_limit[0]), float(dt_limit[1]))
+        self.rmsnorm, self.D_has_hdim = rmsnorm, D_has_hdim
+        self.layer_idx, self.backend, self.bidirectional = layer_idx, backend, bidirectional
+        self.conv_dim = d_inner + 2 * ngroups * d_state
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + nheads, bias=bias, **fk)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim,
+            self.conv_dim,
+            d_conv,
+            groups=self.conv_dim,
+            padding=d_conv - 1,
+            bias=conv_bias,
+            **fk,
+        )
+        self.dt_bias = nn.Parameter(inverse_softplus_dt(nheads, dt_min, dt_max, dt_init_floor).to(device))
+        self.dt_bias._no_weight_decay = True
+        A = torch.empty(nheads, dtype=torch.float32).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A).to(device))  # (nheads,) float32
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(d_inner if D_has_hdim else nheads, device=device))
+        self.D._no_weight_decay = True
+        if rmsnorm:
+            self.norm = RMSNorm(d_inner, eps=norm_eps, group_size=d_inner // ngroups)
+            if device is not None or dtype is not None:
+                self.norm.to(**{k: v for k, v in fk.items() if v is not None})
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **fk)
+
+        if bidirectional:
+            kw = dict(
+                d_state=d_state,
+                d_conv=d_conv,
+                expand=expand,
+                headdim=headdim,
+                ngroups=ngroups,
+                chunk_size=chunk_size,
+                A_init_range=A_init_range,
+                dt_min=dt_min,
+                dt_max=dt_max,
+                dt_init_floor=dt_init_floor,
+                dt_limit=dt_limit,
+                conv_bias=conv_bias,
+                bias=bias,
+                rmsnorm=rmsnorm,
+                norm_eps=norm_eps,
+                D_has_hdim=D_has_hdim,
+                layer_idx=layer_idx,
+                backend=backend,
+                **fk,
+            )
+            self.reverse = Mamba2(d_model, **kw)
+
+    # ---- the protocol ------------------------------------------------------------------------
+    def init_state(self, batch_size: int, device=None, dtype=None) -> StateDict:
+        self._check_causal("init_state")
+        device = self.A_log.device if device is None else device
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        return {
+            "conv": torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
+            "ssm": torch.zeros(
+                batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=torch.float32
+            ),
+        }
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: StateDict | None = None,
+        return_state: bool = False,
+        *,
+        seq_idx: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ):
+        """x (b, l, d_model) -> y (b, l, d_model) [, state after x]."""
+        self._check_x(x)
+        seq_idx, mask = varlen_args(x, seq_idx, cu_seqlens, attention_mask)
+        if self.bidirectional:
+            if state is not None or return_state:
+                self._check_causal("a state")
+            y, _ = self._forward(x, None, seq_idx, mask)
+            m_r = None if mask is None else mask.flip(1)
+            y_r, _ = self.reverse._forward(x.flip(1), None, reverse_seq_idx(seq_idx), m_r)
+            return y + y_r.flip(1)
+        if state is not None:
+            self._check_state(state, x.shape[0])
+        y, new_state = self._forward(x, state, seq_idx, mask)
+        return (y, new_state) if return_state else y
+
+    def step(self, x_t: torch.Tensor, state: StateDict) -> tuple[torch.Tensor, StateDict]:
+        """One token x_t (b, d_model) -> y_t (b, d_model), new state; O(1) in time and memory."""
+        self._check_causal("step")
+        self._check_x_t(x_t)
+        self._check_state(state, x_t.shape[0])
+        z, xBC, dt = self.in_proj(x_t).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC, conv = causal_conv1d_update(
+            xBC, state["conv"].to(xBC.dtype), self.conv1d.weight[:, 0, :], self.conv1d.bias, "silu"
+        )
+        y, ssm = self._ssd(xBC[:, None], dt[:, None], z[:, None], state["ssm"], None, None, chunk_size=1)
+        return self.out_proj(y[:, 0]), {"conv": conv, "ssm": ssm}
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _ssd(self, xBC, dt, z, ssm0, seq_idx, mask, chunk_size):
+        """xBC (b, l, conv_dim) after the conv, dt (b, l, H), z (b, l, d_inner) -> y (b, l, d_inner), ssm."""
+        b, l = xBC.shape[:2]
+        H, P, G, N = self.nheads, self.headdim, self.ngroups, self.d_state
+        xs, B, C = xBC.split([self.d_inner, G * N, G * N], dim=-1)
+        dt_bias, softplus, limit = self.dt_bias, True, self.dt_limit
+        if mask is not None:
+            # dt = 0 on pads: exp(0 * A) = 1 and no input, so the state passes through unchanged
+            dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit) * mask[..., None]
+            dt_bias, softplus, limit = None, False, (0.0, math.inf)
+        D = self.D.view(H, P) if self.D_has_hdim else self.D
+        gate = None if self.rmsnorm else z.reshape(b, l, H, P)
+        y, ssm = ssd(
+            xs.reshape(b, l, H, P),
+            dt,
+            -torch.exp(self.A_log.float()),
+            B.reshape(b, l, G, N),
+            C.reshape(b, l, G, N),
+            chunk_size,
+            D,
+            gate,
+            dt_bias,
+            softplus,
+            limit,
+            ssm0,
+            seq_idx,
+            True,
+            backend=self.backend,
+        )
+        y = y.reshape(b, l, self.d_inner)
+        if self.rmsnorm:
+            y = self.norm(y, z)  # gated: RMSNorm_groups(y * silu(z)) * weight
+        return y, ssm
+
+    def _forward(self, x, state, seq_idx, mask):
+        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC = xBC.transpose(1, 2)  # (b, conv_dim, l)
+        if mask is not None:
+            xBC = xBC * mask[:, None, :]  # pads enter the conv as zeros, like an empty state
+        conv0 = None if state is None else state["conv"].to(xBC.dtype)
+        w = self.conv1d.weight[:, 0, :]  # (conv_dim, d_conv)
+        if seq_idx is not None:
+            xBC, conv = causal_conv1d(xBC, w, self.conv1d.bias, conv0, "silu", True, seq_idx=seq_idx)
+            conv = mask_conv_state(conv, seq_idx)
+        else:
+            xBC, conv = causal_conv1d(xBC, w, self.conv1d.bias, conv0, "silu", True, self.backend)
+        ssm0 = None if state is None else state["ssm"]
+        y, ssm = self._ssd(xBC.transpose(1, 2), dt, z, ssm0, seq_idx, mask, self.chunk_size)
+        return self.out_proj(y), {"conv": conv, "ssm": ssm}
