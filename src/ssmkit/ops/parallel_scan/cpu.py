@@ -4,7 +4,8 @@ Layout inside the kernels: every tensor is flattened to (batch, length, M), M = 
 trailing dims; a is (batch or 1, length or 1, M) and broadcasts (index 0 where its size is 1), so a
 time-invariant a (S5's Lambda-bar) is never materialized over time. Complex tensors go to numba as
 complex64/complex128 arrays directly. Threads split M into blocks (prange); each block walks time
-in order, contiguous in M so the inner loop vectorizes.
+in order, contiguous in M so the inner loop vectorizes. For a constant in time the backward sums
+dL/da over time in the kernel instead of writing a (batch, length, M) tensor.
 
 Backward (the reverse scan, conj for complex as in PyTorch's convention):
     g_t = dL/dh_t + conj(a_{t+1}) g_{t+1};   dL/db_t = g_t;   dL/da_t = g_t conj(h_{t-1});
@@ -83,7 +84,10 @@ def _build():
                     hp = h[i, t - 1, m]
                     if conj:
                         hp = np.conj(hp)
-                    da[i, t, m] = gt * hp
+                    if sa_t:
+                        da[i, t, m] = gt * hp
+                    else:                                      # a constant in time: sum over t here
+                        da[i, 0, m] += gt * hp
             ta1 = 1 if sa_t else 0
             for m in range(m0, m1):
                 gt = dh[i, 0, m]
@@ -98,7 +102,10 @@ def _build():
                 if conj:
                     hp = np.conj(hp)
                     a0 = np.conj(a0)
-                da[i, 0, m] = gt * hp
+                if sa_t:
+                    da[i, 0, m] = gt * hp
+                else:
+                    da[i, 0, m] += gt * hp
                 dh0[i, m] = gt * a0
 
     return forward, backward
@@ -143,13 +150,16 @@ class _CpuScan(torch.autograd.Function):
         dh3 = dh.reshape(h.shape).contiguous()
         g = torch.empty_like(h)
         need_a = ctx.needs_input_grad[0]
-        da = torch.empty_like(h)
+        # grad a: (batch, length, M), or summed over time inside the kernel when a is constant in time
+        Bn, _, M = h.shape
+        da = torch.empty_like(h) if a3.shape[1] > 1 else torch.zeros(Bn, 1, M, dtype=h.dtype)
         dh0 = torch.empty_like(h03)
         arrays = (a3, h03, h, dh3, g, da, dh0)
         bwd(*(t.numpy() for t in arrays), h.is_complex())
         da_out = None
         if need_a:
             da_out = da.sum_to_size(a3.shape).reshape(*a3.shape[:2], *b_shape[2:]).sum_to_size(a_shape)
+            # (batch, 1, M) -> a3's (1 or batch, 1, M) -> a's own shape (trailing broadcast dims summed)
         dh0_out = None
         if h0_shape is not None and ctx.needs_input_grad[2]:
             dh0_out = dh0.reshape(b_shape[:1] + b_shape[2:]).sum_to_size(h0_shape)
