@@ -2,11 +2,12 @@
 
     python -m ssmkit demo --out outputs
 
-Byte-level, context 256. Each model trains for the same wall-clock budget (its number of steps is
-calibrated from a few timed steps so the cosine schedule ends on time). Reported: validation bits
-per byte of both and the unigram baseline (the train split's byte frequencies scored on the
-validation split: what a model that ignores context can reach). Written under --out: results.md,
-results.json, learning_curves.png, samples.txt, and one run directory per model.
+Byte-level, context 256. Both models train on the same batches for the same number of steps,
+chosen from a few timed steps of each so that the two runs together take about 2 x budget_s
+(the cosine schedule then ends on time; a time cap guards against a machine slowed by other load).
+Reported: validation bits per byte of both and the unigram baseline (the train split's byte
+frequencies scored on the validation split: what a model that ignores context can reach).
+Written under --out: results.md, results.json, learning_curves.png, samples.txt, one directory per model.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def match_transformer(ssm_params: int, base: dict, vocab_size: int) -> dict:
     return best
 
 
-def calibrate_steps(model, batches, budget_s: float, probe_steps: int = 3) -> int:
-    """Steps that fit in budget_s: time `probe_steps` forward+backward passes after one warm-up."""
+def seconds_per_step(model, batches, probe_steps: int = 3) -> float:
+    """Median time of `probe_steps` forward+backward passes, after one warm-up (numba compiles, caches)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the probe leaves the weights alone
     times = []
     for i in range(probe_steps + 1):
@@ -90,8 +91,7 @@ def calibrate_steps(model, batches, budget_s: float, probe_steps: int = 3) -> in
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
-    per_step = sum(times[1:]) / probe_steps * 1.08  # evaluation and logging overhead
-    return max(20, int(budget_s / per_step))
+    return sorted(times[1:])[probe_steps // 2] * 1.05  # + optimizer, evaluation and logging
 
 
 def _sample(model, tokenizer, n_tokens: int, seed: int) -> str:
@@ -177,19 +177,21 @@ def demo(
     ssm_params = count_parameters(build_model(ssm_args, 256))
     tf_args = dict(transformer_model or match_transformer(ssm_params, TRANSFORMER_MODEL, 256))
     runs = {"ssm": ssm_args, "transformer": tf_args}
+    # One step count for both (same batches, same tokens), sized so the two runs together take
+    # about 2 * budget_s; max_time guards against a machine that slows down under other load.
+    batches = LMBatches(data.train, seq_len, batch_size, seed)
+    per_step = {name: seconds_per_step(build_model(args, 256, seed), batches) for name, args in runs.items()}
+    steps = max(20, int(2 * budget_s / sum(per_step.values())))
     results, curves, samples = {}, {}, {}
     for name, args in runs.items():
         model = build_model(args, 256, seed)
-        batches = LMBatches(data.train, seq_len, batch_size, seed)
-        steps = calibrate_steps(model, batches, budget_s)
-        model = build_model(args, 256, seed)  # fresh weights (the probe built autograd state)
         run_dir = os.path.join(out, name)
         cfg = TrainConfig(
             **{
                 **base.to_dict(),
                 "model": args,
                 "max_steps": steps,
-                "max_time": budget_s * 1.1,
+                "max_time": budget_s * 1.6,
                 "eval_every": max(1, steps // 8),
                 "out_dir": run_dir,
                 "save_every": 0,
@@ -198,7 +200,7 @@ def demo(
         label = f"{name} ({args['layers']})"
         print(
             f"demo: {label}: {count_parameters(model):,} parameters, {steps} steps of {batch_size}x{seq_len} "
-            f"bytes in ~{budget_s:.0f} s",
+            f"bytes (~{per_step[name] * steps:.0f} s at {per_step[name]:.2f} s/step)",
             flush=True,
         )
         res = train(model, batches, cfg, val_windows=windows, bytes_per_token=1.0, out_dir=run_dir, desc=name)
@@ -272,7 +274,8 @@ def _markdown(s: dict) -> str:
         f"Train {s['corpus']['train_bytes']:,} bytes, validation {s['corpus']['val_bytes']:,} bytes "
         "(split by file, "
         f"fingerprint {s['corpus']['fingerprint']}); context {s['seq_len']}, batch {s['batch_size']}, "
-        f"~{s['budget_s_per_model']:.0f} s of training per model. Whole run: {s['wall_seconds']:.0f} s.",
+        f"the same steps (batches) for both, ~{s['budget_s_per_model']:.0f} s of training per model on "
+        f"average. Whole run: {s['wall_seconds']:.0f} s.",
         "",
         "| model | layers | parameters | steps | tokens/s | val bits/byte | val acc |",
         "|---|---|---:|---:|---:|---:|---:|",
