@@ -56,6 +56,8 @@ NEEDS = {
     "S5": ["ssmkit.math.hippo", "ssmkit.math.discretize"],
     "H3": ["ssmkit.math.kernels", "ssmkit.ops.fft_conv.reference"],
     "Hyena": ["ssmkit.ops.fft_conv.reference"],
+    "S4D": ["ssmkit.math.discretize", "ssmkit.math.kernels", "ssmkit.ops.fft_conv.reference"],
+    "Mamba": ["ssmkit.ops.selective_scan.reference"],
 }
 
 
