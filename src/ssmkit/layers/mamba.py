@@ -262,7 +262,7 @@ class Mamba(Mixer):
         delta_bias, softplus = self.dt_proj.bias, True
         if mask is not None:
             # delta = 0 on pads: exp(0 * A) = 1 and no input, so the state passes through unchanged
-            delta = F.softplus(delta.float() + delta_bias.float()) * mask[:, None, :]
+            delta = F.softplus(delta.float() + delta_bias.float()[:, None]) * mask[:, None, :]
             delta_bias, softplus = None, False
         y, ssm = selective_scan(
             u,
