@@ -1,0 +1,84 @@
+"""Selective scan reference paths: the sequential loop (oracle) vs the chunked log-space path.
+
+    .venv/bin/python -m benchmarks.reference_paths            # b=1, d=1536, n=16, l=2048, float32
+    .venv/bin/python -m benchmarks.reference_paths --length 512 --repeats 3 --threads 2
+
+Forward + backward (gradients of every input and of the initial state) of each path, side by side
+in one run, each in its own fresh process so that its peak memory (ru_maxrss above the baseline
+taken after the inputs are built) is its own. Times are the best of `--repeats`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+
+
+def _run(path: str, b: int, d: int, n: int, l: int, repeats: int, threads: int, queue) -> None:
+    import torch
+
+    from ssmkit.ops.selective_scan import selective_scan_chunked, selective_scan_ref
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    fn = selective_scan_ref if path == "loop" else selective_scan_chunked
+    inputs = [
+        torch.randn(b, d, l),
+        torch.randn(b, d, l) * 0.5,
+        -torch.rand(d, n) - 0.1,
+        torch.randn(b, 1, n, l),
+        torch.randn(b, 1, n, l),
+        torch.randn(d),
+        torch.randn(b, d, l),
+        torch.randn(d),
+        torch.randn(b, d, n),
+    ]
+    inputs = [t.requires_grad_(True) for t in inputs]
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(repeats):
+        for t in inputs:
+            t.grad = None
+        start = time.perf_counter()
+        u, delta, A, B, C, D, z, bias, h0 = inputs
+        out, h = fn(u, delta, A, B, C, D, z, bias, True, h0, True)
+        (out.sum() + h.sum()).backward()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base  # KiB on Linux
+    queue.put((path, min(times), peak / 1024))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--d", type=int, default=1536)
+    p.add_argument("--d-state", type=int, default=16)
+    p.add_argument("--length", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    ctx = mp.get_context("spawn")
+    results = {}
+    for path in ("loop", "chunked"):
+        q = ctx.Queue()
+        proc = ctx.Process(
+            target=_run, args=(path, a.batch, a.d, a.d_state, a.length, a.repeats, a.threads, q)
+        )
+        proc.start()
+        name, seconds, mib = q.get()
+        proc.join()
+        results[name] = (seconds, mib)
+    print(
+        f"selective scan fwd+bwd, b={a.batch} d={a.d} n={a.d_state} l={a.length} float32, "
+        f"{a.threads} thread(s), best of {a.repeats}"
+    )
+    print(f"{'path':<10}{'seconds':>10}{'peak MiB':>12}")
+    for name, (s, mib) in results.items():
+        print(f"{name:<10}{s:>10.3f}{mib:>12.0f}")
+    print(f"chunked / loop time: {results['chunked'][0] / results['loop'][0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
