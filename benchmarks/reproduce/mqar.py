@@ -1,0 +1,81 @@
+"""Multi-query associative recall, MQAR (Zoology, Arora et al. 2023; Mamba-2 paper, Dao & Gu 2024,
+sec. 9.1 and Figure 8).
+
+Claim: MQAR needs state capacity; Mamba-2 improves as its state grows (N = 16 -> 64 -> 256) and with a
+large state beats Mamba, whose state is not meant to grow as cheaply. Attention (a KV cache, no fixed
+state) is the reference that solves it. 2 layers; one model width per run.
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks.reproduce import harness as H
+from ssmkit.training.tasks import associative_recall
+
+NAME = "mqar"
+CLAIM = "MQAR accuracy grows with state size: Mamba-2 at N=256 >> N=16; attention solves it"
+SOURCE = ("Mamba-2 paper (Dao & Gu 2024), Figure 8 (MQAR, 2 layers, model dim 32-256, sequence length "
+          "256-1024): Mamba-2 improves with N=16/64/256 and beats Mamba-1; only qualitative (a plot)")
+
+CONFIGS = {
+    "tiny": dict(seq_len=16, n_pairs=2, vocab_size=16, d_model=16, batch_size=4, steps=2, budget_s=0,
+                 lr=1e-3, n_test=8, states=[16]),
+    "small": dict(seq_len=64, n_pairs=8, vocab_size=64, d_model=64, batch_size=64, steps=3000, budget_s=28,
+                  lr=3e-3, n_test=512, states=[16, 64, 256]),
+    "full": dict(seq_len=256, n_pairs=32, vocab_size=8192, d_model=128, batch_size=64, steps=20000,
+                 budget_s=1800, lr=1e-3, n_test=3000, states=[16, 64, 256]),
+}
+N_LAYER = 2
+
+
+def _rows(cfg: dict) -> list[tuple[str, str, dict, int | None]]:
+    rows = [("Attention (rotary)", "attention", {}, None)]
+    for n in cfg["states"]:
+        rows.append((f"Mamba N={n}", "mamba", {"mamba": {"d_state": n}}, n))
+    for n in cfg["states"]:
+        rows.append((f"Mamba-2 N={n}", "mamba2",
+                     {"mamba2": {"d_state": n, "headdim": 16, "chunk_size": 64}}, n))
+    return rows
+
+
+def _make(cfg: dict, layers: str, kw: dict):
+    from ssmkit import SSMConfig, SSMForCausalLM
+
+    return SSMForCausalLM(SSMConfig(d_model=cfg["d_model"], n_layer=N_LAYER, vocab_size=cfg["vocab_size"],
+                                    layers=layers, layer_kwargs=kw, n_head=4))
+
+
+def run(cfg: dict, full: bool = False, seed: int = 0) -> dict:
+    t0 = time.perf_counter()
+    task = dict(seq_len=cfg["seq_len"], n_pairs=cfg["n_pairs"], vocab_size=cfg["vocab_size"])
+    test_x, test_y = associative_recall(cfg["n_test"], seed=10**9 + seed, **task)
+    rows = []
+    for label, layers, kw, n in _rows(cfg):
+        model, why = H.build(lambda layers=layers, kw=kw: _make(cfg, layers, kw), seed)
+        if model is None:
+            rows.append(H.unavailable_row(label, why, d_state=n))
+            H.log(f"{NAME}: {label}: {why}")
+            continue
+        fit = H.train(model, H.lm_batches(associative_recall, cfg["batch_size"], seed, **task), cfg["steps"],
+                      cfg["lr"], cfg["budget_s"])
+        acc = H.lm_accuracy(model, test_x, test_y, batch_size=256)
+        rows.append({"model": label, "d_state": n, "params": H.n_params(model), **fit, "acc": acc["acc"]})
+        H.log(f"{NAME}: {label}: acc {acc['acc']:.3f} after {fit['steps']} steps")
+    return H.result(NAME, CLAIM, cfg, rows, t0, full, source=SOURCE, chance=2 / cfg["vocab_size"],
+                    model={"d_model": cfg["d_model"], "n_layer": N_LAYER})
+
+
+def markdown(r: dict) -> str:
+    c = r["config"]
+    head = (f"Length {c['seq_len']}, {c['n_pairs']} key-value pairs, vocabulary {c['vocab_size']}, 2 layers, "
+            f"d_model {c['d_model']}; accuracy over all queries, chance = {100 * r['chance']:.1f}%. "
+            f"Paper: {r['source']}.\n\n")
+    rows = []
+    for x in r["rows"]:
+        if x.get("status") == H.NOT_AVAILABLE:
+            rows.append([x["model"], x["d_state"], None, None, None, f"not available: {x['reason']}"])
+        else:
+            rows.append([x["model"], x["d_state"] or "KV cache", x["params"], x["steps"], H.pct(x["acc"]),
+                         "paper: qualitative (Figure 8)"])
+    return head + H.table(["model", "state size N", "params", "steps", "accuracy", "paper"], rows)

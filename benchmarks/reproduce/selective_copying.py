@@ -1,0 +1,88 @@
+"""Selective copying (Mamba paper, Gu & Dao 2023, sec. 4.1.1 and Table 1).
+
+Claim: a selective (input-dependent) SSM solves selective copying; time-invariant SSMs (S4, Hyena's long
+convolutions) do not, with or without gating. Setting of the paper: 2 layers, d_model 64, vocabulary 16,
+16 tokens to memorize among noise, sequence length 4096. Ours: the same model sizes, the noise region
+scaled down (`seq_len`), a CPU budget of training steps.
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks.reproduce import harness as H
+from benchmarks.reproduce.gated_s4d import GatedS4D, swap_mixers
+from ssmkit.training.tasks import selective_copying
+
+NAME = "selective_copying"
+CLAIM = "selective SSM (S6/Mamba) solves selective copying; time-invariant layers (S4D, H3, Hyena) do not"
+SOURCE = "Mamba paper (Gu & Dao 2023), Table 1 (length 4096, 400k steps)"
+
+CONFIGS = {
+    "tiny": dict(seq_len=24, n_memorize=4, batch_size=4, steps=2, budget_s=0, n_test=8, lr=2e-3),
+    "small": dict(seq_len=128, n_memorize=16, batch_size=32, steps=3000, budget_s=65, n_test=256, lr=3e-3),
+    "full": dict(seq_len=1024, n_memorize=16, batch_size=64, steps=20000, budget_s=3600, n_test=1024,
+                 lr=1e-3),
+}
+D_MODEL, N_LAYER, VOCAB = 64, 2, 16
+
+# (label, architecture, layer, paper accuracy %, how we build it)
+ROWS = [
+    ("S4D, no gate", "no gate", "S4D", 18.3, {"layers": "s4d", "kw": {"s4d": {"output": "linear"}}}),
+    ("S4D in the Mamba block", "Mamba", "S4D", 56.4, {"layers": "s4d", "gated_s4d": True}),
+    ("H3", "H3", "S4D (H3's diagonal SSM)", 57.0, {"layers": "h3"}),
+    ("Hyena", "H3", "Hyena", 30.1, {"layers": "hyena", "hyena_l_max": True}),
+    ("Mamba", "Mamba", "S6", 99.8, {"layers": "mamba"}),
+]
+
+
+def _make(spec: dict, L: int):
+    from ssmkit import SSMConfig, SSMForCausalLM
+
+    kw = dict(spec.get("kw", {}))
+    if spec.get("hyena_l_max"):
+        kw = {"hyena": {"l_max": L}}
+    cfg = SSMConfig(d_model=D_MODEL, n_layer=N_LAYER, vocab_size=VOCAB, layers=spec["layers"],
+                    layer_kwargs=kw)
+    model = SSMForCausalLM(cfg)
+    if spec.get("gated_s4d"):
+        swap_mixers(model, lambda: GatedS4D(D_MODEL, d_state=16))
+    return model
+
+
+def run(cfg: dict, full: bool = False, seed: int = 0) -> dict:
+    t0 = time.perf_counter()
+    task = dict(seq_len=cfg["seq_len"], n_memorize=cfg["n_memorize"], vocab_size=VOCAB)
+    L = cfg["seq_len"] + cfg["n_memorize"] + 1
+    test_x, test_y = selective_copying(cfg["n_test"], seed=10**9 + seed, **task)
+    rows = []
+    for label, arch, layer, paper, spec in ROWS:
+        model, why = H.build(lambda spec=spec: _make(spec, L), seed)
+        if model is None:
+            rows.append(H.unavailable_row(label, why, arch=arch, layer=layer, paper=paper))
+            H.log(f"{NAME}: {label}: {why}")
+            continue
+        batches = H.lm_batches(selective_copying, cfg["batch_size"], seed, **task)
+        fit = H.train(model, batches, cfg["steps"], cfg["lr"], cfg["budget_s"])
+        acc = H.lm_accuracy(model, test_x, test_y)
+        rows.append({"model": label, "arch": arch, "layer": layer, "params": H.n_params(model), **fit,
+                     "acc": acc["acc"], "seq_acc": acc["seq_acc"], "paper": paper})
+        H.log(f"{NAME}: {label}: acc {acc['acc']:.3f} after {fit['steps']} steps ({fit['train_s']} s)")
+    return H.result(NAME, CLAIM, cfg, rows, t0, full, source=SOURCE, chance=1 / (VOCAB - 2),
+                    model={"d_model": D_MODEL, "n_layer": N_LAYER, "vocab_size": VOCAB})
+
+
+def markdown(r: dict) -> str:
+    c = r["config"]
+    head = (f"Noise region {c['seq_len']} tokens, {c['n_memorize']} tokens to copy, vocabulary {VOCAB}, "
+            f"2 layers, d_model 64; chance = {100 * r['chance']:.1f}%. Paper: {r['source']}.\n\n")
+    rows = []
+    for x in r["rows"]:
+        if x.get("status") == H.NOT_AVAILABLE:
+            rows.append([x["model"], x["arch"], x["layer"], None, None, None, f"{x['paper']}%",
+                         f"not available ({x['reason']})"])
+        else:
+            rows.append([x["model"], x["arch"], x["layer"], x["params"], x["steps"], H.pct(x["acc"]),
+                         f"{x['paper']}%", f"all {c['n_memorize']} right: {H.pct(x['seq_acc'])}"])
+    return head + H.table(["model", "architecture", "layer", "params", "steps", "accuracy (ours)",
+                           "accuracy (paper)", "note"], rows)
