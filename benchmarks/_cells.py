@@ -1,0 +1,56 @@
+"""Run one benchmark cell in a fresh subprocess: its time and its peak memory, with a time cap.
+
+A cell is a Python callable named "module:function" returning a `run()` closure (inputs built,
+one small warm-up done). The child process measures
+    time: the median of a few calls of run() (one call if the first takes over 2 s),
+    peak: ru_maxrss after the calls minus ru_maxrss before them (resident memory the cell added;
+          tracemalloc does not see torch's allocations, the process high-water mark does),
+and prints them as one JSON line. The parent kills a child that runs past the cap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def measure(run, budget_s: float = 2.0, max_calls: int = 4) -> dict:
+    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    t0 = time.perf_counter()
+    while len(times) < max_calls:
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - t0 > budget_s:
+            break
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"t": statistics.median(times), "calls": len(times), "peak_mb": (peak_kb - base_kb) / 1024}
+
+
+def run_cell(target: str, kwargs: dict, cap_s: float) -> dict:
+    """{"t", "calls", "peak_mb"} or {"skipped": reason}; target = "module:function"."""
+    cmd = [sys.executable, "-m", "benchmarks._cells", target, json.dumps(kwargs)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cap_s)
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"skipped (>{cap_s:.0f}s)"}
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"skipped": f"error: {last[:80]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _child(target: str, kwargs_json: str) -> None:
+    module, fn = target.split(":")
+    run = getattr(importlib.import_module(module), fn)(**json.loads(kwargs_json))
+    print(json.dumps(measure(run)))
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2])
