@@ -36,6 +36,7 @@ D_MODEL1, N1 = 1536, 16
 H2, P2, N2 = 24, 64, 128
 MAMBA1_PATHS = ("ssmkit cpu", "loop", "hf loop", "pscan")
 MAMBA2_PATHS = ("ssmkit cpu", "loop", "hf chunked")
+_HERE = "benchmarks.ops_cpu"  # the child processes import the cells from here
 
 
 # ---- cell builders (run in the child process) -------------------------------------------------
@@ -201,9 +202,9 @@ def main(argv=None) -> None:
     print("\n".join(lines), flush=True)
     sections = []
     if args.only in (None, "mamba1"):
-        sections.append(("Mamba-1 selective scan (d=1536, n=16)", "benchmarks.ops_cpu:mamba1_cell", MAMBA1_PATHS))
+        sections.append(("Mamba-1 selective scan (d=1536, n=16)", f"{_HERE}:mamba1_cell", MAMBA1_PATHS))
     if args.only in (None, "mamba2"):
-        sections.append(("Mamba-2 SSD (h=24, p=64, n=128)", "benchmarks.ops_cpu:mamba2_cell", MAMBA2_PATHS))
+        sections.append(("Mamba-2 SSD (h=24, p=64, n=128)", f"{_HERE}:mamba2_cell", MAMBA2_PATHS))
     for title, target, paths in sections:
         head = ["b", "l", "pass"] + [f"{pa} time" for pa in paths] + [f"{pa} MB" for pa in paths]
         head += [f"{pa} / ssmkit" for pa in paths[1:]] + [f"{pa} MB / ssmkit" for pa in paths[1:]]
