@@ -343,3 +343,19 @@ def test_sigkilled_process_resumes_to_the_same_weights(tmp_path):
     assert res.train_losses[0][0] == step + 1
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_time_schedule_follows_the_clock():
+    from ssmkit.training.optim import warmup_cosine_time
+
+    assert warmup_cosine_time(0, 4, 0.9, 0.1) == pytest.approx(0.25)  # warm-up by steps
+    assert warmup_cosine_time(10, 4, 0.0, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine_time(10, 4, 0.5, 0.1) == pytest.approx(0.55)
+    assert warmup_cosine_time(10, 4, 2.0, 0.1) == pytest.approx(0.1)
+    res = train(
+        TinyLM(),
+        LMBatches(periodic_tokens(), 16, 4),
+        tiny_cfg(max_steps=100_000, max_time=0.5, schedule="time", save_every=0, warmup_steps=0),
+    )
+    assert res.stopped == "max_time" and res.step > 5
+    assert res.train_losses[-1][1] < res.train_losses[0][1]

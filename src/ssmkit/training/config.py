@@ -46,6 +46,9 @@ class TrainConfig:
     """Optimizer steps (the schedule's length)."""
     max_time: float = 0.0
     """Stop (with a checkpoint) after this many seconds of training; 0 = no limit."""
+    schedule: str = "steps"
+    """"steps": the cosine runs over max_steps (exactly resumable); "time": over max_time seconds of
+    wall clock (a fixed time budget whatever the machine's speed; not bitwise resumable)."""
     lr: float = 2e-3
     """Peak learning rate."""
     min_lr_ratio: float = 0.1
@@ -95,6 +98,10 @@ class TrainConfig:
                 raise ConfigError(f"config key {name!r} must be an integer >= 0, got {v!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"config key 'dtype' must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.schedule not in ("steps", "time"):
+            raise ConfigError(f"config key 'schedule' must be steps or time, got {self.schedule!r}")
+        if self.schedule == "time" and not self.max_time > 0:
+            raise ConfigError("config key 'max_time' must be > 0 with schedule: time")
         if self.distributed not in ("ddp", "fsdp"):
             raise ConfigError(f"config key 'distributed' must be ddp or fsdp, got {self.distributed!r}")
         if not isinstance(self.model, dict):

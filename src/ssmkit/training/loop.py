@@ -25,7 +25,7 @@ from torch import nn
 from ssmkit.training import distributed as D
 from ssmkit.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_state
 from ssmkit.training.config import TrainConfig
-from ssmkit.training.optim import build_optimizer, build_scheduler
+from ssmkit.training.optim import build_optimizer, build_scheduler, warmup_cosine_time
 from ssmkit.training.progress import MetricsLog, Progress
 
 LN2 = math.log(2.0)
@@ -79,6 +79,16 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
 
         block.forward = wrapped
     return len(blocks)
+
+
+def set_time_lr(optimizer, cfg: TrainConfig, step: int, time_fraction: float, info: D.DistInfo) -> None:
+    """schedule="time": LR from the fraction of max_time spent (rank 0's clock under DDP)."""
+    if info.enabled:
+        t = torch.tensor([time_fraction if info.is_main else 0.0], dtype=torch.float64, device=info.device)
+        time_fraction = float(D.all_reduce_sum(t).item())
+    factor = warmup_cosine_time(step, cfg.warmup_steps, time_fraction, cfg.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
 
 
 @torch.no_grad()
@@ -233,6 +243,9 @@ def train(
                     wrapped.clip_grad_norm_(cfg.grad_clip)
                 else:
                     torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+            if cfg.schedule == "time":
+                set_time_lr(optimizer, cfg, step - 1, (time.perf_counter() - t0) / cfg.max_time, info)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -242,7 +255,6 @@ def train(
             loss_value = loss_sum.item()
             result.step, result.tokens = step, result.tokens + n_tokens
             result.train_losses.append((step, loss_value))
-            lr = scheduler.get_last_lr()[0]
             progress.update(step, n_tokens, loss_value, lr)
             if step % max(1, cfg.log_every) == 0:
                 metrics.log(step, "train", loss=loss_value, lr=lr, tokens_per_s=progress.rate())

@@ -65,6 +65,14 @@ def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: fl
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def warmup_cosine_time(step: int, warmup_steps: int, time_fraction: float, min_lr_ratio: float) -> float:
+    """As warmup_cosine, but the cosine follows the fraction of a time budget spent (0..1)."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, max(0.0, time_fraction))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def build_scheduler(optimizer, warmup_steps: int, max_steps: int, min_lr_ratio: float):
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, warmup_steps, max_steps, min_lr_ratio)
