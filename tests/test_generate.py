@@ -98,43 +98,55 @@ PAUSE_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     from ssmkit import SSMForCausalLM, State
-    model_dir, work = sys.argv[1], sys.argv[2]
-    model = SSMForCausalLM.from_pretrained(model_dir).eval()
-    follow = torch.tensor(json.load(open(work + "/follow.json")))
+    work = sys.argv[1]
+    jobs = json.load(open(work + "/jobs.json"))
     result = {}
-    for k in json.load(open(work + "/ks.json")):
-        st = State.load(f"{work}/state_{k}.safetensors")
-        out = model.generate(follow, max_new_tokens=6, state=st)
-        result[k] = out[:, follow.shape[1]:].tolist()
+    for name, job in jobs.items():
+        model = SSMForCausalLM.from_pretrained(f"{work}/{name}").eval()
+        follow = torch.tensor(job["follow"])
+        for k in job["ks"]:
+            st = State.load(f"{work}/{name}/state_{k}.safetensors")
+            out = model.generate(follow, max_new_tokens=6, state=st)
+            result[f"{name}/{k}"] = out[:, follow.shape[1]:].tolist()
     print(json.dumps(result))
     """
 )
+PAUSE_PATTERNS = ["attention", "mamba2*3,attention", "s4d,attention", "mamba", "toy,attention"]
 
 
-@pytest.mark.parametrize("pattern", ["attention", "mamba2*3,attention", "s4d,attention", "mamba"])
-def test_pause_save_resume_in_fresh_process(tmp_path, pattern):
-    """Pause after k generated tokens, save the State, continue with a follow-up prompt in another
-    process: the tokens equal those of the never-paused transcript."""
-    model = tiny_lm(pattern)
-    model.save_pretrained(tmp_path / "model")
-    prompt, follow = torch.randint(0, 37, (2, 4)), torch.randint(0, 37, (2, 3))
-    ks, expected = [1, 2, 5], {}
-    for k in ks:
-        st = model.init_state(2)
-        first = model.generate(prompt, max_new_tokens=k, state=st)
-        st.save(tmp_path / f"state_{k}.safetensors")
-        never_paused = model.generate(torch.cat([first, follow], 1), max_new_tokens=6)
-        expected[str(k)] = never_paused[:, first.shape[1] + 3 :].tolist()
-    (tmp_path / "follow.json").write_text(json.dumps(follow.tolist()))
-    (tmp_path / "ks.json").write_text(json.dumps(ks))
+def test_pause_save_resume_in_fresh_process(tmp_path):
+    """For each stack: pause after k generated tokens, save the State, continue with a follow-up
+    prompt in another process (one process for all stacks): the tokens equal those of the
+    never-paused transcript."""
+    jobs, expected, skipped = {}, {}, []
+    for i, pattern in enumerate(PAUSE_PATTERNS):
+        if pattern.startswith("toy"):
+            continue  # the test double lives in the test module, not importable in the fresh process
+        try:
+            model = tiny_lm(pattern)
+        except pytest.skip.Exception:
+            skipped.append(pattern)
+            continue
+        name = f"m{i}"
+        model.save_pretrained(tmp_path / name)
+        prompt, follow = torch.randint(0, 37, (2, 4)), torch.randint(0, 37, (2, 3))
+        jobs[name] = {"follow": follow.tolist(), "ks": [1, 2, 5], "pattern": pattern}
+        for k in jobs[name]["ks"]:
+            st = model.init_state(2)
+            first = model.generate(prompt, max_new_tokens=k, state=st)
+            st.save(tmp_path / name / f"state_{k}.safetensors")
+            never_paused = model.generate(torch.cat([first, follow], 1), max_new_tokens=6)
+            expected[f"{name}/{k}"] = never_paused[:, first.shape[1] + 3 :].tolist()
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     proc = subprocess.run(
-        [sys.executable, "-c", PAUSE_SCRIPT, str(tmp_path / "model"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-c", PAUSE_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key, want in expected.items():
+        assert got[key] == want, f"{jobs[key.split('/')[0]]['pattern']}, paused after {key.split('/')[1]}"
+    if skipped:
+        pytest.skip(f"checked {[j['pattern'] for j in jobs.values()]}; not available yet: {skipped}")
 
 
 # ---- sampling options ------------------------------------------------------------------------

@@ -106,7 +106,14 @@ def tiny_cfg(pattern: str, **kw) -> SSMConfig:
 def build_or_skip(cls, cfg):
     """Build a model; skip when a layer imports an ssmkit module that another engineer has not landed yet."""
     try:
-        return cls(cfg)
+        model = cls(cfg)
+        with torch.no_grad():  # a layer may import its math lazily, on first forward
+            model(
+                torch.zeros(1, 2, dtype=torch.long)
+                if cfg.input_dim is None
+                else torch.zeros(1, 2, cfg.input_dim)
+            )
+        return model
     except ModuleNotFoundError as e:
         if not (e.name or "").startswith("ssmkit."):
             raise
@@ -304,7 +311,7 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
 # ---- classification and forecasting heads ----------------------------------------------------
 
 
-def _train(model, batches, steps=25, lr=1e-2):
+def _train(model, batches, steps=20, lr=1e-2):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for i in range(steps):
@@ -322,7 +329,13 @@ def _train(model, batches, steps=25, lr=1e-2):
 )
 def test_classifier_learns(pattern, bidirectional, pooling):
     cfg = tiny_cfg(
-        pattern, n_layer=1, n_classes=2, bidirectional=bidirectional, pooling=pooling, vocab_size=8
+        pattern,
+        n_layer=1,
+        d_model=16,
+        n_classes=2,
+        bidirectional=bidirectional,
+        pooling=pooling,
+        vocab_size=8,
     )
     model = build_or_skip(SSMForSequenceClassification, cfg)
     ids = torch.randint(1, 8, (16, 12))
@@ -344,15 +357,15 @@ def test_classifier_real_valued_input_and_mask():
 
 
 def test_forecaster_learns_a_sine():
-    cfg = SSMConfig(d_model=32, n_layer=2, layers="attention", n_head=4, input_dim=2, horizon=4, revin=True)
+    cfg = SSMConfig(d_model=16, n_layer=1, layers="attention", n_head=2, input_dim=2, horizon=4, revin=True)
     model = SSMForForecasting(cfg)
-    t = torch.arange(40).float()
-    phase = torch.rand(16, 1, 2) * 6.28
-    series = torch.sin(0.3 * t[None, :, None] + phase) * 3 + 5  # (16, 40, 2)
-    x, y = series[:, :36], series[:, 36:]
+    t = torch.arange(28).float()
+    phase = torch.rand(8, 1, 2) * 6.28
+    series = torch.sin(0.3 * t[None, :, None] + phase) * 3 + 5  # (8, 28, 2)
+    x, y = series[:, :24], series[:, 24:]
     out = model(x, targets=y)
-    assert out.prediction.shape == (16, 4, 2)
-    losses = _train(model, [(x, y)], steps=40)
+    assert out.prediction.shape == (8, 4, 2)
+    losses = _train(model, [(x, y)], steps=30)
     assert losses[-1] < 0.3 * losses[0], losses
 
 
