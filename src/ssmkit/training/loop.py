@@ -190,7 +190,13 @@ def train(
         tensorboard=cfg.tensorboard,
     )
     progress = Progress(
-        cfg.max_steps, start, desc, cfg.log_every, enabled=info.is_main, max_time=cfg.max_time
+        cfg.max_steps,
+        start,
+        desc,
+        cfg.log_every,
+        enabled=info.is_main,
+        max_time=cfg.max_time,
+        by_time=cfg.schedule == "time",
     )
     result = TrainResult(step=start, stopped="max_steps", elapsed=0.0)
     t0 = time.perf_counter()

@@ -33,9 +33,10 @@ class Progress:
         enabled: bool = True,
         max_time: float = 0.0,
         stream=None,
+        by_time: bool = False,
     ):
         self.total, self.step, self.desc, self.log_every = total, start, desc, max(1, log_every)
-        self.enabled, self.max_time = enabled, max_time
+        self.enabled, self.max_time, self.by_time = enabled, max_time, by_time and max_time > 0
         self.stream = stream or sys.stderr
         self.t0, self.tokens, self.start = time.perf_counter(), 0, start
         self.bar = None
@@ -43,9 +44,24 @@ class Progress:
             try:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(
-                    total=total, initial=start, desc=desc, unit="step", file=self.stream, dynamic_ncols=True
-                )
+                if self.by_time:  # the bar fills with the time budget; steps go in the postfix
+                    self.bar = tqdm(
+                        total=round(max_time),
+                        desc=desc,
+                        unit="s",
+                        file=self.stream,
+                        dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}{postfix}]",
+                    )
+                else:
+                    self.bar = tqdm(
+                        total=total,
+                        initial=start,
+                        desc=desc,
+                        unit="step",
+                        file=self.stream,
+                        dynamic_ncols=True,
+                    )
             except ImportError:
                 pass
 
@@ -64,13 +80,23 @@ class Progress:
         self.step, self.tokens = step, self.tokens + tokens
         if not self.enabled:
             return
+        elapsed = time.perf_counter() - self.t0
         if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(f"loss {loss:.3f} lr {lr:.2e} {self.rate():,.0f} tok/s", refresh=False)
+            if self.by_time:
+                self.bar.update(min(elapsed, self.max_time) - self.bar.n)
+                self.bar.set_postfix_str(
+                    f"step {step} loss {loss:.3f} {self.rate():,.0f} tok/s", refresh=False
+                )
+            else:
+                self.bar.update(1)
+                self.bar.set_postfix_str(
+                    f"loss {loss:.3f} lr {lr:.2e} {self.rate():,.0f} tok/s", refresh=False
+                )
         elif step % self.log_every == 0 or step == self.total:
             eta = self.eta()
+            where = f"{_fmt_time(elapsed)}/{_fmt_time(self.max_time)}" if self.by_time else f"/{self.total}"
             print(
-                f"{self.desc} step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} "
+                f"{self.desc} step {step}{' ' if self.by_time else ''}{where} loss {loss:.4f} lr {lr:.2e} "
                 f"{self.rate():,.0f} tok/s ETA {_fmt_time(eta) if eta == eta else '?'}",
                 file=self.stream,
                 flush=True,
