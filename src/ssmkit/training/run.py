@@ -33,13 +33,13 @@ class LMData:
 
 
 def prepare_data(cfg: TrainConfig, info: D.DistInfo | None = None) -> LMData:
-    """Corpus and tokenizer by name; token arrays cached under cfg.cache_dir (rank 0 writes them)."""
+    """Corpus and tokenizer by name; token arrays cached under cfg.cache_dir (local rank 0 writes them)."""
     info = info or D.DistInfo()
     corpus = get_corpus(cfg.corpus, cfg.cache_dir, cfg.val_fraction)
     tok_dir = os.path.join(cfg.cache_dir, f"{corpus.name}-{corpus.fingerprint}-{cfg.tokenizer}")
     if cfg.tokenizer == "bpe":
         tok_dir += f"{cfg.bpe_vocab_size}"
-        if info.is_main and not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+        if info.local_rank == 0 and not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
             get_tokenizer("bpe", corpus.train_files, cfg.bpe_vocab_size).save(tok_dir)
         D.barrier()
         tokenizer = load_tokenizer(tok_dir)
@@ -48,7 +48,7 @@ def prepare_data(cfg: TrainConfig, info: D.DistInfo | None = None) -> LMData:
     arrays = {}
     for split, files in (("train", corpus.train_files), ("val", corpus.val_files)):
         path = os.path.join(tok_dir, f"{split}.bin")
-        if info.is_main:
+        if info.local_rank == 0:  # one writer per machine (nodes may not share a disk); writes are atomic
             write_tokens(files, tokenizer, path, fingerprint=corpus.fingerprint)
         D.barrier()
         arrays[split] = TokenArray.open(path)
