@@ -18,6 +18,7 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,13 +64,10 @@ def command(name: str, full: bool) -> str:
 
 
 # ---- models --------------------------------------------------------------------------------------
-def build(make: Callable[[], torch.nn.Module], seed: int):
-    """(model, None) or (None, reason) when a layer is missing or cannot be built."""
+def build(make: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    """make() with the initialization seeded."""
     torch.manual_seed(seed)
-    try:
-        return make(), None
-    except (ImportError, TypeError, ValueError, NotImplementedError) as e:
-        return None, f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    return make()
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -83,6 +81,20 @@ def n_params(model: torch.nn.Module) -> int:
 
 def unavailable_row(label: str, reason: str, **extra) -> dict:
     return {"model": label, "status": NOT_AVAILABLE, "reason": reason, **extra}
+
+
+def guarded(label: str, fn: Callable[[], dict], **extra) -> dict:
+    """fn() -> a result row; a missing module (a layer still landing) gives a "not available" row and any
+    other failure an "error" row with the message (and the traceback on stderr), not a lost entry."""
+    try:
+        return fn()
+    except ImportError as e:
+        log(f"{label}: not available: {e}")
+        return unavailable_row(label, f"{type(e).__name__}: {e}".splitlines()[0][:300], **extra)
+    except Exception as e:  # noqa: BLE001 - recorded in the results, shown in the report
+        traceback.print_exc()
+        return {"model": label, "status": NOT_AVAILABLE, "reason": f"error: {type(e).__name__}: {e}"[:300],
+                **extra}
 
 
 # ---- training ------------------------------------------------------------------------------------

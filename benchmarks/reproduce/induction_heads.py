@@ -46,13 +46,9 @@ def _make(layers: str, kw: dict):
 
 def run(cfg: dict, full: bool = False, seed: int = 0) -> dict:
     t0 = time.perf_counter()
-    rows = []
-    for label, layers, kw, paper in ROWS:
-        model, why = H.build(lambda layers=layers, kw=kw: _make(layers, kw), seed)
-        if model is None:
-            rows.append(H.unavailable_row(label, why, paper=paper))
-            H.log(f"{NAME}: {label}: {why}")
-            continue
+
+    def row(label, layers, kw, paper):
+        model = H.build(lambda: _make(layers, kw), seed)
         batches = H.lm_batches(induction_heads, cfg["batch_size"], seed, seq_len=cfg["train_len"],
                                vocab_size=VOCAB)
         fit = H.train(model, batches, cfg["steps"], cfg["lr"], cfg["budget_s"])
@@ -68,7 +64,9 @@ def run(cfg: dict, full: bool = False, seed: int = 0) -> dict:
             acc = H.lm_accuracy(model, x, y, batch_size=max(1, min(n, 2**17 // L)), chunk=cfg["chunk"])
             by_len[str(L)] = {"acc": acc["acc"], "n": n, "eval_s": round(time.perf_counter() - te, 1)}
             H.log(f"{NAME}: {label}: length {L}: acc {acc['acc']:.3f}")
-        rows.append({"model": label, "params": H.n_params(model), **fit, "by_length": by_len, "paper": paper})
+        return {"model": label, "params": H.n_params(model), **fit, "by_length": by_len, "paper": paper}
+
+    rows = [H.guarded(r[0], lambda r=r: row(*r), paper=r[3]) for r in ROWS]
     return H.result(NAME, CLAIM, cfg, rows, t0, full, source=SOURCE, chance=1 / (VOCAB - 2),
                     model={"d_model": D_MODEL, "n_layer": N_LAYER, "vocab_size": VOCAB})
 

@@ -50,18 +50,16 @@ def run(cfg: dict, full: bool = False, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     task = dict(seq_len=cfg["seq_len"], n_pairs=cfg["n_pairs"], vocab_size=cfg["vocab_size"])
     test_x, test_y = associative_recall(cfg["n_test"], seed=10**9 + seed, **task)
-    rows = []
-    for label, layers, kw, n in _rows(cfg):
-        model, why = H.build(lambda layers=layers, kw=kw: _make(cfg, layers, kw), seed)
-        if model is None:
-            rows.append(H.unavailable_row(label, why, d_state=n))
-            H.log(f"{NAME}: {label}: {why}")
-            continue
+
+    def row(label, layers, kw, n):
+        model = H.build(lambda: _make(cfg, layers, kw), seed)
         fit = H.train(model, H.lm_batches(associative_recall, cfg["batch_size"], seed, **task), cfg["steps"],
                       cfg["lr"], cfg["budget_s"])
         acc = H.lm_accuracy(model, test_x, test_y, batch_size=256)
-        rows.append({"model": label, "d_state": n, "params": H.n_params(model), **fit, "acc": acc["acc"]})
         H.log(f"{NAME}: {label}: acc {acc['acc']:.3f} after {fit['steps']} steps")
+        return {"model": label, "d_state": n, "params": H.n_params(model), **fit, "acc": acc["acc"]}
+
+    rows = [H.guarded(r[0], lambda r=r: row(*r), d_state=r[3]) for r in _rows(cfg)]
     return H.result(NAME, CLAIM, cfg, rows, t0, full, source=SOURCE, chance=2 / cfg["vocab_size"],
                     model={"d_model": cfg["d_model"], "n_layer": N_LAYER})
 

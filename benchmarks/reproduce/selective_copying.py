@@ -55,19 +55,17 @@ def run(cfg: dict, full: bool = False, seed: int = 0) -> dict:
     task = dict(seq_len=cfg["seq_len"], n_memorize=cfg["n_memorize"], vocab_size=VOCAB)
     L = cfg["seq_len"] + cfg["n_memorize"] + 1
     test_x, test_y = selective_copying(cfg["n_test"], seed=10**9 + seed, **task)
-    rows = []
-    for label, arch, layer, paper, spec in ROWS:
-        model, why = H.build(lambda spec=spec: _make(spec, L), seed)
-        if model is None:
-            rows.append(H.unavailable_row(label, why, arch=arch, layer=layer, paper=paper))
-            H.log(f"{NAME}: {label}: {why}")
-            continue
+
+    def row(label, arch, layer, paper, spec):
+        model = H.build(lambda: _make(spec, L), seed)
         batches = H.lm_batches(selective_copying, cfg["batch_size"], seed, **task)
         fit = H.train(model, batches, cfg["steps"], cfg["lr"], cfg["budget_s"])
         acc = H.lm_accuracy(model, test_x, test_y)
-        rows.append({"model": label, "arch": arch, "layer": layer, "params": H.n_params(model), **fit,
-                     "acc": acc["acc"], "seq_acc": acc["seq_acc"], "paper": paper})
         H.log(f"{NAME}: {label}: acc {acc['acc']:.3f} after {fit['steps']} steps ({fit['train_s']} s)")
+        return {"model": label, "arch": arch, "layer": layer, "params": H.n_params(model), **fit,
+                "acc": acc["acc"], "seq_acc": acc["seq_acc"], "paper": paper}
+
+    rows = [H.guarded(r[0], lambda r=r: row(*r), arch=r[1], layer=r[2], paper=r[3]) for r in ROWS]
     return H.result(NAME, CLAIM, cfg, rows, t0, full, source=SOURCE, chance=1 / (VOCAB - 2),
                     model={"d_model": D_MODEL, "n_layer": N_LAYER, "vocab_size": VOCAB})
 

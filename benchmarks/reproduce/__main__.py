@@ -1,0 +1,52 @@
+"""python -m benchmarks.reproduce [names ...] [--full] [--tiny] [--out DIR]
+
+Runs the named entries (default: all, in order), writes docs/results/<name>.json for each as soon as it
+finishes, then regenerates docs/results.md from every JSON present. --tiny is the smoke configuration
+(a few steps; for tests), --full the configuration closer to the papers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+
+from benchmarks.reproduce import harness as H
+from benchmarks.reproduce import report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reproduce", description=__doc__.split("\n\n")[1])
+    p.add_argument("names", nargs="*", metavar="name",
+                   help=f"entries to run (default: all): {', '.join(report.ENTRIES)}")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="the configuration closer to the paper")
+    size.add_argument("--tiny", action="store_true", help="smoke configuration (a few steps)")
+    p.add_argument("--out", default=H.RESULTS_DIR,
+                   help="directory of the JSON results (default: docs/results; only then docs/results.md)")
+    p.add_argument("--no-report", action="store_true", help="do not rewrite docs/results.md")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    names = args.names or report.ENTRIES
+    unknown = [n for n in names if n not in report.ENTRIES]
+    if unknown:
+        p.error(f"unknown entries {unknown}; known: {report.ENTRIES}")
+    which = "full" if args.full else "tiny" if args.tiny else "small"
+    t0 = time.perf_counter()
+    for name in names:
+        module = importlib.import_module(f"benchmarks.reproduce.{name}")
+        H.log(f"{name}: {which} configuration")
+        result = module.run(module.CONFIGS[which], full=args.full, seed=args.seed)
+        H.log(f"{name}: done in {result['wall_s']:.0f} s -> {H.save(result, args.out)}")
+    if not args.no_report:
+        path = report.write(args.out) if os.path.abspath(args.out) == os.path.abspath(H.RESULTS_DIR) else None
+        if path:
+            H.log(f"report: {path}")
+    H.log(f"all done in {(time.perf_counter() - t0) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Scaling with sequence length: forward time, training-step time, per-token decode time and peak memory,
+for Mamba, Mamba-2, S4D and a same-size Transformer, lengths 256 .. 65536 (batch 1) or until a model's
+time passes the cap; the crossover lengths (shortest length from which an SSM is faster than attention);
+a log-log plot.
+
+Claim (Mamba paper, Gu & Dao 2023, sec. 4.5 and Figure 8): SSM cost grows linearly in length, attention's
+quadratically; SSM decode cost per token is constant while attention's grows with the context.
+
+Peak memory on CPU: the rise of the process's resident-set high-water mark (VmHWM, reset through
+/proc/self/clear_refs) over the resident set before the measurement; on CUDA torch's peak allocation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from benchmarks.reproduce import harness as H
+
+NAME = "scaling"
+CLAIM = "SSM time and memory grow linearly with length, attention's quadratically; SSM decode is O(1)/token"
+SOURCE = "Mamba paper (Gu & Dao 2023), Figure 8 (A100): the scan beats FlashAttention-2 beyond length 2k"
+
+CONFIGS = {
+    "tiny": dict(d_model=16, n_layer=1, lengths=[32, 64], cap_s=5.0, decode_tokens=2, repeats=1),
+    "small": dict(d_model=128, n_layer=2, lengths=[2**e for e in range(8, 17)], cap_s=6.0, decode_tokens=8,
+                  repeats=2),
+    "full": dict(d_model=256, n_layer=4, lengths=[2**e for e in range(8, 18)], cap_s=60.0, decode_tokens=32,
+                 repeats=3),
+}
+MODELS = [("Mamba", "mamba", 0), ("Mamba-2", "mamba2", 0), ("S4D", "s4d", 0), ("Transformer", "attention", 2)]
+VOCAB = 256
+METRICS = ("forward_s", "train_step_s", "decode_ms_per_token", "peak_mem_mb")
+
+
+def _model(pattern: str, mlp: int, cfg: dict):
+    from ssmkit import SSMConfig, SSMForCausalLM
+
+    kw = {"mamba2": {"headdim": 32, "d_state": 64}} if pattern == "mamba2" else {}
+    return SSMForCausalLM(SSMConfig(d_model=cfg["d_model"], n_layer=cfg["n_layer"], vocab_size=VOCAB,
+                                    layers=pattern, layer_kwargs=kw, d_intermediate=mlp * cfg["d_model"],
+                                    n_head=4))
+
+
+def _proc_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class _PeakMemory:
+    """Peak memory of the block in MB (CUDA: peak allocated; CPU: rise of the RSS high-water mark)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.mb = device, None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")                                # reset VmHWM to the current RSS
+            except OSError:
+                pass
+            self.base = _proc_kb("VmRSS") * 1024
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = _proc_kb("VmHWM") * 1024
+        self.mb = round(max(0, peak - self.base) / 2**20, 1)
+
+
+def _timed(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+        if best > 1.0:                                          # long runs: one is enough
+            break
+    return best
+
+
+def _measure(model, L: int, cfg: dict, device) -> dict:
+    ids = torch.randint(0, VOCAB, (1, L), device=device)
+    model.eval()
+    with torch.no_grad():
+        fwd = _timed(lambda: model(ids, num_last_tokens=1), cfg["repeats"])
+    model.train()
+
+    def step():
+        model(ids, labels=ids).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    with _PeakMemory(device) as mem:
+        train = _timed(step, cfg["repeats"])
+    model.eval()
+    with torch.no_grad():                                       # decode after a prompt of length L
+        state = model.init_state(1)
+        model(ids, state=state, num_last_tokens=1)
+        tok = ids[:, -1]
+        t = time.perf_counter()
+        for _ in range(cfg["decode_tokens"]):
+            tok = model.step(tok, state).argmax(-1)
+        decode = (time.perf_counter() - t) / cfg["decode_tokens"]
+    model.train()
+    return {"forward_s": fwd, "train_step_s": train, "decode_ms_per_token": 1e3 * decode,
+            "peak_mem_mb": mem.mb}
+
+
+def crossovers(rows: list[dict], metric: str) -> dict:
+    """Per SSM: the shortest measured length from which it stays faster than the Transformer."""
+    attn = next((r for r in rows if r["model"] == "Transformer" and r.get("by_length")), None)
+    out = {}
+    for r in rows:
+        if r is attn or not r.get("by_length") or attn is None:
+            continue
+        common = [L for L in r["by_length"] if L in attn["by_length"]]
+        cross = None
+        for L in sorted(common, key=int, reverse=True):
+            if r["by_length"][L][metric] < attn["by_length"][L][metric]:
+                cross = int(L)
+            else:
+                break
+        longest = max((int(L) for L in common), default=None)
+        out[r["model"]] = cross if cross is not None else (f"> {longest}" if longest else None)
+    return out
+
+
+def run(cfg: dict, full: bool = False, seed: int = 0, plot: bool = True) -> dict:
+    t0 = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def row(label, pattern, mlp):
+        model = H.build(lambda: _model(pattern, mlp, cfg), seed).to(device)
+        _measure(model, cfg["lengths"][0], dict(cfg, repeats=1, decode_tokens=1), device)   # warm-up
+        by_len, stopped = {}, None
+        for L in cfg["lengths"]:
+            try:
+                m = _measure(model, L, cfg, device)
+            except (torch.OutOfMemoryError, MemoryError) as e:
+                stopped = f"stopped at {L}: {type(e).__name__}"
+                break
+            by_len[str(L)] = m
+            H.log(f"{NAME}: {label}: L={L}: fwd {m['forward_s']:.3f}s train {m['train_step_s']:.3f}s "
+                  f"decode {m['decode_ms_per_token']:.2f}ms mem {m['peak_mem_mb']}MB")
+            if m["train_step_s"] > cfg["cap_s"] and L != cfg["lengths"][-1]:
+                stopped = f"stopped after {L}: training step {m['train_step_s']:.1f}s > cap {cfg['cap_s']}s"
+                break
+        return {"model": label, "params": H.n_params(model), "by_length": by_len, "stopped": stopped}
+
+    rows = [H.guarded(m[0], lambda m=m: row(*m)) for m in MODELS]
+    res = H.result(NAME, CLAIM, cfg, rows, t0, full, source=SOURCE, device=str(device),
+                   crossover={m: crossovers(rows, m) for m in ("forward_s", "train_step_s",
+                                                                 "decode_ms_per_token", "peak_mem_mb")})
+    if plot:
+        res["plot"] = _plot(res)
+    return res
+
+
+def _plot(r: dict, path: str | None = None) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    path = path or os.path.join(H.RESULTS_DIR, "scaling.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    titles = {"forward_s": "forward (s)", "train_step_s": "training step (s)",
+              "decode_ms_per_token": "decode (ms / token)", "peak_mem_mb": "peak memory, train step (MB)"}
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    for ax, metric in zip(axes, METRICS):
+        for row in r["rows"]:
+            pts = [(int(L), v[metric]) for L, v in row.get("by_length", {}).items() if v[metric] > 0]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=row["model"])
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(titles[metric])
+        ax.set_xlabel("sequence length")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    c = r["config"]
+    fig.suptitle(f"ssmkit scaling, batch 1, d_model {c['d_model']}, {c['n_layer']} layers, {r['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+    return os.path.relpath(path, H.ROOT)
+
+
+def markdown(r: dict) -> str:
+    c = r["config"]
+    lengths = [str(L) for L in c["lengths"]]
+    out = [f"Batch 1, d_model {c['d_model']}, {c['n_layer']} layers (Transformer: attention + MLP of width "
+           f"{2 * c['d_model']}), device {r['device']}; a model stops once its training step passes "
+           f"{c['cap_s']} s. Paper: {r['source']}.\n"]
+    for metric, title in (("forward_s", "Forward time (s)"), ("train_step_s", "Training step, forward + "
+                          "backward (s)"), ("decode_ms_per_token", "Decode time per token after a prompt of "
+                          "that length (ms)"), ("peak_mem_mb", "Peak memory of a training step (MB)")):
+        rows = []
+        for x in r["rows"]:
+            if x.get("status") == H.NOT_AVAILABLE:
+                rows.append([x["model"]] + [None] * len(lengths) + [f"not available: {x['reason']}"])
+                continue
+            vals = [x["by_length"].get(L, {}).get(metric) for L in lengths]
+            vals = [None if v is None else float(v) for v in vals]
+            rows.append([x["model"]] + vals + [x.get("stopped") or ""])
+        out.append(f"**{title}**\n\n" + H.table(["model"] + lengths + ["note"], rows))
+    cross = r.get("crossover", {})
+    lines = []
+    for metric, what in (("forward_s", "forward"), ("train_step_s", "training step"),
+                         ("decode_ms_per_token", "decode per token"), ("peak_mem_mb", "peak memory")):
+        parts = [f"{m}: {v if v is not None else 'n/a'}" for m, v in cross.get(metric, {}).items()]
+        if parts:
+            lines.append(f"- {what}: " + "; ".join(parts))
+    out.append("**Crossover lengths** (shortest measured length from which the SSM stays below the "
+               "Transformer):\n\n" + "\n".join(lines))
+    if r.get("plot"):
+        out.append(f"![scaling]({os.path.relpath(r['plot'], 'docs')})")
+    return "\n\n".join(out)
