@@ -35,7 +35,7 @@ def test_s4d_laws(init, discretization, exact_conv):
 
 @pytest.mark.parametrize("measure", MEASURES)
 def test_s4_laws(measure, exact_conv):
-    layer = S4(4, d_state=8, measure=measure)
+    layer = S4(4, d_state=8, measure=measure, l_max=16)
     check_laws(layer, torch.randn(2, 12, 4))
 
 

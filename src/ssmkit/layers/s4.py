@@ -332,7 +332,7 @@ class S4(_ConvSSM):
         d_model: H, channels in and out.
         d_state: N (even); N/2 conjugate-half complex states are stored.
         measure: HiPPO measure for the initialization: "legs" | "legt" | "lagt" | "fout".
-        rank: rank of the low-rank correction P.
+        rank: rank of the low-rank correction P; None: the measure's smallest (2 for legt, else 1).
         discretization: "bilinear" (the S4 algorithm; the DPLR kernel is defined for it).
         l_max: the length that the trained C~ = C (I - Ad^l_max) refers to. Inputs up to l_max use
             it as is (kernel truncated); longer inputs convert C~ to the next l_max * 2^k.
@@ -341,7 +341,7 @@ class S4(_ConvSSM):
 
     _ssm_names = ("log_dt", "log_A_real", "A_imag", "P", "B")
 
-    def __init__(self, d_model: int, d_state: int = 64, measure: str = "legs", rank: int = 1,
+    def __init__(self, d_model: int, d_state: int = 64, measure: str = "legs", rank: int | None = None,
                  discretization: str = "bilinear", l_max: int = 1024, dt_min: float = 1e-3,
                  dt_max: float = 1e-1, bidirectional: bool = False, activation: str = "gelu",
                  output: str | None = "glu", dropout: float = 0.0, lr: float | None = 1e-3,
@@ -349,9 +349,10 @@ class S4(_ConvSSM):
         super().__init__()
         factory = {"device": device, "dtype": dtype or torch.float32}
         check_positive_int("d_state", d_state)
+        check_choice("measure", measure, ("legs", "legt", "lagt", "fout"))
+        rank = (2 if measure == "legt" else 1) if rank is None else rank
         check_positive_int("rank", rank)
         check_positive_int("l_max", l_max)
-        check_choice("measure", measure, ("legs", "legt", "lagt", "fout"))
         check_choice("discretization", discretization, ("bilinear",))
         if d_state % 2:
             raise ValueError(f"d_state must be even (conjugate pairs), got {d_state}")
@@ -487,20 +488,18 @@ class S4(_ConvSSM):
 
     def _true_c(self, Ct, M):
         """The readout c = 2 (Re C, -Im C) (H, N) of C = C~ (I - Ad^l_max)^-1, solved in float64."""
-        ct = 2 * torch.cat([Ct.real, -Ct.imag], -1).to(torch.float64)      # (H, N)
-        eye = torch.eye(2 * self.n, dtype=torch.float64, device=ct.device)
-        Ml = torch.linalg.matrix_power(M.to(torch.float64), self.l_max)
-        c = torch.linalg.solve(eye - Ml.transpose(-1, -2), ct.unsqueeze(-1)).squeeze(-1)
-        return c.to(M.dtype)
+        from ssmkit.math.kernels import c_from_c_tilde
+
+        ct = 2 * torch.cat([Ct.real, -Ct.imag], -1)                        # (H, N): the functional of C~
+        return c_from_c_tilde(ct.to(torch.float64), M.to(torch.float64), self.l_max).to(M.dtype)
 
     def _c_tilde_for(self, Ct, m: int, real):
         """C~ for length m from the trained C~ (for length l_max): C~_m = C (I - Ad^m): (n_dir, H, N2)."""
-        M = self._recurrence_matrix(real)
-        Mm = torch.linalg.matrix_power(M.to(torch.float64), m)
-        out = []
+        from ssmkit.math.kernels import c_tilde
+
+        M, out = self._recurrence_matrix(real), []
         for i in range(self.n_dir):
-            c = self._true_c(Ct[i], M).to(torch.float64)
-            c = (c - (c.unsqueeze(1) @ Mm).squeeze(1)).to(real)
+            c = c_tilde(self._true_c(Ct[i], M).to(torch.float64), M.to(torch.float64), m).to(real)
             out.append(torch.complex(c[:, : self.n], -c[:, self.n :]) / 2)
         return torch.stack(out)
 
