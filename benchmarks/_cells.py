@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -36,8 +37,12 @@ def measure(run, budget_s: float = 2.0, max_calls: int = 4) -> dict:
 def run_cell(target: str, kwargs: dict, cap_s: float) -> dict:
     """{"t", "calls", "peak_mb"} or {"skipped": reason}; target = "module:function"."""
     cmd = [sys.executable, "-m", "benchmarks._cells", target, json.dumps(kwargs)]
+    # A fixed mmap threshold: glibc then maps every large block and unmaps it on free, so the
+    # resident high-water mark follows live memory (its adaptive threshold would reuse the heap
+    # left by earlier temporaries and hide a cell's peak).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cap_s)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cap_s, env=env)
     except subprocess.TimeoutExpired:
         return {"skipped": f"skipped (>{cap_s:.0f}s)"}
     if proc.returncode != 0:

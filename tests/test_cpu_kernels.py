@@ -5,13 +5,11 @@ Lengths are not multiples of the checkpoint interval, so partial segments are co
 
 from __future__ import annotations
 
-import importlib
 import warnings
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ssmkit.ops import _dispatch
 from tests.helpers import TOL, assert_rel
@@ -20,9 +18,11 @@ pytest.importorskip("numba")
 
 from ssmkit.ops import _numba  # noqa: E402
 from ssmkit.ops.causal_conv1d import cpu as conv_cpu  # noqa: E402
+from ssmkit.ops.causal_conv1d import reference as conv_ref  # noqa: E402
 from ssmkit.ops.selective_scan import cpu as ss_cpu  # noqa: E402
 from ssmkit.ops.selective_scan import reference as ss_ref  # noqa: E402
 from ssmkit.ops.ssd import cpu as ssd_cpu  # noqa: E402
+from ssmkit.ops.ssd import reference as ssd_ref  # noqa: E402
 
 F32 = TOL[torch.float32][0]
 BF16 = TOL[torch.bfloat16][0]
@@ -119,46 +119,13 @@ def test_selective_scan_only_state_grad():
 
 # ---- SSD -----------------------------------------------------------------------------------------
 
-def _ssd_oracle():
-    try:
-        return importlib.import_module("ssmkit.ops.ssd.reference").ssd
-    except ModuleNotFoundError:
-        return _ssd_loop
-
-
-def _ssd_loop(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, S0, seq_idx, ret):
-    """Stand-in until ssmkit.ops.ssd.reference lands: the recurrence, one step at a time."""
-    b, L, h, p = x.shape
-    n = B.shape[-1]
-    x32, dt = x.float(), dt.float()
-    if dt_bias is not None:
-        dt = dt + dt_bias
-    if dt_softplus:
-        dt = F.softplus(dt)
-    dt = dt.clamp(*dt_limit) if dt_limit != (0.0, float("inf")) else dt
-    Bx = B.float().repeat_interleave(h // B.shape[2], 2)
-    Cx = C.float().repeat_interleave(h // C.shape[2], 2)
-    S = S0 if S0 is not None else x32.new_zeros(b, h, p, n)
-    ys = []
-    for t in range(L):
-        if seq_idx is not None and t > 0:
-            S = S * (seq_idx[:, t] == seq_idx[:, t - 1]).float()[:, None, None, None]
-        dBx = (dt[:, t, :, None] * x32[:, t])[..., None] * Bx[:, t, :, None]
-        S = torch.exp(dt[:, t] * A)[..., None, None] * S + dBx
-        ys.append((S * Cx[:, t, :, None]).sum(-1))
-    y = torch.stack(ys, 1)
-    if D is not None:
-        y = y + (D[:, None] if D.dim() == 1 else D) * x32
-    if z is not None:
-        y = y * F.silu(z.float())
-    return (y.to(x.dtype), S) if ret else y.to(x.dtype)
-
-
 @pytest.mark.parametrize(
-    "b,L,h,p,n,g,Dshape,use_seq,limit",
-    [(2, 150, 4, 6, 8, 2, "h", True, (0.0, float("inf"))), (1, 70, 3, 5, 4, 1, "hp", False, (0.05, 1.5))],
+    "b,L,h,p,n,g,Dshape,use_seq,limit,softplus",
+    [(2, 150, 4, 6, 8, 2, "h", True, (0.0, float("inf")), True),
+     (1, 70, 3, 5, 4, 1, "hp", False, (0.05, 1.5), True),
+     (1, 70, 2, 3, 4, 2, "h", False, (0.0, float("inf")), False)],  # negative dt clamps to 0
 )
-def test_ssd_float32(b, L, h, p, n, g, Dshape, use_seq, limit):
+def test_ssd_float32(b, L, h, p, n, g, Dshape, use_seq, limit, softplus):
     x = _leaf(torch.randn(b, L, h, p))
     dt = _leaf(torch.randn(b, L, h))
     A = _leaf(-torch.rand(h) - 0.3)
@@ -176,9 +143,9 @@ def test_ssd_float32(b, L, h, p, n, g, Dshape, use_seq, limit):
 
     def run(fn):
         return lambda x, dt, A, B, C, D, z, dt_bias, S0: fn(
-            x, dt, A, B, C, 64, D, z, dt_bias, True, limit, S0, seq_idx, True)
+            x, dt, A, B, C, 64, D, z, dt_bias, softplus, limit, S0, seq_idx, True)
 
-    _compare(run(ssd_cpu.ssd), run(_ssd_oracle()), (x, dt, A, B, C, D, z, dt_bias, S0),
+    _compare(run(ssd_cpu.ssd), run(ssd_ref.ssd), (x, dt, A, B, C, D, z, dt_bias, S0),
              "x dt A B C D z dt_bias initial_state".split(), F32, "ssd")
 
 
@@ -194,28 +161,10 @@ def test_ssd_bfloat16_inputs():
 
     out = run(ssd_cpu.ssd)(*args)
     assert out[0].dtype == torch.bfloat16 and out[1].dtype == torch.float32
-    _compare(run(ssd_cpu.ssd), run(_ssd_oracle()), args, "x dt A B C".split(), BF16, "ssd bf16")
+    _compare(run(ssd_cpu.ssd), run(ssd_ref.ssd), args, "x dt A B C".split(), BF16, "ssd bf16")
 
 
 # ---- causal conv ---------------------------------------------------------------------------------
-
-def _conv_oracle():
-    try:
-        return importlib.import_module("ssmkit.ops.causal_conv1d.reference").causal_conv1d
-    except ModuleNotFoundError:
-        return _conv_torch
-
-
-def _conv_torch(x, weight, bias, initial_state, activation, ret):
-    """Stand-in until ssmkit.ops.causal_conv1d.reference lands: F.conv1d on the padded input."""
-    b, d, _ = x.shape
-    k = weight.shape[1]
-    s0 = initial_state if initial_state is not None else x.new_zeros(b, d, k - 1)
-    xp = torch.cat([s0.float(), x.float()], -1)
-    y = F.conv1d(xp, weight.float()[:, None], None if bias is None else bias.float(), groups=d)
-    y = (F.silu(y) if activation == "silu" else y).to(x.dtype)
-    return (y, xp[..., xp.shape[-1] - (k - 1):].to(x.dtype)) if ret else y
-
 
 @pytest.mark.parametrize("k,activation,with_state,dtype", [(4, "silu", True, torch.float32),
                                                            (3, None, False, torch.float32),
@@ -230,8 +179,29 @@ def test_causal_conv1d(k, activation, with_state, dtype):
         return lambda x, w, bias, s0: fn(x, w, bias, s0, activation, True)
 
     tol = F32 if dtype == torch.float32 else BF16
-    _compare(run(conv_cpu.causal_conv1d), run(_conv_oracle()), (x, w, bias, s0),
+    _compare(run(conv_cpu.causal_conv1d), run(conv_ref.causal_conv1d), (x, w, bias, s0),
              "x weight bias initial_state".split(), tol, "causal_conv1d")
+
+
+def test_public_ops_run_the_cpu_backend():
+    """Through the public functions (argument checks, B/C normalization) backend="cpu" == "reference"."""
+    from ssmkit.ops.causal_conv1d import causal_conv1d
+    from ssmkit.ops.selective_scan import selective_scan
+    from ssmkit.ops.ssd import ssd
+
+    u, delta, A, B, C, D, z, bias, h0 = _ss_inputs(1, 4, 50, 3, 1, torch.float32)
+    B3, C3 = B[:, 0], C[:, 0]  # (b, n, l): the ungrouped form
+    outs = [selective_scan(u, delta, A, B3, C3, D, z, bias, True, h0, True, backend=be)
+            for be in ("cpu", "reference")]
+    assert_rel(outs[0][0], outs[1][0], F32, "public selective_scan")
+    x = torch.randn(1, 40, 2, 3)
+    B2, C2 = torch.randn(1, 40, 1, 4), torch.randn(1, 40, 1, 4)
+    args = (x, torch.randn(1, 40, 2), -torch.rand(2) - 0.2, B2, C2)
+    ys = [ssd(*args, chunk_size=16, dt_softplus=True, backend=be) for be in ("cpu", "reference")]
+    assert_rel(ys[0], ys[1], F32, "public ssd")
+    xc, w = torch.randn(2, 3, 30), torch.randn(3, 4)
+    ys = [causal_conv1d(xc, w, activation="silu", backend=be) for be in ("cpu", "reference")]
+    assert_rel(ys[0], ys[1], F32, "public causal_conv1d")
 
 
 # ---- dispatch ------------------------------------------------------------------------------------
@@ -242,9 +212,8 @@ def test_auto_picks_cpu_and_env_forces_reference(op, monkeypatch):
     monkeypatch.delenv("SSMKIT_BACKEND", raising=False)
     assert _dispatch.unsupported_reason(op, "cpu", x) is None
     assert _dispatch.resolve(op, "auto", x)[0] == "cpu"
-    if _dispatch._load(op, "reference") is not None:
-        monkeypatch.setenv("SSMKIT_BACKEND", "reference")
-        assert _dispatch.resolve(op, "auto", x)[0] == "reference"
+    monkeypatch.setenv("SSMKIT_BACKEND", "reference")
+    assert _dispatch.resolve(op, "auto", x)[0] == "reference"
 
 
 def test_float64_falls_back_with_one_warning(monkeypatch):

@@ -189,9 +189,8 @@ def ssd(x, dt, A, B, C, chunk_size=None, D=None, z=None, dt_bias=None, dt_softpl
         dt = dt + dt_bias.to(fl)
     if dt_softplus:
         dt = F.softplus(dt)
-    lo, hi = (dt_limit if dt_limit is not None else (0.0, float("inf")))
-    if lo > 0.0 or hi < float("inf"):
-        dt = dt.clamp(lo, hi)
+    lo, hi = dt_limit if dt_limit is not None else (0.0, float("inf"))
+    dt = dt.clamp(lo, hi)  # always, as the reference: dt >= 0 even without softplus
     keep = torch.ones(b, L, dtype=fl)
     if seq_idx is not None:
         keep[:, 1:] = (seq_idx[:, 1:] == seq_idx[:, :-1]).to(fl)
