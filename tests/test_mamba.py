@@ -14,13 +14,14 @@ def small(**kw):
     return Mamba(D_MODEL, d_state=4, d_conv=4, expand=2, **kw)
 
 
-def test_parity_with_transformers_forward_and_step():
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_parity_with_transformers_forward_and_step(backend):
     tf = pytest.importorskip("transformers")
     from transformers.models.mamba.modeling_mamba import MambaMixer
 
     cfg = tf.MambaConfig(hidden_size=D_MODEL, state_size=4, expand=2, conv_kernel=4, time_step_rank=3)
     theirs = MambaMixer(cfg, layer_idx=0).eval()
-    ours = small(dt_rank=3).eval()
+    ours = small(dt_rank=3, backend=backend).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     x = torch.randn(2, 19, D_MODEL)
     with torch.no_grad():

@@ -18,7 +18,8 @@ def small(**kw):
 
 
 @pytest.mark.parametrize("dt_limit", [(0.0, math.inf), (0.01, 0.05)])
-def test_parity_with_transformers_forward_and_step(dt_limit):
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_parity_with_transformers_forward_and_step(backend, dt_limit):
     tf = pytest.importorskip("transformers")
     from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
@@ -36,7 +37,7 @@ def test_parity_with_transformers_forward_and_step(dt_limit):
     with torch.no_grad():  # their init: A_log = log(1..H), D = 1; move away from it
         theirs.A_log.copy_(torch.log(torch.rand(4) * 8 + 1))
         theirs.D.copy_(torch.randn(4))
-    ours = small(dt_limit=dt_limit).eval()
+    ours = small(dt_limit=dt_limit, backend=backend).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     x = torch.randn(2, 21, D_MODEL)
     with torch.no_grad():
