@@ -212,3 +212,26 @@ def test_errors_name_the_argument():
         layer(torch.randn(2, 5, 4), state={"x": torch.zeros(2, 4, 5, dtype=torch.complex64)})
     with pytest.raises(ValueError, match="x_t must have shape"):
         layer.step(torch.randn(2, 5), layer.init_state(2))
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_s4_woodbury_step_matches_dense_bilinear(measure):
+    """Chain of trust: the O(N r) step equals the dense bilinear system of ssmkit.math.kernels.dplr_to_dense
+    (on the full conjugate-symmetric state), and so do Bd and the recurrent C = C~ (I - Ad^l_max)^-1."""
+    from ssmkit.math.kernels import c_from_c_tilde, dplr_to_dense
+
+    layer = S4(3, d_state=8, measure=measure, l_max=32).double()
+    with torch.no_grad():
+        Lambda, P, B, Ct, dt = layer._params(torch.float64)
+        Ad, Bd, Ct_full = dplr_to_dense(Lambda, P, B, Ct[0], dt, "bilinear")   # (H, N, N), (H, N), (H, N)
+        rec = layer._recurrence(torch.float64)
+        x = torch.randn(5, 3, 4, dtype=torch.complex128)
+        x_full = torch.cat([x, x.conj()], -1)
+        u = torch.randn(5, 3, dtype=torch.float64)
+        want = torch.einsum("hmn,bhn->bhm", Ad, x_full) + Bd * u[..., None]
+        assert_rel(layer._bilinear_step(rec, x, u), want[..., :4], 1e-10, "step vs dense")
+        C = c_from_c_tilde(Ct_full, Ad, 32)
+        assert_rel(rec["C_true"], C[:, :4], 1e-8, "C from C~")
+        x_real = layer._to_real(x)
+        assert_rel(layer._from_real(torch.einsum("hmn,bhn->bhm", rec["M"], x_real)),
+                   torch.einsum("hmn,bhn->bhm", Ad, x_full)[..., :4], 1e-10, "real matrix M")
