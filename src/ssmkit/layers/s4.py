@@ -29,9 +29,10 @@ kernel is the Cauchy + Woodbury generating function (`dplr_kernel`, bilinear). T
 
 Streaming. A carried-in state x0 adds the free response C Ad^{k+1} x0 at position k, and the state
 after a chunk of length L is x_L = Ad^L x0 + sum_j Ad^{L-1-j} Bd u_j. S4D computes both from powers of
-the diagonal Ad (a Vandermonde of the state; the sum in chunks of time). S4 steps the bilinear DPLR
+the diagonal Ad (a Vandermonde of the state; the sum in blocks of time). S4 steps the bilinear DPLR
 system through its low-rank structure (Woodbury, O(N rank) per token); for chunks it uses the real
-N x N matrix of that same map, by log-depth doubling (powers Ad^(2^i)), no loop over time.
+N x N matrix of that same map with log-depth doubling (powers Ad^(2^i)) inside blocks of time.
+S4 is bilinear only: that is the discretization the DPLR (Cauchy) kernel is defined for.
 The state is {"x": (batch, H, n)}, complex64 (complex128 for float64 inputs), real for S4D "real".
 
 Caching: in eval mode with gradients off, the kernel and the recurrence tensors are cached, keyed on
@@ -51,7 +52,7 @@ from ssmkit._checks import check_choice, check_positive_int
 from ssmkit.layers.base import Mixer, StateDict
 from ssmkit.ops import fft_conv
 
-_TIME_CHUNK = 512                   # time positions per block in S4D's final-state sum
+_TIME_CHUNK = 512                   # time positions per block when streaming chunks (memory bound)
 _ACTIVATIONS = ("gelu", "silu", "identity")
 _OUTPUTS = ("glu", "linear", None)
 
