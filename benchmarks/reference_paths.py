@@ -3,7 +3,9 @@
     .venv/bin/python -m benchmarks.reference_paths            # b=1, d=1536, n=16, l=2048, float32
     .venv/bin/python -m benchmarks.reference_paths --length 512 --repeats 3 --threads 2
 
-Forward + backward (gradients of every input and of the initial state) of each path, side by side
+First the parity of ssmkit's Mamba / Mamba2 layers with transformers' MambaMixer / Mamba2Mixer
+(weights copied with strict=True; relative error of the forward and of step-by-step decoding), then
+forward + backward (gradients of every input and of the initial state) of each path, side by side
 in one run, each in its own fresh process so that its peak memory (ru_maxrss above the baseline
 taken after the inputs are built) is its own. Times are the best of `--repeats`.
 The children run with MALLOC_MMAP_THRESHOLD_=65536: glibc's adaptive threshold otherwise keeps freed
@@ -53,6 +55,47 @@ def _run(path: str, b: int, d: int, n: int, l: int, repeats: int, threads: int, 
     queue.put((path, min(times), peak / 1024))
 
 
+def parity(backend: str) -> None:
+    """Relative error vs transformers (random init, b=2, l=64, d_model=64), forward and stepping."""
+    import torch
+    from transformers import Mamba2Config, MambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+    from ssmkit.layers import Mamba, Mamba2
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    torch.manual_seed(0)
+    mamba = MambaMixer(
+        MambaConfig(hidden_size=64, state_size=16, expand=2, conv_kernel=4, time_step_rank=4), 0
+    )
+    cfg2 = Mamba2Config(
+        hidden_size=64, state_size=16, expand=2, head_dim=16, num_heads=8, n_groups=2, chunk_size=16
+    )
+    mamba2 = Mamba2Mixer(cfg2, 0)
+    with torch.no_grad():  # move A and D away from their constant inits
+        mamba2.A_log.copy_(torch.log(torch.rand(8) * 15 + 1))
+        mamba2.D.copy_(torch.randn(8))
+    pairs = (
+        ("Mamba", mamba, Mamba(64, d_state=16, dt_rank=4, backend=backend)),
+        ("Mamba2", mamba2, Mamba2(64, d_state=16, headdim=16, ngroups=2, chunk_size=16, backend=backend)),
+    )
+    for name, theirs, ours in pairs:
+        ours.load_state_dict(theirs.state_dict(), strict=True)
+        x = torch.randn(2, 64, 64)
+        with torch.no_grad():
+            expected, y = theirs(x), ours(x)
+            state, ys = ours.init_state(2), []
+            for t in range(x.shape[1]):
+                y_t, state = ours.step(x[:, t], state)
+                ys.append(y_t)
+        step = torch.stack(ys, 1)
+        errs = f"forward {rel(y, expected):.2e}  step {rel(step, expected):.2e}"
+        print(f"parity {name:<7} backend={backend:<10} {errs}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=1)
@@ -62,6 +105,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
+    for backend in ("reference", "auto"):
+        parity(backend)
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")  # read by glibc when a child starts
     ctx = mp.get_context("spawn")
     results = {}
