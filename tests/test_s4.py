@@ -235,3 +235,14 @@ def test_s4_woodbury_step_matches_dense_bilinear(measure):
         x_real = layer._to_real(x)
         assert_rel(layer._from_real(torch.einsum("hmn,bhn->bhm", rec["M"], x_real)),
                    torch.einsum("hmn,bhn->bhm", Ad, x_full)[..., :4], 1e-10, "real matrix M")
+
+
+@pytest.mark.parametrize("make", [lambda: S4D(3, d_state=8), lambda: S4D(3, d_state=8, init="real"),
+                                  lambda: S4(3, d_state=8, l_max=8)], ids=["S4D", "S4D-real", "S4"])
+def test_every_parameter_gets_a_gradient(make):
+    layer = make()
+    x = torch.randn(2, 11, 3)                                              # longer than l_max for S4
+    layer(x).pow(2).sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: no finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name}: zero gradient"
