@@ -107,3 +107,13 @@ def test_state_is_updated_in_place_and_is_the_same_object():
     st = model.init_state(2)
     out = model(torch.randint(0, 37, (2, 5)), state=st)
     assert out.state is st and st.layers[0]["pos"].tolist() == [5, 5]
+
+
+def test_state_does_not_pin_prefill_buffers():
+    """The State after a long prefill holds only its own bytes, not views of the prefill activations."""
+    model = tiny_lm("mamba2,attention")
+    st = filled_state(model, batch=1, length=200)
+    for i, d in enumerate(st.layers):
+        for k, v in d.items():
+            held, need = v.untyped_storage().nbytes(), v.numel() * v.element_size()
+            assert held <= 2 * need + 4096, f"layer {i} state[{k!r}] pins {held} bytes for {need}"

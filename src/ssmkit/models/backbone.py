@@ -54,6 +54,20 @@ def build_mlp(cfg: SSMConfig) -> nn.Module:
     return (GatedMLP if cfg.mlp == "gated" else MLP)(cfg.d_model, cfg.d_intermediate)
 
 
+def compact(state: StateDict) -> StateDict:
+    """Copy out any state tensor that is a small view of a much larger buffer.
+
+    A final state sliced from a prefill's activations (e.g. the last d_conv-1 columns of a
+    (b, channels, length) conv input) would otherwise keep the whole buffer alive: a 64k-token
+    prefill would leave a "555 kB" State pinning hundreds of MB.
+    """
+    out = {}
+    for k, v in state.items():
+        need = v.numel() * v.element_size()
+        out[k] = v.clone() if v.untyped_storage().nbytes() > 2 * need + 4096 else v
+    return out
+
+
 class Block(nn.Module):
     """residual + mixer(norm(residual)) [+ mlp(norm2(residual))]; input and output: the residual stream."""
 
@@ -141,7 +155,7 @@ class Backbone(nn.Module):
             s = None if states is None else states[i]
             if return_state:
                 residual, s = blk(residual, state=s, return_state=True)
-                new_states.append(s)
+                new_states.append(compact(s))
             else:
                 residual = blk(residual, state=s)
         hidden = self.norm_f(residual).to(self.dtype)
