@@ -80,6 +80,7 @@ def _scan_backward(u, dt, A, Bt, Ct, K, hk, dy, dhT, nwork, du_o, ddt_o, dA_o, d
         hbuf = np.empty((K + 1, n), dtype=np.float32)  # h_{t0-1} .. h_{t1-1}
         abuf = np.empty((K, n), dtype=np.float32)  # exp(dt_t A) for t0 .. t1-1
         gh = np.empty(n, dtype=np.float32)
+        gsv = np.empty(n, dtype=np.float32)
         dAc = np.empty(n, dtype=np.float32)
         for c in range(w * chunk, min(d, (w + 1) * chunk)):
             gi = c // per_group
@@ -106,18 +107,24 @@ def _scan_backward(u, dt, A, Bt, Ct, K, hk, dy, dhT, nwork, du_o, ddt_o, dA_o, d
                     dyt = dy[i, c, t]
                     dut = ZERO
                     ddt = ZERO
+                    # three simple loops rather than one: each stores to one or two arrays, so
+                    # LLVM vectorizes them (it gives up on one loop storing to four arrays)
                     for s in range(n):
+                        gsv[s] = gh[s] + dyt * Ct[i, gi, t, s]
+                    for s in range(n):
+                        gs = gsv[s]
                         As = A[c, s]
                         Bs = Bt[i, gi, t, s]
                         a = abuf[r, s]
-                        dCp[w, i, gi, t, s] += dyt * hbuf[r + 1, s]
-                        gs = gh[s] + dyt * Ct[i, gi, t, s]
-                        dBp[w, i, gi, t, s] += gs * dtt * ut
                         dut += gs * Bs
                         ah = a * hbuf[r, s]
                         ddt += gs * (As * ah + Bs * ut)
                         dAc[s] += gs * dtt * ah
                         gh[s] = gs * a
+                    gu = dtt * ut
+                    for s in range(n):
+                        dBp[w, i, gi, t, s] += gsv[s] * gu
+                        dCp[w, i, gi, t, s] += dyt * hbuf[r + 1, s]
                     du_o[i, c, t] = dut * dtt
                     ddt_o[i, c, t] = ddt
             for s in range(n):
