@@ -8,15 +8,16 @@ Glossary (code name: paper symbol, shape inside the kernels):
     dA_t = exp(dt_t A): the discretized A-bar;  dt_t = softplus(delta_t + delta_bias) if softplus
     K: checkpoint interval; hk (b, d, ceil(l/K), n) holds h_{t-1} for t = 0, K, 2K, ...
 
-Split of the work: the elementwise parts (dt = softplus(delta + delta_bias), y + D u, y * silu(z))
-are one vectorized torch op each, differentiated by autograd; the numba kernels do only the scan,
-the part torch cannot fuse, and never call libm inside it (vexp, no log1p per step).
+Split of the work: dt = softplus(delta + delta_bias) is two vectorized torch ops (autograd); the
+numba kernels do the scan with D u and the silu(z) gate fused in (each a torch pass over (b, d, l)
+less), and never call libm inside (vexp; softplus's log1p per step would be a scalar libm call).
 
 Forward, per channel (parallel over b x d with prange):
-    h_t = exp(dt_t A) * h_{t-1} + dt_t B_t u_t;  y_t = <C_t, h_t>
+    h_t = exp(dt_t A) * h_{t-1} + dt_t B_t u_t;  y_t = <C_t, h_t> + D u_t;  out_t = y_t silu(z_t)
 Backward, per channel, segment by segment from the end: recompute the K states of the segment (and
 their exp(dt A)) from its checkpoint into (K, n) buffers, then walk backwards with g = dL/dh_t:
-    g += dy_t C_t;  dC_t += dy_t h_t;  dB_t += g dt_t u_t;  du_t = dt_t <g, B_t>
+    dz_t = dout_t y_t silu'(z_t);  dy_t = dout_t silu(z_t);  dD += dy_t u_t  (y_t recomputed from h_t)
+    g += dy_t C_t;  dC_t += dy_t h_t;  dB_t += g dt_t u_t;  du_t = dt_t <g, B_t> + D dy_t
     d dt_t = <g, A exp(dt_t A) h_{t-1} + B_t u_t>;  dA += g dt_t exp(dt_t A) h_{t-1};  g *= exp(dt_t A)
 dB and dC are shared by the d/g channels of a group, so each worker adds into its own slice of a
 partial buffer (workers, b, g, l, n), summed afterwards: no races, no atomics.
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _numba as nbk
-from .._numba import ZERO, njit, prange, vexp
+from .._numba import ONE, ZERO, njit, prange, sigmoid, silu, vexp
 
 K_CHECKPOINT = 128
 
@@ -40,7 +41,7 @@ def unsupported_reason(*tensors: torch.Tensor) -> str | None:
 
 
 @njit(parallel=True, fastmath=True)
-def _scan_forward(u, dt, A, Bt, Ct, h0, K, y, hk, hT):
+def _scan_forward(u, dt, A, Bt, Ct, D, z, has_z, h0, K, y, hk, hT):
     b, d, L = u.shape
     g, n = Bt.shape[1], Bt.shape[3]
     per_group = d // g
@@ -62,13 +63,17 @@ def _scan_forward(u, dt, A, Bt, Ct, h0, K, y, hk, hT):
                 hs = vexp(dtt * A[c, s]) * h[s] + du * Bt[i, gi, t, s]
                 h[s] = hs
                 acc += Ct[i, gi, t, s] * hs
+            acc += D[c] * u[i, c, t]
+            if has_z:
+                acc *= silu(z[i, c, t])
             y[i, c, t] = acc
         for s in range(n):
             hT[i, c, s] = h[s]
 
 
 @njit(parallel=True, fastmath=True)
-def _scan_backward(u, dt, A, Bt, Ct, K, hk, dy, dhT, nwork, du_o, ddt_o, dA_o, dh0_o, dBp, dCp):
+def _scan_backward(u, dt, A, Bt, Ct, D, z, has_z, K, hk, dout, dhT, nwork,
+                   du_o, ddt_o, dA_o, dD_o, dz_o, dh0_o, dBp, dCp):
     b, d, L = u.shape
     g, n = Bt.shape[1], Bt.shape[3]
     per_group = d // g
@@ -84,6 +89,7 @@ def _scan_backward(u, dt, A, Bt, Ct, K, hk, dy, dhT, nwork, du_o, ddt_o, dA_o, d
         dAc = np.empty(n, dtype=np.float32)
         for c in range(w * chunk, min(d, (w + 1) * chunk)):
             gi = c // per_group
+            dDc = ZERO
             for s in range(n):
                 gh[s] = dhT[i, c, s]
                 dAc[s] = ZERO
@@ -104,7 +110,16 @@ def _scan_backward(u, dt, A, Bt, Ct, K, hk, dy, dhT, nwork, du_o, ddt_o, dA_o, d
                     r = t - t0
                     dtt = dt[i, c, t]
                     ut = u[i, c, t]
-                    dyt = dy[i, c, t]
+                    dyt = dout[i, c, t]
+                    if has_z:  # out = y silu(z): recompute y = <C_t, h_t> + D u_t for dz
+                        yt = D[c] * ut
+                        for s in range(n):
+                            yt += Ct[i, gi, t, s] * hbuf[r + 1, s]
+                        zt = z[i, c, t]
+                        sz = sigmoid(zt)
+                        dz_o[i, c, t] = dyt * yt * sz * (ONE + zt * (ONE - sz))
+                        dyt = dyt * zt * sz
+                    dDc += dyt * ut
                     dut = ZERO
                     ddt = ZERO
                     # three simple loops rather than one: each stores to one or two arrays, so
@@ -125,48 +140,53 @@ def _scan_backward(u, dt, A, Bt, Ct, K, hk, dy, dhT, nwork, du_o, ddt_o, dA_o, d
                     for s in range(n):
                         dBp[w, i, gi, t, s] += gsv[s] * gu
                         dCp[w, i, gi, t, s] += dyt * hbuf[r + 1, s]
-                    du_o[i, c, t] = dut * dtt
+                    du_o[i, c, t] = dut * dtt + D[c] * dyt
                     ddt_o[i, c, t] = ddt
             for s in range(n):
                 dh0_o[i, c, s] = gh[s]
                 dA_o[i, c, s] = dAc[s]
+            dD_o[i, c] = dDc
 
 
 class _ScanFn(torch.autograd.Function):
-    """(u, dt, A, B, C, h0) -> (y = <C_t, h_t>, h_L), all float32; the fused recurrence only."""
+    """(u, dt, A, B, C, D, z, h0) -> (out = (<C_t, h_t> + D u_t) silu(z_t), h_L), float32 in and out."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, h0):
+    def forward(ctx, u, dt, A, B, C, D, z, h0):
         b, d, L = u.shape
         n = A.shape[1]
         K = K_CHECKPOINT
         Bt, Ct = B.transpose(-1, -2), C.transpose(-1, -2)  # (b, g, l, n): n contiguous
-        arrs = tuple(t.contiguous().numpy() for t in (u, dt, A, Bt, Ct))
+        arrs = tuple(t.contiguous().numpy() for t in (u, dt, A, Bt, Ct, D))
+        z_np = z.contiguous().numpy() if z is not None else np.zeros((1, 1, 1), np.float32)
         y = nbk.poison((b, d, L))
         hk = nbk.poison((b, d, (L + K - 1) // K, n))
         hT = nbk.poison((b, d, n))
-        _scan_forward(*arrs, h0.contiguous().numpy(), K, y, hk, hT)
-        ctx.arrs, ctx.hk = arrs, hk
+        _scan_forward(*arrs, z_np, z is not None, h0.contiguous().numpy(), K, y, hk, hT)
+        ctx.arrs, ctx.z, ctx.hk = arrs, (z_np if z is not None else None), hk
         return torch.from_numpy(y), torch.from_numpy(hT)
 
     @staticmethod
-    def backward(ctx, dy, dhT):
-        u, dt, A, Bt, Ct = ctx.arrs
+    def backward(ctx, dout, dhT):
+        u, dt, A, Bt, Ct, D = ctx.arrs
         b, d, L = u.shape
         g, n = Bt.shape[1], Bt.shape[3]
+        has_z = ctx.z is not None
+        z = ctx.z if has_z else np.zeros((1, 1, 1), np.float32)
         nwork = max(1, min(d, -(-2 * nbk.num_threads() // b)))  # >= 2 jobs per thread in all
-        dy_np = dy.float().contiguous().numpy() if dy is not None else np.zeros((b, d, L), np.float32)
+        dout_np = dout.float().contiguous().numpy() if dout is not None else np.zeros((b, d, L), np.float32)
         dhT_np = dhT.float().contiguous().numpy() if dhT is not None else np.zeros((b, d, n), np.float32)
         du, ddt = nbk.poison((b, d, L)), nbk.poison((b, d, L))
-        dA, dh0 = nbk.poison((b, d, n)), nbk.poison((b, d, n))
+        dz = nbk.poison((b, d, L)) if has_z else z
+        dA, dh0, dD = nbk.poison((b, d, n)), nbk.poison((b, d, n)), nbk.poison((b, d))
         dBp = np.zeros((nwork, b, g, L, n), np.float32)
         dCp = np.zeros((nwork, b, g, L, n), np.float32)
-        _scan_backward(u, dt, A, Bt, Ct, K_CHECKPOINT, ctx.hk, dy_np, dhT_np, nwork,
-                       du, ddt, dA, dh0, dBp, dCp)
+        _scan_backward(u, dt, A, Bt, Ct, D, z, has_z, K_CHECKPOINT, ctx.hk, dout_np, dhT_np, nwork,
+                       du, ddt, dA, dD, dz, dh0, dBp, dCp)
         T = torch.from_numpy
         dB = T(dBp).sum(0).transpose(-1, -2)
         dC = T(dCp).sum(0).transpose(-1, -2)
-        return T(du), T(ddt), T(dA).sum(0), dB, dC, T(dh0)
+        return (T(du), T(ddt), T(dA).sum(0), dB, dC, T(dD).sum(0), T(dz) if has_z else None, T(dh0))
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -180,13 +200,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if delta_softplus:
         dt = F.softplus(dt)
     h0 = initial_state.to(f32) if initial_state is not None else u.new_zeros(b, d, A.shape[1], dtype=f32)
-    u32 = u.to(f32)
-    y, hT = _ScanFn.apply(u32, dt, A.to(f32), B.to(f32), C.to(f32), h0)
-    if D is not None:
-        y = y + D.to(f32)[:, None] * u32
-    if z is not None:
-        y = y * F.silu(z.to(f32))
-    out = y.to(u.dtype)
+    D32 = D.to(f32) if D is not None else u.new_zeros(d, dtype=f32)
+    z32 = z.to(f32) if z is not None else None
+    out, hT = _ScanFn.apply(u.to(f32), dt, A.to(f32), B.to(f32), C.to(f32), D32, z32, h0)
+    out = out.to(u.dtype)
     return (out, hT) if return_final_state else out
 
 
