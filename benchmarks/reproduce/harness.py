@@ -56,6 +56,7 @@ def hardware() -> dict:
         "python": platform.python_version(),
         "commit": commit,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_avg_1min": round(os.getloadavg()[0], 1),           # other work on the machine, if any
     }
 
 
