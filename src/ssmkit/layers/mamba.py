@@ -288,12 +288,10 @@ class Mamba(Mixer):
             s = None if state is None else {k: v[r : r + 1] for k, v in state.items()}
             row = []
             for a, e in zip(cuts[:-1], cuts[1:]):
-                y, s = self._forward(x[r : r + 1, a:e], s, None, None)
+                y, last = self._forward(x[r : r + 1, a:e], s, None, None)
                 row.append(y)
-                # the next sequence starts from an empty state
-                s_next = s
-                s = None
+                s = None  # the next sequence starts from an empty state
             ys.append(torch.cat(row, dim=1))
-            states.append(s_next)
+            states.append(last)
         new_state = {k: torch.cat([s[k] for s in states], dim=0) for k in states[0]}
         return torch.cat(ys, dim=0), new_state
