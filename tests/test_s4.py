@@ -68,7 +68,8 @@ def _modes(layer, x, chunks=(1000, 1500, 1596)):
 
 @pytest.mark.parametrize(
     "make",
-    [pytest.param(lambda i=i: S4D(2, d_state=32, init=i), id=f"S4D-{i}") for i in S4D_INITS]
+    [pytest.param(lambda i=i, z=z: S4D(2, d_state=32, init=i, discretization=z), id=f"S4D-{i}-{z}")
+     for i in S4D_INITS for z in ("zoh", "bilinear")]
     + [pytest.param(lambda m=m: S4(2, d_state=32, measure=m), id=f"S4-{m}") for m in MEASURES],
 )
 def test_conv_step_chunked_agree_at_4096(make):
@@ -81,7 +82,8 @@ def test_conv_step_chunked_agree_at_4096(make):
         "chunked y": rel_err(y_chunk, y), "step y": rel_err(y_step, y),
         "chunked state": rel_err(s_chunk, s), "step state": rel_err(s_step, s),
     }
-    print(f"{type(layer).__name__} {getattr(layer, 'init', getattr(layer, 'measure', ''))}: "
+    print(f"{type(layer).__name__} {getattr(layer, 'init', getattr(layer, 'measure', ''))} "
+          f"{layer.discretization}: "
           + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()) + f" ({time.perf_counter() - t0:.1f} s)")
     assert max(errors.values()) < 1e-4, errors
 
@@ -246,3 +248,12 @@ def test_every_parameter_gets_a_gradient(make):
     for name, p in layer.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: no finite gradient"
         assert p.grad.abs().sum() > 0, f"{name}: zero gradient"
+
+
+@pytest.mark.parametrize("cls", [S4D, S4])
+def test_float32_kernel_option(cls, exact_conv):
+    """kernel_dtype=float32 (for devices where float64 is slow) keeps every law at short lengths."""
+    layer = cls(3, d_state=8, kernel_dtype=torch.float32, **({"l_max": 16} if cls is S4 else {}))
+    check_laws(layer, torch.randn(2, 12, 3))
+    with pytest.raises(ValueError, match="kernel_dtype must be one of"):
+        cls(3, kernel_dtype=torch.float16)

@@ -76,8 +76,10 @@ class _ConvSSM(Mixer):
     _ssm_names: tuple[str, ...] = ()
 
     def _setup_block(self, d_model, discretization, dt_min, dt_max, bidirectional, activation, output,
-                     dropout, lr, factory):
+                     dropout, lr, kernel_dtype, factory):
         check_positive_int("d_model", d_model)
+        check_choice("kernel_dtype", kernel_dtype, (torch.float32, torch.float64))
+        self.kernel_dtype = kernel_dtype
         check_choice("activation", activation, _ACTIVATIONS)
         check_choice("output", output, _OUTPUTS)
         if not 0 < dt_min <= dt_max:
@@ -112,6 +114,10 @@ class _ConvSSM(Mixer):
 
     def _ssm_tensors(self):
         return [getattr(self, name) for name in (*self._ssm_names, "C")]
+
+    def _hi(self, real: torch.dtype) -> torch.dtype:
+        """The dtype of the SSM math: kernel_dtype, or float64 for float64 inputs."""
+        return torch.promote_types(real, self.kernel_dtype)
 
     def cached_kernel(self, L: int, dtype=torch.float32) -> torch.Tensor:
         """The convolution kernel (n_dir, H, L) (backward direction second when bidirectional)."""
@@ -225,6 +231,11 @@ class S4D(_ConvSSM):
         output: "glu" (Linear(H, 2H) then GLU) | "linear" | None, the channel mixing at the end.
         dropout: after the activation.
         lr: the learning rate for A, dt and B in `param_groups` (None: the base lr).
+        kernel_dtype: precision of the discretization, the powers Ad^l (kernel, free response, final
+            state) and the step's Ad multiply; results are cast back to float32. float64 by default:
+            in float32, exp(l log Ad) carries the argument's rounding (its ulp is ~1e-3 at l ~ 4096), a
+            phase error that long-memory (bilinear) modes turn into ~1e-4 relative output error.
+            torch.float32 is faster where float64 is slow (consumer GPUs).
     """
 
     _ssm_names = ("log_dt", "log_A_real", "A_imag", "B")
@@ -232,7 +243,7 @@ class S4D(_ConvSSM):
     def __init__(self, d_model: int, d_state: int = 64, init: str = "legs", discretization: str = "zoh",
                  dt_min: float = 1e-3, dt_max: float = 1e-1, bidirectional: bool = False,
                  activation: str = "gelu", output: str | None = "glu", dropout: float = 0.0,
-                 lr: float | None = 1e-3, device=None, dtype=None):
+                 lr: float | None = 1e-3, kernel_dtype: torch.dtype = torch.float64, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype or torch.float32}
         check_positive_int("d_state", d_state)
@@ -241,7 +252,7 @@ class S4D(_ConvSSM):
         if init != "real" and d_state % 2:
             raise ValueError(f"d_state must be even for init={init!r} (conjugate pairs), got {d_state}")
         self._setup_block(d_model, discretization, dt_min, dt_max, bidirectional, activation, output,
-                          dropout, lr, factory)
+                          dropout, lr, kernel_dtype, factory)
         from ssmkit.math.hippo import s4d_init
 
         A, B = s4d_init(init, d_state)                                    # (n,) complex or real
@@ -274,9 +285,11 @@ class S4D(_ConvSSM):
         return A, B, C, self.log_dt.to(real).exp()
 
     def _discrete(self, real: torch.dtype):
-        """(log Ad, Ad, Bd, C), log Ad complex (H, n): Ad^l = exp(l log Ad) for any l."""
+        """(log Ad, Ad, Bd, C) in kernel_dtype (or float64 inputs' float64), log Ad complex (H, n):
+        Ad^l = exp(l log Ad) for any l."""
         from ssmkit.math import discretize
 
+        real = self._hi(real)
         A, B, C, dt = self._params(real)
         Ad, Bd = getattr(discretize, self.discretization)(A, B, dt, diagonal=True)   # (H, n)
         if self.discretization == "zoh":
@@ -295,7 +308,7 @@ class S4D(_ConvSSM):
 
     def _kernel(self, L: int, real: torch.dtype) -> torch.Tensor:
         log_Ad, _, Bd, C = self._discrete(real)
-        return self._vandermonde(log_Ad, C * Bd, L)                       # (n_dir, H, L)
+        return self._vandermonde(log_Ad, C * Bd, L).to(real)              # (n_dir, H, L)
 
     def _recurrence(self, real: torch.dtype) -> dict:
         log_Ad, Ad, Bd, C = self._discrete(real)
@@ -307,7 +320,7 @@ class S4D(_ConvSSM):
 
     def _free_response(self, rec, x0, L):
         """C Ad^(k+1) x0 for k < L: (b, H, L)."""
-        return self._vandermonde(rec["log_Ad"], rec["C"] * rec["Ad"] * x0, L)
+        return self._vandermonde(rec["log_Ad"], rec["C"] * rec["Ad"] * x0, L).to(x0.real.dtype)
 
     def _final_state(self, rec, x0, u):
         """Ad^L x0 + Bd sum_j Ad^(L-1-j) u_j, the time sum in chunks: (b, H, n)."""
@@ -318,11 +331,11 @@ class S4D(_ConvSSM):
             powers = torch.arange(L - 1 - start, L - 1 - stop, -1, device=u.device, dtype=u.dtype)
             V = torch.exp(log_Ad[..., None] * powers)                     # (H, n, T)
             acc = acc + rec["Bd"] * torch.einsum("bht,hnt->bhn", u[..., start:stop].to(V.dtype), V)
-        return acc if self.is_complex else acc.real
+        return (acc if self.is_complex else acc.real).to(x0.dtype)
 
     def _step_state(self, rec, x, u):
-        x = rec["Ad"] * x + rec["Bd"] * u[..., None]                       # (b, H, n)
-        return self._readout(rec["C"], x), x
+        x1 = rec["Ad"] * x + rec["Bd"] * u[..., None]                      # (b, H, n) in kernel_dtype
+        return self._readout(rec["C"], x1).to(u.dtype), x1.to(x.dtype)
 
 
 # ================================================================================================
@@ -337,7 +350,8 @@ class S4(_ConvSSM):
         discretization: "bilinear" (the S4 algorithm; the DPLR kernel is defined for it).
         l_max: the length that the trained C~ = C (I - Ad^l_max) refers to. Inputs up to l_max use
             it as is (kernel truncated); longer inputs convert C~ to the next l_max * 2^k.
-        dt_min, dt_max, bidirectional, activation, output, dropout, lr: as in S4D (lr also for P).
+        dt_min, dt_max, bidirectional, activation, output, dropout, lr, kernel_dtype: as in S4D (lr also
+            for P; kernel_dtype for the DPLR kernel, the step and the chunk matrices).
     """
 
     _ssm_names = ("log_dt", "log_A_real", "A_imag", "P", "B")
@@ -346,7 +360,7 @@ class S4(_ConvSSM):
                  discretization: str = "bilinear", l_max: int = 1024, dt_min: float = 1e-3,
                  dt_max: float = 1e-1, bidirectional: bool = False, activation: str = "gelu",
                  output: str | None = "glu", dropout: float = 0.0, lr: float | None = 1e-3,
-                 device=None, dtype=None):
+                 kernel_dtype: torch.dtype = torch.float64, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype or torch.float32}
         check_positive_int("d_state", d_state)
@@ -358,7 +372,7 @@ class S4(_ConvSSM):
         if d_state % 2:
             raise ValueError(f"d_state must be even (conjugate pairs), got {d_state}")
         self._setup_block(d_model, discretization, dt_min, dt_max, bidirectional, activation, output,
-                          dropout, lr, factory)
+                          dropout, lr, kernel_dtype, factory)
         from ssmkit.math.hippo import dplr
 
         Lambda, P, B, _ = dplr(measure, d_state, rank=rank)               # (N2,), (r, N2), (N2,)
@@ -430,7 +444,8 @@ class S4(_ConvSSM):
         return self._to_real(cols).permute(1, 2, 0)                        # [h, i, k] = (M e_k)_i
 
     def _recurrence(self, real: torch.dtype) -> dict:
-        """Step tensors, the real matrices M = Ad (H, N, N) and its powers, and the true C."""
+        """Step tensors, the real matrix M = Ad (H, N, N), Bd and the true C, in kernel_dtype."""
+        real = self._hi(real)
         w = self._woodbury(real)
         M = self._recurrence_matrix(real, w)
         Bd = self._bilinear_step(w, torch.zeros_like(w["B"]), torch.ones_like(w["dt"]))
@@ -443,8 +458,8 @@ class S4(_ConvSSM):
         return 2 * (C * x).sum(-1).real
 
     def _step_state(self, rec, x, u):
-        x = self._bilinear_step(rec, x, u)
-        return self._readout(rec["C_true"], x), x
+        x1 = self._bilinear_step(rec, x.to(rec["P"].dtype), u.to(rec["dt"].dtype))
+        return self._readout(rec["C_true"], x1).to(u.dtype), x1.to(x.dtype)
 
     def _free_response(self, rec, x0, L):
         """c M^(k+1) x0 for k < L: (b, H, L). Rows W_i = c M^i (i <= T) by doubling, [W, W M^len W];
@@ -453,18 +468,18 @@ class S4(_ConvSSM):
         W, Mp = rec["c"].unsqueeze(1) @ M, M                               # (H, 1, N): c M
         while W.shape[1] < T:
             W, Mp = torch.cat([W, W @ Mp], 1), Mp @ Mp                     # c M^i for i <= 2 len W
-        MT, xr, out = torch.linalg.matrix_power(M, T), self._to_real(x0), []
+        MT, xr, out = torch.linalg.matrix_power(M, T), self._to_real(x0).to(M.dtype), []
         for start in range(0, L, T):
             out.append(torch.einsum("hin,bhn->bhi", W[:, : min(T, L - start)], xr))
             xr = torch.einsum("hmn,bhn->bhm", MT, xr)                      # M^(start + T) x0
-        return torch.cat(out, -1)
+        return torch.cat(out, -1).to(x0.real.dtype)
 
     def _final_state(self, rec, x0, u):
         """M^L x0 + sum_j M^(L-1-j) Bd u_j, (b, H, N2) complex: per chunk of T positions a pairwise
         tree (log2 T levels, no loop over time), chunks folded in as acc <- M^T acc + chunk sum."""
-        M, L, acc = rec["M"], u.shape[-1], self._to_real(x0)
+        M, L, acc = rec["M"], u.shape[-1], self._to_real(x0).to(rec["M"].dtype)
         for start in range(0, L, _TIME_CHUNK):
-            seg = u[..., start : start + _TIME_CHUNK]                      # (b, H, T)
+            seg = u[..., start : start + _TIME_CHUNK].to(M.dtype)         # (b, H, T)
             T = seg.shape[-1]
             size = 1 << (T - 1).bit_length()
             v = torch.einsum("bht,hn->bhtn", F.pad(seg, (size - T, 0)), rec["Bd_real"])  # (b, H, size, N)
@@ -473,17 +488,18 @@ class S4(_ConvSSM):
                 v = torch.einsum("hmn,bhkn->bhkm", Mp, v[:, :, 0::2]) + v[:, :, 1::2]
                 Mp = Mp @ Mp
             acc = torch.einsum("hmn,bhn->bhm", torch.linalg.matrix_power(M, T), acc) + v[:, :, 0]
-        return self._from_real(acc)
+        return self._from_real(acc).to(x0.dtype)
 
     def _kernel(self, L: int, real: torch.dtype) -> torch.Tensor:
         from ssmkit.math.kernels import dplr_kernel
 
-        Lambda, P, B, Ct, dt = self._params(real)
+        hi = self._hi(real)
+        Lambda, P, B, Ct, dt = self._params(hi)
         m = self.l_max
         while m < L:
             m *= 2
         if m != self.l_max:
-            Ct = self._c_tilde_for(Ct, m, real)
+            Ct = self._c_tilde_for(Ct, m, hi)
         K = torch.stack([dplr_kernel(Lambda, P, B, Ct[i], dt, m) for i in range(self.n_dir)])
         return K[..., :L].to(real)                                         # (n_dir, H, L)
 
