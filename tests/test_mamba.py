@@ -106,6 +106,8 @@ def test_errors():
         layer(torch.randn(1, 4, 8))
     with pytest.raises(ValueError, match="cu_seqlens must start at 0"):
         layer(torch.randn(1, 4, D_MODEL), cu_seqlens=torch.tensor([0, 2, 3]))
+    with pytest.raises(ValueError, match="or attention_mask, not both"):
+        layer(torch.randn(1, 4, D_MODEL), cu_seqlens=torch.tensor([0, 4]), attention_mask=torch.ones(1, 4))
     with pytest.raises(ValueError, match="pass seq_idx or cu_seqlens, not both"):
         layer(
             torch.randn(1, 4, D_MODEL),
