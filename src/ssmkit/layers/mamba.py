@@ -67,6 +67,8 @@ def varlen_args(x, seq_idx, cu_seqlens, attention_mask):
         if l > 1 and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
             raise ValueError("seq_idx must be nondecreasing along each row")
     if attention_mask is not None:
+        if seq_idx is not None:
+            raise ValueError("pass packed sequences (seq_idx / cu_seqlens) or attention_mask, not both")
         check_tensor(
             "attention_mask", attention_mask, shape=(b, l), legend="(batch, length), 1 = token, 0 = pad"
         )
