@@ -35,7 +35,9 @@ def assert_rel(actual, expected, tol: float, what: str = "") -> None:
 
 def assert_close_dtype(actual, expected, dtype=None, what: str = "") -> None:
     rtol, atol = TOL[dtype or expected.dtype]
-    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        actual, expected.to(actual.dtype), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}"
+    )
 
 
 # ---- the five laws ------------------------------------------------------------------------------

@@ -164,23 +164,18 @@ def cmd_bench(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    import importlib.util
-
-    if importlib.util.find_spec("ssmkit.interop.hf") is None:
-        raise UsageError("convert: this ssmkit has no Hugging Face interop (ssmkit.interop.hf) yet")
-    if importlib.util.find_spec("transformers") is None:
-        raise UsageError("convert: needs transformers: pip install 'ssmkit[hf]'")
     from ssmkit.interop import from_hf, to_hf
 
+    if not os.path.exists(args.src):
+        raise UsageError(f"convert: {args.src}: no such file or directory")
     if args.to == "ssmkit":
-        if not os.path.exists(args.src):
-            raise UsageError(f"convert: {args.src}: no such file or directory")
         model = from_hf(args.src)
         model.save_pretrained(args.dst)
     else:
         model, tok = _load_model(args.src)
         to_hf(model, args.dst)
-    print(f"converted {args.src} -> {args.dst} ({args.to})")
+    print(f"converted {args.src} -> {args.dst} ({args.to}): {sum(p.numel() for p in model.parameters()):,} "
+          f"parameters, layers {model.config.layers!r}")
     return 0
 
 
@@ -250,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "convert",
         help="convert between Hugging Face and ssmkit checkpoints",
-        description="Convert a transformers Mamba/Mamba-2 checkpoint to ssmkit, or back.",
+        description="Convert a transformers (or mamba_ssm) Mamba/Mamba-2 checkpoint directory to an "
+        "ssmkit model directory (--to ssmkit), or an ssmkit pure Mamba/Mamba-2 model to a transformers "
+        "one (--to hf). Needs no transformers installed.",
     )
     c.add_argument("--to", choices=("ssmkit", "hf"), required=True, help="target format")
     c.add_argument("src", help="source directory")

@@ -1,8 +1,8 @@
 """nn.Modules on the mixer protocol (see base.py)."""
 
 from ssmkit._lazy import lazy_exports
-from ssmkit.layers.base import Mixer, state_nbytes
-from ssmkit.layers.norm import RMSNorm
+from ssmkit.layers.base import Mixer, state_nbytes  # noqa: F401  (re-exported, see __all__)
+from ssmkit.layers.norm import RMSNorm  # noqa: F401
 
 _EXPORTS = {
     "S4": "ssmkit.layers.s4",

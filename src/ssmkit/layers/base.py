@@ -65,7 +65,9 @@ class Mixer(nn.Module):
         for k, v in state.items():
             if not isinstance(v, torch.Tensor) or v.shape[0] != batch_size:
                 shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                raise ValueError(f"state[{k!r}] must be a tensor with batch size {batch_size} first, got {shape}")
+                raise ValueError(
+                    f"state[{k!r}] must be a tensor with batch size {batch_size} first, got {shape}"
+                )
 
 
 def state_nbytes(state: StateDict) -> int:

@@ -51,7 +51,9 @@ def resolve(op: str, backend: str, *tensors: torch.Tensor) -> tuple[str, Callabl
     if backend == "auto":
         backend = os.environ.get("SSMKIT_BACKEND", "auto") or "auto"
         if backend not in BACKENDS:
-            raise ValueError(f"environment variable SSMKIT_BACKEND must be one of {list(BACKENDS)}, got {backend!r}")
+            raise ValueError(
+                f"environment variable SSMKIT_BACKEND must be one of {list(BACKENDS)}, got {backend!r}"
+            )
     if backend != "auto":
         reason = unsupported_reason(op, backend, *tensors)
         if reason is not None:
