@@ -18,6 +18,7 @@ SUITE = {
     "model_cpu": "benchmarks.model_cpu",  # 24-layer Mamba-130M-shaped forward, HF vs our scan patched in
     "parallel_scan": "benchmarks.parallel_scan",
     "decode": "benchmarks.decode",
+    "kernel_memory": "benchmarks.kernel_memory",  # S4D Vandermonde kernel vs the one-shot (d, n, L) einsum
 }
 
 
