@@ -3,8 +3,9 @@
 A cell is a Python callable named "module:function" returning a `run()` closure (inputs built,
 one small warm-up done). The child process measures
     time: the median of a few calls of run() (one call if the first takes over 2 s),
-    peak: ru_maxrss after the calls minus ru_maxrss before them (resident memory the cell added;
-          tracemalloc does not see torch's allocations, the process high-water mark does),
+    peak: ru_maxrss after the calls minus ru_maxrss before them: the resident memory the calls
+          needed beyond their inputs (tracemalloc does not see torch's allocations, the process
+          high-water mark does; cells build their inputs in place so no temporary hides the peak),
 and prints them as one JSON line. The parent kills a child that runs past the cap.
 """
 

@@ -46,13 +46,13 @@ def _mamba1_inputs(b, L, grad):
     d, n = D_MODEL1, N1
     t = {
         "u": torch.randn(b, d, L, generator=g),
-        "delta": torch.randn(b, d, L, generator=g) * 0.5 - 2.0,
-        "A": -torch.exp(torch.rand(d, n, generator=g)),
+        "delta": torch.randn(b, d, L, generator=g).mul_(0.5).sub_(2.0),  # in place: no temporaries
+        "A": torch.rand(d, n, generator=g).exp_().neg_(),
         "B": torch.randn(b, n, L, generator=g),
         "C": torch.randn(b, n, L, generator=g),
         "D": torch.randn(d, generator=g),
         "z": torch.randn(b, d, L, generator=g),
-        "delta_bias": torch.randn(d, generator=g) * 0.1,
+        "delta_bias": torch.randn(d, generator=g).mul_(0.1),
     }
     for v in t.values():
         v.requires_grad_(grad)
@@ -91,7 +91,7 @@ def _mamba2_inputs(b, L, grad):
     g = torch.Generator().manual_seed(0)
     t = {
         "x": torch.randn(b, L, H2, P2, generator=g),
-        "dt": torch.randn(b, L, H2, generator=g) - 2.0,
+        "dt": torch.randn(b, L, H2, generator=g).sub_(2.0),
         "A": -torch.exp(torch.rand(H2, generator=g)),
         "B": torch.randn(b, L, 1, N2, generator=g),
         "C": torch.randn(b, L, 1, N2, generator=g),
