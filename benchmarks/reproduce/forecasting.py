@@ -26,13 +26,13 @@ DAY, WEEK = 48, 336
 CONFIGS = {
     "tiny": dict(context=96, horizon=8, d_model=8, batch_size=4, steps=2, budget_s=0, lr=1e-3,
                  test_stride=400),
-    "small": dict(context=2 * WEEK, horizon=DAY, d_model=32, batch_size=32, steps=2000, budget_s=50,
+    "small": dict(context=2 * WEEK, horizon=DAY, d_model=32, batch_size=32, steps=2000, budget_s=40,
                   lr=2e-3, test_stride=12),
     "full": dict(context=3 * WEEK, horizon=DAY, d_model=64, batch_size=32, steps=20000, budget_s=1800,
                  lr=1e-3, test_stride=1),
 }
 TEST_FRACTION, N_LAYER = 0.2, 2
-MODELS = [("S4D", "s4d", 0), ("Mamba", "mamba", 0), ("Transformer", "attention", 2)]
+MODELS = [("S4D", "s4d", 0), ("Mamba", "mamba", 0), ("Transformer", "attention", 1)]
 
 
 def _series():

@@ -34,7 +34,7 @@ CONFIGS = {
                  d_ref=16),
     "small": dict(listops=dict(min_len=64, max_len=256, n_train=3000, n_test=500),
                   fmnist=dict(n_train=20000, n_test=1000, length=784), batch_size=32, steps=3000,
-                  budget_s=30, lr=3e-3, d_ref=32),
+                  budget_s=25, lr=3e-3, d_ref=32),
     "full": dict(listops=dict(min_len=500, max_len=2000, n_train=96000, n_test=2000),
                  fmnist=dict(n_train=60000, n_test=10000, length=784), batch_size=32, steps=30000,
                  budget_s=3600, lr=1e-3, d_ref=128),

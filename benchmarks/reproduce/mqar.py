@@ -21,7 +21,7 @@ SOURCE = ("Mamba-2 paper (Dao & Gu 2024), Figure 8 (MQAR, 2 layers, model dim 32
 CONFIGS = {
     "tiny": dict(seq_len=16, n_pairs=2, vocab_size=16, d_model=16, batch_size=4, steps=2, budget_s=0,
                  lr=1e-3, n_test=8, states=[16]),
-    "small": dict(seq_len=64, n_pairs=8, vocab_size=64, d_model=64, batch_size=64, steps=3000, budget_s=28,
+    "small": dict(seq_len=64, n_pairs=8, vocab_size=64, d_model=64, batch_size=64, steps=3000, budget_s=22,
                   lr=3e-3, n_test=512, states=[16, 64, 256]),
     "full": dict(seq_len=256, n_pairs=32, vocab_size=8192, d_model=128, batch_size=64, steps=20000,
                  budget_s=1800, lr=1e-3, n_test=3000, states=[16, 64, 256]),

@@ -50,8 +50,8 @@ def verdict(name: str, r: dict) -> str:
         c = r["config"]
         why = (f" Mamba trained {sel['steps']} steps of batch {c['batch_size']} ({sel['train_s']:.0f} s; "
                f"final training loss {sel['final_loss']:.3g}, chance level ln(14) = 2.64) against the "
-               f"paper's 400K steps of batch 64 at length 4096: the budget, not the model, is the limit "
-               f"here; `--full` trains longer.")
+               f"paper's 400K steps of batch 64 at length 4096: far too few steps to conclude; `--full` "
+               f"trains longer.")
         return (f"Mamba {H.pct(sel['acc'])} vs best time-invariant row ({best['model']}) "
                 f"{H.pct(best['acc'])}: "
                 + ("the paper's separation is reproduced." if shown else
@@ -73,7 +73,7 @@ def verdict(name: str, r: dict) -> str:
             why = (f" Mamba trained {m['steps']} steps of batch {r['config']['batch_size']} at length "
                    f"{train_len} ({m['train_s']:.0f} s, final training loss {m['final_loss']:.3g}; chance "
                    f"level ln(14) = 2.64): a model that has not learned the task at the training length "
-                   f"cannot extrapolate it; the budget is the limit; `--full` trains longer.")
+                   f"cannot extrapolate it: too few steps to conclude; `--full` trains longer.")
         return "; ".join(parts) + (". Claim reproduced (Mamba >= 95%, attention far lower)." if shown else
                                    ". Claim NOT reproduced at this budget." + why)
     if name == "mqar":

@@ -30,7 +30,8 @@ CONFIGS = {
     "full": dict(d_model=256, n_layer=4, lengths=[2**e for e in range(8, 18)], cap_s=60.0, decode_tokens=32,
                  repeats=3),
 }
-MODELS = [("Mamba", "mamba", 0), ("Mamba-2", "mamba2", 0), ("S4D", "s4d", 0), ("Transformer", "attention", 2)]
+# label, pattern, MLP width / d_model (attention + a gated MLP of width d: about a Mamba block's parameters)
+MODELS = [("Mamba", "mamba", 0), ("Mamba-2", "mamba2", 0), ("S4D", "s4d", 0), ("Transformer", "attention", 1)]
 VOCAB = 256
 METRICS = ("forward_s", "train_step_s", "decode_ms_per_token", "peak_mem_mb")
 
@@ -202,9 +203,9 @@ def _plot(r: dict, path: str | None = None) -> str | None:
 def markdown(r: dict) -> str:
     c = r["config"]
     lengths = [str(L) for L in c["lengths"]]
-    out = [f"Batch 1, d_model {c['d_model']}, {c['n_layer']} layers (Transformer: attention + MLP of width "
-           f"{2 * c['d_model']}), device {r['device']}; a model stops once its training step passes "
-           f"{c['cap_s']} s. Paper: {r['source']}.\n"]
+    out = [f"Batch 1, d_model {c['d_model']}, {c['n_layer']} layers (Transformer: attention + gated MLP of "
+           f"width {c['d_model']}; parameter counts in the JSON), device {r['device']}; a model stops once "
+           f"its training step passes {c['cap_s']} s. Paper: {r['source']}.\n"]
     for metric, title in (("forward_s", "Forward time (s)"), ("train_step_s", "Training step, forward + "
                           "backward (s)"), ("decode_ms_per_token", "Decode time per token after a prompt of "
                           "that length (ms)"), ("peak_mem_mb", "Peak memory of a training step (MB)")):

@@ -20,7 +20,7 @@ SOURCE = "Mamba paper (Gu & Dao 2023), Table 1 (length 4096, 400k steps)"
 
 CONFIGS = {
     "tiny": dict(seq_len=24, n_memorize=4, batch_size=4, steps=2, budget_s=0, n_test=8, lr=2e-3),
-    "small": dict(seq_len=128, n_memorize=16, batch_size=32, steps=3000, budget_s=65, n_test=256, lr=3e-3),
+    "small": dict(seq_len=128, n_memorize=16, batch_size=32, steps=3000, budget_s=50, n_test=256, lr=3e-3),
     "full": dict(seq_len=1024, n_memorize=16, batch_size=64, steps=20000, budget_s=3600, n_test=1024,
                  lr=1e-3),
 }
