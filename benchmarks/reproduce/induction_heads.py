@@ -1,9 +1,10 @@
 """Induction heads, length extrapolation (Mamba paper, Gu & Dao 2023, sec. 4.1.2 and Table 2).
 
-Claim: trained at length 256, a selective SSM keeps ~100% accuracy at lengths far beyond it (the paper:
-up to 2^20), while attention (MHA with absolute, rotary or xPos positions) fails beyond about 2x the
-training length. 2 layers, d_model 64, vocabulary 16. Test sequences longer than `chunk` are streamed
-through the model's recurrent state in chunks (KV cache for attention), so an SSM's memory stays flat.
+Claim: trained at length 256 (our small configuration: 64), a selective SSM keeps ~100% accuracy at
+lengths far beyond it (the paper: up to 2^20), while attention (MHA with absolute, rotary or xPos
+positions) fails beyond about 2x the training length. 2 layers, d_model 64, vocabulary 16. Test
+sequences longer than `chunk` are streamed through the model's recurrent state in chunks, so an
+SSM's memory stays flat.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ SOURCE = ("Mamba paper (Gu & Dao 2023), Table 2 / Figure: Mamba 100% from 2^6 to
 CONFIGS = {
     "tiny": dict(train_len=32, batch_size=4, steps=2, budget_s=0, lr=1e-3, test_exps=[5, 6, 7], n_test=4,
                  n_test_long=2, long_from=7, chunk=32, attn_max_exp=7),
-    "small": dict(train_len=256, batch_size=32, steps=4000, budget_s=70, lr=2e-3,
+    # small: trained at 64 (the paper: 256) so that 600 CPU steps learn the task; at 256 and lr 1e-2 a
+    # Mamba was still at chance after 400 steps (measured). Learning rates: the best of {1e-3, 3e-3,
+    # 1e-2} for each model at the training length (attention does not learn at 1e-2; the SSMs do
+    # within 200-400 steps); a fixed step count, budget_s only a cap for a slow machine.
+    "small": dict(train_len=64, batch_size=32, steps=600, budget_s=240,
+                  lr={"mamba": 1e-2, "mamba2": 1e-2, "attention": 1e-3},
                   test_exps=list(range(6, 17)), n_test=64, n_test_long=8, long_from=13, chunk=4096,
                   attn_max_exp=13),
     "full": dict(train_len=256, batch_size=64, steps=25000, budget_s=3600, lr=1e-3,
@@ -51,7 +57,8 @@ def run(cfg: dict, full: bool = False, seed: int = 0) -> dict:
         model = H.build(lambda: _make(layers, kw), seed)
         batches = H.lm_batches(induction_heads, cfg["batch_size"], seed, seq_len=cfg["train_len"],
                                vocab_size=VOCAB)
-        fit = H.train(model, batches, cfg["steps"], cfg["lr"], cfg["budget_s"])
+        lr = cfg["lr"][layers] if isinstance(cfg["lr"], dict) else cfg["lr"]
+        fit = {**H.train(model, batches, cfg["steps"], lr, cfg["budget_s"]), "lr": lr}
         by_len = {}
         for e in cfg["test_exps"]:
             L = 2**e

@@ -70,10 +70,18 @@ def verdict(name: str, r: dict) -> str:
         shown = bool(ma and ma["acc"] >= 0.95 and (aa is None or aa["acc"] < 0.5))
         why = ""
         if not shown and m:
-            why = (f" Mamba trained {m['steps']} steps of batch {r['config']['batch_size']} at length "
-                   f"{train_len} ({m['train_s']:.0f} s, final training loss {m['final_loss']:.3g}; chance "
-                   f"level ln(14) = 2.64): a model that has not learned the task at the training length "
-                   f"cannot extrapolate it: too few steps to conclude; `--full` trains longer.")
+            at_train = m["by_length"].get(str(train_len))
+            reach = [int(L) for L, v in m["by_length"].items() if v and v["acc"] >= 0.95]
+            if at_train and at_train["acc"] >= 0.95:
+                why = (f" Mamba learned the task at the training length ({H.pct(at_train['acc'])} after "
+                       f"{m['steps']} steps) and keeps >= 95% up to length {max(reach)} "
+                       f"({max(reach) // train_len}x); beyond, its accuracy falls: the paper's 2^20 "
+                       f"extrapolation came after far longer training (`--full`).")
+            else:
+                why = (f" Mamba trained {m['steps']} steps of batch {r['config']['batch_size']} at length "
+                       f"{train_len} ({m['train_s']:.0f} s, final training loss {m['final_loss']:.3g}; "
+                       f"chance level ln(14) = 2.64) and did not learn the task at the training length, "
+                       f"so it cannot extrapolate it; `--full` trains longer.")
         return "; ".join(parts) + (". Claim reproduced (Mamba >= 95%, attention far lower)." if shown else
                                    ". Claim NOT reproduced at this budget." + why)
     if name == "mqar":
