@@ -46,9 +46,11 @@ def run_cell(target: str, kwargs: dict, cap_s: float) -> dict:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cap_s, env=env)
     except subprocess.TimeoutExpired:
         return {"skipped": f"skipped (>{cap_s:.0f}s)"}
+    if proc.returncode < 0:  # killed: by the kernel's OOM killer when memory ran out
+        return {"skipped": f"killed by signal {-proc.returncode} (out of memory?)"}
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"skipped": f"error: {last[:80]}"}
+        lines = [x for x in proc.stderr.strip().splitlines() if not x.startswith("[transformers]")]
+        return {"skipped": f"error: {(lines or ['?'])[-1][:80]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
