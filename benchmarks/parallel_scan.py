@@ -1,7 +1,7 @@
 """parallel_scan forward+backward time: the numba CPU path and the chunked PyTorch scan against the
 sequential loop (the reference), side by side in one run, with the ratio to the loop.
 
-    .venv/bin/python -m benchmarks.parallel_scan                          # b=1, l=4096, d=512, n=64
+    .venv/bin/python -m benchmarks.parallel_scan                          # DEFAULT_SHAPES below
     .venv/bin/python -m benchmarks.parallel_scan --length 1024 --dtype complex64 --repeats 3
 
 a, b have shape (batch, length, d, n): the shape of S5 / selective-scan states. Each timing is the
@@ -44,12 +44,17 @@ def time_path(fn, a, b, w, repeats: int) -> float:
     return statistics.median(times)
 
 
+# (batch, length, d, n) run when no shape is given: the issue's shape, where every path is bound by
+# memory traffic, and a narrow one, where the loop is bound by its per-step op launches
+DEFAULT_SHAPES = [(1, 4096, 512, 64), (1, 4096, 64, 16)]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--length", type=int, default=4096)
-    p.add_argument("--d", type=int, default=512)
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--length", type=int)
+    p.add_argument("--d", type=int)
+    p.add_argument("--n", type=int)
     p.add_argument("--dtype", default="float32", choices=["float32", "complex64"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
@@ -61,8 +66,16 @@ def main(argv=None) -> None:
         numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     except ImportError:
         pass
-    dtype = getattr(torch, args.dtype)
-    shape = (args.batch, args.length, args.d, args.n)
+    given = (args.batch, args.length, args.d, args.n)
+    if all(v is None for v in given):
+        shapes = DEFAULT_SHAPES
+    else:
+        shapes = [tuple(v if v is not None else dv for v, dv in zip(given, DEFAULT_SHAPES[0]))]
+    for shape in shapes:
+        run_shape(shape, getattr(torch, args.dtype), args)
+
+
+def run_shape(shape, dtype, args) -> None:
     torch.manual_seed(0)
     a = torch.rand(shape) * 0.5 + 0.45
     if dtype.is_complex:
