@@ -129,7 +129,7 @@ def test_gradcheck_vandermonde():
     dtA = torch.complex(-torch.rand(2, 3, dtype=F64, generator=g), torch.randn(2, 3, dtype=F64, generator=g))
     BC = torch.randn(2, 3, dtype=C128, generator=g)
     args = (dtA.requires_grad_(), BC.requires_grad_())
-    # chunk=3 < L: the checkpointed (recomputed) blocks are what gets differentiated
+    # chunk=3 < L: several blocks, so both exp tables (W and V) carry gradient
     assert torch.autograd.gradcheck(lambda a, b: vandermonde_kernel(a, b, 7, conj_sym=True, chunk=3), args)
     assert torch.autograd.gradcheck(lambda a, b: vandermonde_kernel(a, b, 7, chunk=3), args)
 

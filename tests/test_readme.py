@@ -11,7 +11,7 @@ def _readme() -> str:
         return f.read()
 
 
-def test_python_example_runs(tmp_path, monkeypatch):
+def test_python_example_runs(tmp_path):
     blocks = re.findall(r"```python\n(.*?)```", _readme(), flags=re.S)
     assert blocks, "README.md has no Python example"
     code = blocks[0].replace("/tmp/chat.safetensors", str(tmp_path / "chat.safetensors"))

@@ -172,7 +172,7 @@ def cmd_convert(args) -> int:
         model = from_hf(args.src)
         model.save_pretrained(args.dst)
     else:
-        model, tok = _load_model(args.src)
+        model, _ = _load_model(args.src)
         to_hf(model, args.dst)
     print(f"converted {args.src} -> {args.dst} ({args.to}): {sum(p.numel() for p in model.parameters()):,} "
           f"parameters, layers {model.config.layers!r}")

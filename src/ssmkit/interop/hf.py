@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ssmkit.models.config import SSMConfig
-from ssmkit.models.heads import SSMForCausalLM
+from ssmkit.models.heads import SSMForCausalLM, load_checked, write_checkpoint
 
 HF_EMBED, OUR_EMBED = "backbone.embeddings.weight", "backbone.embedding.weight"
 HEAD = "lm_head.weight"
@@ -131,7 +131,9 @@ def from_hf(path_or_model, device=None, dtype=None) -> SSMForCausalLM:
             f"'model_type') nor a mamba_ssm one (no 'd_model' / 'ssm_cfg')"
         )
     model = SSMForCausalLM(cfg)
-    _load_checked(model, tensors, where)
+    tied = model._tied_keys()  # transformers, too, ignores a stored lm_head when the head is tied
+    tensors = {k: v for k, v in tensors.items() if k not in tied}
+    load_checked(model, tensors, f"from_hf: the weights of {where}")
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model.eval()
@@ -261,25 +263,6 @@ def _special_floats(obj: dict) -> Any:
     return float(obj["__float__"]) if obj.keys() == {"__float__"} else obj
 
 
-def _load_checked(model: SSMForCausalLM, tensors: dict[str, torch.Tensor], where: str) -> None:
-    """Load `tensors` into `model` after checking every name and shape; a tied head ignores lm_head."""
-    tied = model._tied_keys()
-    tensors = {k: v for k, v in tensors.items() if k not in tied}
-    expected = {k: v.shape for k, v in model.state_dict().items() if k not in tied}
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    wrong = [
-        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(s)}"
-        for k, s in expected.items()
-        if k in tensors and tensors[k].shape != s
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"from_hf: the weights of {where} do not match the model its config describes: "
-            f"missing {missing[:8]}, unexpected {unexpected[:8]}, wrong shapes {wrong[:8]}"
-        )
-    model.load_state_dict(tensors, strict=not tied)
-
-
 # ---- writing ----------------------------------------------------------------------------------
 
 
@@ -296,8 +279,6 @@ def to_hf(
     transformers' mixers express; anything else raises, naming what does not convert. The token ids
     go into config.json (None: generation stops only at max_new_tokens).
     """
-    from safetensors.torch import save_file
-
     cfg = hf_config(model)
     cfg.update(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     V = model.config.vocab_size
@@ -308,21 +289,7 @@ def to_hf(
         if k in (OUR_EMBED, HEAD):
             v = v[:V]  # drop ssmkit's vocabulary padding rows
         tensors[HF_EMBED if k == OUR_EMBED else k] = v.detach().to("cpu").contiguous()
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    tmp_cfg, tmp_w = (
-        os.path.join(directory, f".{n}.tmp-{os.getpid()}") for n in ("config.json", WEIGHT_FILES[0])
-    )
-    try:
-        with open(tmp_cfg, "w") as f:
-            json.dump(cfg, f, indent=2, sort_keys=True)
-        save_file(tensors, tmp_w, metadata={"format": "pt"})
-        os.replace(tmp_w, os.path.join(directory, WEIGHT_FILES[0]))
-        os.replace(tmp_cfg, os.path.join(directory, "config.json"))
-    finally:
-        for t in (tmp_cfg, tmp_w):
-            if os.path.exists(t):
-                os.remove(t)
+    write_checkpoint(directory, cfg, tensors)
 
 
 def hf_config(model: SSMForCausalLM) -> dict[str, Any]:

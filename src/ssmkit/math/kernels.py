@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ssmkit._checks import check_choice, check_positive_int, check_tensor
 
-# Elements (of the complex dtype) in one chunk's Vandermonde / Cauchy block: 2^21 = 32 MiB complex128.
+# Elements (of the complex dtype) in one chunk's Cauchy block (dplr_kernel): 2^21 = 32 MiB complex128.
 _CHUNK_ELEMENTS = 1 << 21
 
 

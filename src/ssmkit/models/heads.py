@@ -59,6 +59,46 @@ def _with_aux(loss: torch.Tensor, aux: torch.Tensor | None, weight: float) -> to
     return loss if aux is None else loss + weight * aux
 
 
+def write_checkpoint(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor],
+                     metadata: dict[str, str] | None = None) -> None:
+    """config.json and model.safetensors in `directory`, each written under a temporary name and then
+    renamed, so a crash or a full disk never leaves half a file (the previous checkpoint stays)."""
+    from safetensors.torch import save_file
+
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    tmp_cfg, tmp_w = (os.path.join(directory, f".{n}.tmp-{os.getpid()}") for n in (CONFIG_NAME, WEIGHTS_NAME))
+    try:
+        with open(tmp_cfg, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        save_file(tensors, tmp_w, metadata={"format": "pt", **(metadata or {})})
+        os.replace(tmp_w, os.path.join(directory, WEIGHTS_NAME))
+        os.replace(tmp_cfg, os.path.join(directory, CONFIG_NAME))
+    finally:
+        for t in (tmp_cfg, tmp_w):
+            if os.path.exists(t):
+                os.remove(t)
+
+
+def load_checked(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Load `tensors` into `model` after checking every name and shape (a tied lm_head is not expected);
+    a mismatch raises a ValueError naming `source` and the keys, and loads nothing."""
+    tied = model._tied_keys()
+    expected = {k: v.shape for k, v in model.state_dict().items() if k not in tied}
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    wrong = [
+        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(s)}"
+        for k, s in expected.items()
+        if k in tensors and tensors[k].shape != s
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{source} does not match the model its config describes: missing {missing[:8]}, "
+            f"unexpected {unexpected[:8]}, wrong shapes {wrong[:8]}"
+        )
+    model.load_state_dict(tensors, strict=not tied)
+
+
 class PretrainedMixin:
     """save_pretrained / from_pretrained for any head whose only constructor argument is the config."""
 
@@ -72,26 +112,10 @@ class PretrainedMixin:
         )
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
         tied = self._tied_keys()
         tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items() if k not in tied}
         config = {"ssmkit_class": type(self).__name__, **self.config.to_dict()}
-        tmp_cfg, tmp_w = (
-            os.path.join(directory, f".{n}.tmp-{os.getpid()}") for n in (CONFIG_NAME, WEIGHTS_NAME)
-        )
-        try:
-            with open(tmp_cfg, "w") as f:
-                json.dump(config, f, indent=2, sort_keys=True)
-            save_file(tensors, tmp_w, metadata={"format": "pt", "config_hash": self.config.config_hash()})
-            os.replace(tmp_w, os.path.join(directory, WEIGHTS_NAME))
-            os.replace(tmp_cfg, os.path.join(directory, CONFIG_NAME))
-        finally:
-            for t in (tmp_cfg, tmp_w):
-                if os.path.exists(t):
-                    os.remove(t)
+        write_checkpoint(directory, config, tensors, {"config_hash": self.config.config_hash()})
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None):
@@ -117,20 +141,7 @@ class PretrainedMixin:
         except Exception as e:  # safetensors' own error type on a damaged file
             raise ValueError(f"cannot read {w_path} (truncated or corrupt safetensors file?): {e}") from e
         model = cls(cfg)
-        tied = model._tied_keys()
-        expected = {k: v.shape for k, v in model.state_dict().items() if k not in tied}
-        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        wrong = [
-            f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(s)}"
-            for k, s in expected.items()
-            if k in tensors and tensors[k].shape != s
-        ]
-        if missing or unexpected or wrong:
-            raise ValueError(
-                f"{w_path} does not match the model of {cfg_path}: missing {missing[:8]}, "
-                f"unexpected {unexpected[:8]}, wrong shapes {wrong[:8]}"
-            )
-        model.load_state_dict(tensors, strict=not tied)
+        load_checked(model, tensors, f"{w_path} (config {cfg_path})")
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
         return model
