@@ -6,11 +6,13 @@ sequential loop (the reference), side by side in one run, with the ratio to the 
 
 a, b have shape (batch, length, d, n): the shape of S5 / selective-scan states. Each timing is the
 median of `--repeats` runs of forward + backward with dL/dh = w (w fixed: h.backward(w)), after one
-warm-up run (which also compiles the numba kernels). `--threads` sets torch and numba threads.
+warm-up run (which also compiles the numba kernels); the paths take turns within each repeat, so a
+noisy neighbour on a shared machine slows all of them alike. `--threads` sets torch and numba threads.
 
-At this size every path is bound by memory traffic and by first-touch page faults of its 512 MB
-buffers (h, grad a, grad b); PyTorch's THP_MEM_ALLOC_ENABLE=1 (huge pages for large CPU tensors)
-cuts the latter for every path alike, and the header says whether it was set.
+At the issue's shape every path is bound by memory traffic and by first-touch page faults of its
+512 MB buffers (h, grad a, grad b). The cpu path advises its outputs onto huge pages itself
+(ssmkit.ops._numba.out_tensor); PyTorch's THP_MEM_ALLOC_ENABLE=1 does so for every tensor, the
+loop's included, and the header says whether it was set: run both to see each effect.
 """
 
 from __future__ import annotations
@@ -31,17 +33,12 @@ PATHS = {
 }
 
 
-def time_path(fn, a, b, w, repeats: int) -> float:
-    times = []
-    for i in range(repeats + 1):
-        a_, b_ = a.detach().requires_grad_(True), b.detach().requires_grad_(True)
-        t0 = time.perf_counter()
-        h, _ = fn(a_, b_, None)
-        h.backward(w)
-        if i > 0:
-            times.append(time.perf_counter() - t0)
-        del h, a_, b_
-    return statistics.median(times)
+def time_once(fn, a, b, w) -> float:
+    a_, b_ = a.detach().requires_grad_(True), b.detach().requires_grad_(True)
+    t0 = time.perf_counter()
+    h, _ = fn(a_, b_, None)
+    h.backward(w)
+    return time.perf_counter() - t0
 
 
 # (batch, length, d, n) run when no shape is given: the issue's shape, where every path is bound by
@@ -84,13 +81,19 @@ def run_shape(shape, dtype, args) -> None:
     w = torch.randn(shape, dtype=dtype)
     print(f"parallel_scan fwd+bwd, a, b {shape} {args.dtype}, threads={args.threads}, "
           f"median of {args.repeats}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}")
-    base = None
-    for name, fn in PATHS.items():
-        if name.startswith("cpu") and cpu.unsupported_reason(a, b) is not None:
-            print(f"{name:18s} skipped: {cpu.unsupported_reason(a, b)}")
-            continue
-        t = time_path(fn, a, b, w, args.repeats)
-        base = base or t
+    paths = dict(PATHS)
+    if cpu.unsupported_reason(a, b) is not None:
+        print(f"{'cpu (numba)':18s} skipped: {cpu.unsupported_reason(a, b)}")
+        paths.pop("cpu (numba)")
+    times = {name: [] for name in paths}
+    for i in range(args.repeats + 1):
+        for name, fn in paths.items():
+            t = time_once(fn, a, b, w)
+            if i > 0:                                                   # run 0 warms up (and compiles)
+                times[name].append(t)
+    base = statistics.median(times["loop (reference)"])
+    for name, ts in times.items():
+        t = statistics.median(ts)
         print(f"{name:18s} {t * 1e3:10.1f} ms   {base / t:6.2f}x vs loop")
 
 

@@ -58,6 +58,38 @@ def test_matches_loop(path, dtype, a_shape, b_shape, h0):
         assert_rel(x, y, TOL[dtype], f"{path} {n}")
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_cpu_blocks_split_across_threads(batch):
+    """Several threads split M into wide blocks (the last one short), and outputs of 16 MiB or more
+    are advised onto huge pages: both still match the loop."""
+    if not HAS_CPU:
+        pytest.skip("numba missing")
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for M, L in ((601, 9), (1 << 16, 64 // batch)):                # 601: blocks 301 + 300
+            a, b, s = _inputs(torch.float32, (batch, L, M), (batch, L, M))
+            want = _run(reference.parallel_scan, a, b, s)
+            got = _run(cpu.parallel_scan, a, b, s)
+            for n, x, y in zip(["h", "h_last", "grad a", "grad b", "grad initial_state"], got, want):
+                assert_rel(x, y, TOL[torch.float32], f"M={M} {n}")
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_out_tensor_is_a_plain_empty_tensor(monkeypatch):
+    from ssmkit.ops._numba import out_tensor
+
+    monkeypatch.setenv("SSMKIT_POISON", "1")
+    t = out_tensor((5, 1 << 20), torch.complex64)                    # 40 MiB: advised onto huge pages
+    assert t.shape == (5, 1 << 20) and t.dtype == torch.complex64 and t.is_contiguous()
+    assert torch.isnan(t).all()
+    t.fill_(2)
+    assert (t == 2).all()
+
+
 def test_reference_backend_long_input_is_chunked_and_exact():
     a, b, s = _inputs(torch.float64, (2, 300, 4), (2, 300, 4))
     want = _run(reference.parallel_scan, a, b, s)

@@ -3,9 +3,11 @@
 Layout inside the kernels: every tensor is flattened to (batch, length, M), M = the product of the
 trailing dims; a is (batch or 1, length or 1, M) and broadcasts (index 0 where its size is 1), so a
 time-invariant a (S5's Lambda-bar) is never materialized over time. Complex tensors go to numba as
-complex64/complex128 arrays directly. Threads split M into blocks (prange); each block walks time
-in order, contiguous in M so the inner loop vectorizes. For a constant in time the backward sums
-dL/da over time in the kernel instead of writing a (batch, length, M) tensor.
+complex64/complex128 arrays directly. Threads split M into wide blocks (prange, `_block`); each block
+walks time in order, contiguous in M so the inner loop vectorizes. For a constant in time the
+backward sums dL/da over time in the kernel instead of writing a (batch, length, M) tensor. The
+outputs (h, grad a, grad b) go on huge pages (`out_tensor`): at (1, 4096, 32768) their page faults
+cost as much as the scan.
 
 Backward (the reverse scan, conj for complex as in PyTorch's convention):
     g_t = dL/dh_t + conj(a_{t+1}) g_{t+1};   dL/db_t = g_t;   dL/da_t = g_t conj(h_{t-1});
@@ -16,11 +18,14 @@ numba is imported inside this module only; `unsupported_reason` says when it can
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import torch
 
+from .._numba import num_threads, out_tensor
+
 _DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
-_BLOCK = 256
+_MIN_BLOCK = 256
 _kernels = None
 
 
@@ -42,15 +47,15 @@ def _build():
     import numpy as np
 
     @nb.njit(parallel=True, cache=True)
-    def forward(a, b, h0, h):
+    def forward(a, b, h0, h, blk):
         Bn, L, M = b.shape
         sa_b = a.shape[0] > 1
         sa_t = a.shape[1] > 1
-        nblk = (M + _BLOCK - 1) // _BLOCK
+        nblk = (M + blk - 1) // blk
         for job in nb.prange(Bn * nblk):
             i = job // nblk
-            m0 = (job % nblk) * _BLOCK
-            m1 = min(m0 + _BLOCK, M)
+            m0 = (job % nblk) * blk
+            m1 = min(m0 + blk, M)
             ia = i if sa_b else 0
             for m in range(m0, m1):
                 h[i, 0, m] = a[ia, 0, m] * h0[i, m] + b[i, 0, m]
@@ -60,15 +65,15 @@ def _build():
                     h[i, t, m] = a[ia, ta, m] * h[i, t - 1, m] + b[i, t, m]
 
     @nb.njit(parallel=True, cache=True)
-    def backward(a, h0, h, dh, g, da, dh0, conj):
+    def backward(a, h0, h, dh, g, da, dh0, conj, blk):
         Bn, L, M = h.shape
         sa_b = a.shape[0] > 1
         sa_t = a.shape[1] > 1
-        nblk = (M + _BLOCK - 1) // _BLOCK
+        nblk = (M + blk - 1) // blk
         for job in nb.prange(Bn * nblk):
             i = job // nblk
-            m0 = (job % nblk) * _BLOCK
-            m1 = min(m0 + _BLOCK, M)
+            m0 = (job % nblk) * blk
+            m1 = min(m0 + blk, M)
             ia = i if sa_b else 0
             # one reverse pass: g_t from g_{t+1}, then da_t = g_t conj(h_{t-1}) while g_t is hot
             for t in range(L - 1, 0, -1):
@@ -118,6 +123,16 @@ def _get():
     return _kernels
 
 
+def _block(batch: int, M: int) -> int:
+    """Width of one thread's slice of M: as wide as the threads allow (batch x blocks a multiple of
+    the thread count, so the static schedule is balanced). Each job walks time with rows of `blk`
+    contiguous elements; narrow blocks (256) made every step touch a new page of each of the three
+    streams and ran 2.2x (forward) to 2.5x (backward) slower at b=1, l=4096, M=32768."""
+    threads = num_threads()
+    nblk = threads // math.gcd(batch, threads)
+    return max(_MIN_BLOCK, -(-M // nblk))
+
+
 def _flat(a, b, h0):
     """(Ba, La, M), (B, L, M), (B, M) contiguous views/copies for the kernels."""
     Bn, L = b.shape[:2]
@@ -136,8 +151,8 @@ class _CpuScan(torch.autograd.Function):
     def forward(ctx, a, b, h0):
         fwd, _ = _get()
         a3, b3, h03 = _flat(a.detach(), b.detach(), None if h0 is None else h0.detach())
-        h = torch.empty_like(b3)
-        fwd(a3.detach().numpy(), b3.detach().numpy(), h03.detach().numpy(), h.numpy())
+        h = out_tensor(b3.shape, b3.dtype)
+        fwd(a3.numpy(), b3.numpy(), h03.numpy(), h.numpy(), _block(b3.shape[0], b3.shape[2]))
         ctx.save_for_backward(a3, h03, h)
         ctx.shapes = (a.shape, b.shape, None if h0 is None else h0.shape)
         return h.view(b.shape)
@@ -148,14 +163,14 @@ class _CpuScan(torch.autograd.Function):
         a3, h03, h = ctx.saved_tensors
         a_shape, b_shape, h0_shape = ctx.shapes
         dh3 = dh.reshape(h.shape).contiguous()
-        g = torch.empty_like(h)
+        g = out_tensor(h.shape, h.dtype)
         need_a = ctx.needs_input_grad[0]
         # grad a: (batch, length, M), or summed over time inside the kernel when a is constant in time
         Bn, _, M = h.shape
-        da = torch.empty_like(h) if a3.shape[1] > 1 else torch.zeros(Bn, 1, M, dtype=h.dtype)
+        da = out_tensor(h.shape, h.dtype) if a3.shape[1] > 1 else torch.zeros(Bn, 1, M, dtype=h.dtype)
         dh0 = torch.empty_like(h03)
         arrays = (a3, h03, h, dh3, g, da, dh0)
-        bwd(*(t.numpy() for t in arrays), h.is_complex())
+        bwd(*(t.numpy() for t in arrays), h.is_complex(), _block(Bn, M))
         da_out = None
         if need_a:
             da_out = da.sum_to_size(a3.shape).reshape(*a3.shape[:2], *b_shape[2:]).sum_to_size(a_shape)
