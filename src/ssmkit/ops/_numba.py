@@ -61,11 +61,9 @@ def to_np(t: torch.Tensor | None, shape=None) -> np.ndarray:
 
 
 def poison(shape) -> np.ndarray:
-    """Uninitialized float32 array; filled with NaN when SSMKIT_POISON=1 so an unwritten element shows."""
-    a = np.empty(shape, dtype=np.float32)
-    if os.environ.get("SSMKIT_POISON") == "1":
-        a.fill(np.nan)
-    return a
+    """Uninitialized float32 array (`out_tensor`'s memory); NaN when SSMKIT_POISON=1 so an unwritten
+    element shows."""
+    return out_tensor(shape).numpy()
 
 
 _HUGE_PAGE = 2 << 20
@@ -180,9 +178,9 @@ def _exp_throughput_kernel(x, out):
         out[i] = vexp(x[i])
 
 
-def exp_array(x: np.ndarray) -> np.ndarray:
-    """vexp over a float32 array (tests and the benchmark's achieved exp/s)."""
-    out = np.empty_like(x)
+def exp_array(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """vexp over a float32 array into `out` (new if None): tests and the benchmark's exp/s ceiling."""
+    out = np.empty_like(x) if out is None else out
     _exp_throughput_kernel(x, out)
     return out
 

@@ -7,6 +7,7 @@ Glossary (code name: paper symbol, shape inside the kernels):
     h: the state of one channel (n,), kept in a small local array (registers / L1), never (b, l, d, n)
     dA_t = exp(dt_t A): the discretized A-bar;  dt_t = softplus(delta_t + delta_bias) if softplus
     K: checkpoint interval; hk (b, d, ceil(l/K), n) holds h_{t-1} for t = 0, K, 2K, ...
+    yp: y_t before the gate (b, d, l), kept by the forward when there is a gate
 
 Split of the work: dt = softplus(delta + delta_bias) is two vectorized torch ops (autograd); the
 numba kernels do the scan with D u and the silu(z) gate fused in (each a torch pass over (b, d, l)
@@ -14,11 +15,13 @@ less), and never call libm inside (vexp; softplus's log1p per step would be a sc
 
 Forward, per channel (parallel over b x d with prange):
     h_t = exp(dt_t A) * h_{t-1} + dt_t B_t u_t;  y_t = <C_t, h_t> + D u_t;  out_t = y_t silu(z_t)
-Backward, per channel, segment by segment from the end: recompute the K states of the segment (and
-their exp(dt A)) from its checkpoint into (K, n) buffers, then walk backwards with g = dL/dh_t:
-    dz_t = dout_t y_t silu'(z_t);  dy_t = dout_t silu(z_t);  dD += dy_t u_t  (y_t recomputed from h_t)
+The gate is applied after the scan, in its own loop over t (it vectorizes there; inside the serial
+loop it was a scalar exp per step); y before the gate is kept (b, d, l) for the backward.
+Backward, per channel: first, over t, dz_t = dout_t y_t silu'(z_t), dy_t = dout_t silu(z_t) and
+dD = sum dy_t u_t; then segment by segment from the end: recompute the K states of the segment (and
+their exp(dt A)) from its checkpoint into (K, n) buffers, and walk backwards with g = dL/dh_t:
     g += dy_t C_t;  dC_t += dy_t h_t;  dB_t += g dt_t u_t;  du_t = dt_t <g, B_t> + D dy_t
-    d dt_t = <g, A exp(dt_t A) h_{t-1} + B_t u_t>;  dA += g dt_t exp(dt_t A) h_{t-1};  g *= exp(dt_t A)
+    d dt_t = <g, A exp(dt_t A) h_{t-1}> + u_t <g, B_t>;  dA += g dt_t exp(dt_t A) h_{t-1};  g *= exp(dt_t A)
 dB and dC are shared by the d/g channels of a group, so each worker adds into its own slice of a
 partial buffer (workers, b, g, l, n), summed afterwards: no races, no atomics.
 Why numba: see ssmkit/ops/_numba.py.
@@ -41,7 +44,7 @@ def unsupported_reason(*tensors: torch.Tensor) -> str | None:
 
 
 @njit(parallel=True, fastmath=True)
-def _scan_forward(u, dt, A, Bt, Ct, D, z, has_z, h0, K, y, hk, hT):
+def _scan_forward(u, dt, A, Bt, Ct, D, z, has_z, h0, K, y, yp, hk, hT):
     b, d, L = u.shape
     g, n = Bt.shape[1], Bt.shape[3]
     per_group = d // g
@@ -49,6 +52,7 @@ def _scan_forward(u, dt, A, Bt, Ct, D, z, has_z, h0, K, y, hk, hT):
         i = job // d
         c = job % d
         gi = c // per_group
+        ypre = yp[i, c] if has_z else y[i, c]  # y_t before the gate
         h = np.empty(n, dtype=np.float32)
         for s in range(n):
             h[s] = h0[i, c, s]
@@ -63,16 +67,16 @@ def _scan_forward(u, dt, A, Bt, Ct, D, z, has_z, h0, K, y, hk, hT):
                 hs = vexp(dtt * A[c, s]) * h[s] + du * Bt[i, gi, t, s]
                 h[s] = hs
                 acc += Ct[i, gi, t, s] * hs
-            acc += D[c] * u[i, c, t]
-            if has_z:
-                acc *= silu(z[i, c, t])
-            y[i, c, t] = acc
+            ypre[t] = acc + D[c] * u[i, c, t]
+        if has_z:  # the gate after the scan, over t: it vectorizes there, not inside the serial loop
+            for t in range(L):
+                y[i, c, t] = ypre[t] * silu(z[i, c, t])
         for s in range(n):
             hT[i, c, s] = h[s]
 
 
 @njit(parallel=True, fastmath=True)
-def _scan_backward(u, dt, A, Bt, Ct, D, z, has_z, K, hk, dout, dhT, nwork,
+def _scan_backward(u, dt, A, Bt, Ct, D, z, has_z, K, yp, hk, dout, dhT, nwork,
                    du_o, ddt_o, dA_o, dD_o, dz_o, dh0_o, dBp, dCp):
     b, d, L = u.shape
     g, n = Bt.shape[1], Bt.shape[3]
@@ -87,9 +91,22 @@ def _scan_backward(u, dt, A, Bt, Ct, D, z, has_z, K, hk, dout, dhT, nwork,
         gh = np.empty(n, dtype=np.float32)
         gsv = np.empty(n, dtype=np.float32)
         dAc = np.empty(n, dtype=np.float32)
+        dy = np.empty(L, dtype=np.float32)  # dL/dy_t of this channel, y before the gate
         for c in range(w * chunk, min(d, (w + 1) * chunk)):
             gi = c // per_group
+            # the gate's backward and dD first, vectorized over t, out of the serial loop below
+            if has_z:
+                for t in range(L):
+                    zt = z[i, c, t]
+                    sz = sigmoid(zt)
+                    dz_o[i, c, t] = dout[i, c, t] * yp[i, c, t] * sz * (ONE + zt * (ONE - sz))
+                    dy[t] = dout[i, c, t] * zt * sz
+            else:
+                for t in range(L):
+                    dy[t] = dout[i, c, t]
             dDc = ZERO
+            for t in range(L):
+                dDc += dy[t] * u[i, c, t]
             for s in range(n):
                 gh[s] = dhT[i, c, s]
                 dAc[s] = ZERO
@@ -110,38 +127,28 @@ def _scan_backward(u, dt, A, Bt, Ct, D, z, has_z, K, hk, dout, dhT, nwork,
                     r = t - t0
                     dtt = dt[i, c, t]
                     ut = u[i, c, t]
-                    dyt = dout[i, c, t]
-                    if has_z:  # out = y silu(z): recompute y = <C_t, h_t> + D u_t for dz
-                        yt = D[c] * ut
-                        for s in range(n):
-                            yt += Ct[i, gi, t, s] * hbuf[r + 1, s]
-                        zt = z[i, c, t]
-                        sz = sigmoid(zt)
-                        dz_o[i, c, t] = dyt * yt * sz * (ONE + zt * (ONE - sz))
-                        dyt = dyt * zt * sz
-                    dDc += dyt * ut
-                    dut = ZERO
-                    ddt = ZERO
-                    # three simple loops rather than one: each stores to one or two arrays, so
-                    # LLVM vectorizes them (it gives up on one loop storing to four arrays)
+                    dyt = dy[t]
+                    # one store target per loop and few arrays in each: LLVM vectorizes a loop only
+                    # when its runtime alias checks (store targets x other arrays) stay few, and it
+                    # left a loop storing to gh and dA while reading five arrays scalar (2.2x slower)
                     for s in range(n):
                         gsv[s] = gh[s] + dyt * Ct[i, gi, t, s]
+                    dut = ZERO  # <g, B_t>
+                    ddt = ZERO  # <g, A exp(dt A) h_{t-1}>
+                    for s in range(n):  # reductions only: no stores, no checks
+                        dut += gsv[s] * Bt[i, gi, t, s]
+                        ddt += gsv[s] * A[c, s] * abuf[r, s] * hbuf[r, s]
                     for s in range(n):
-                        gs = gsv[s]
-                        As = A[c, s]
-                        Bs = Bt[i, gi, t, s]
-                        a = abuf[r, s]
-                        dut += gs * Bs
-                        ah = a * hbuf[r, s]
-                        ddt += gs * (As * ah + Bs * ut)
-                        dAc[s] += gs * dtt * ah
-                        gh[s] = gs * a
+                        dAc[s] += gsv[s] * dtt * abuf[r, s] * hbuf[r, s]
+                    for s in range(n):
+                        gh[s] = gsv[s] * abuf[r, s]
                     gu = dtt * ut
                     for s in range(n):
                         dBp[w, i, gi, t, s] += gsv[s] * gu
+                    for s in range(n):
                         dCp[w, i, gi, t, s] += dyt * hbuf[r + 1, s]
                     du_o[i, c, t] = dut * dtt + D[c] * dyt
-                    ddt_o[i, c, t] = ddt
+                    ddt_o[i, c, t] = ddt + dut * ut
             for s in range(n):
                 dh0_o[i, c, s] = gh[s]
                 dA_o[i, c, s] = dAc[s]
@@ -160,10 +167,11 @@ class _ScanFn(torch.autograd.Function):
         arrs = tuple(t.contiguous().numpy() for t in (u, dt, A, Bt, Ct, D))
         z_np = z.contiguous().numpy() if z is not None else np.zeros((1, 1, 1), np.float32)
         y = nbk.poison((b, d, L))
+        yp = nbk.poison((b, d, L)) if z is not None else y  # y before the gate, for dz
         hk = nbk.poison((b, d, (L + K - 1) // K, n))
         hT = nbk.poison((b, d, n))
-        _scan_forward(*arrs, z_np, z is not None, h0.contiguous().numpy(), K, y, hk, hT)
-        ctx.arrs, ctx.z, ctx.hk = arrs, (z_np if z is not None else None), hk
+        _scan_forward(*arrs, z_np, z is not None, h0.contiguous().numpy(), K, y, yp, hk, hT)
+        ctx.arrs, ctx.z, ctx.yp, ctx.hk = arrs, (z_np if z is not None else None), yp, hk
         return torch.from_numpy(y), torch.from_numpy(hT)
 
     @staticmethod
@@ -181,7 +189,7 @@ class _ScanFn(torch.autograd.Function):
         dA, dh0, dD = nbk.poison((b, d, n)), nbk.poison((b, d, n)), nbk.poison((b, d))
         dBp = np.zeros((nwork, b, g, L, n), np.float32)
         dCp = np.zeros((nwork, b, g, L, n), np.float32)
-        _scan_backward(u, dt, A, Bt, Ct, D, z, has_z, K_CHECKPOINT, ctx.hk, dout_np, dhT_np, nwork,
+        _scan_backward(u, dt, A, Bt, Ct, D, z, has_z, K_CHECKPOINT, ctx.yp, ctx.hk, dout_np, dhT_np, nwork,
                        du, ddt, dA, dD, dz, dh0, dBp, dCp)
         T = torch.from_numpy
         dB = T(dBp).sum(0).transpose(-1, -2)
