@@ -21,7 +21,7 @@ import sys
 import time
 
 
-def measure(run, budget_s: float = 2.0, max_calls: int = 4) -> dict:
+def measure(run, budget_s: float = 2.0, max_calls: int = 8) -> dict:
     base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     t0 = time.perf_counter()

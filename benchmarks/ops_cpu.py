@@ -15,8 +15,8 @@ Mamba-2 (SSD, h=24, p=64, n=128, g=1, dt_softplus, D):
     ssmkit cpu   ssmkit.ops.ssd.cpu (fused numba recurrence)
     loop         ssmkit.ops.ssd.reference (when present)
     hf chunked   transformers' mamba2_chunk_scan torch path (chunk 256), the Mamba2Mixer torch_forward scan
-Every cell runs in its own subprocess (time = median of up to 4 calls, peak = the process's resident
-high-water mark added by the calls); a cell over --cap seconds prints "skipped (>Ns)".
+Every cell runs in its own subprocess (time = median of up to 8 calls within 2 s, peak = the process's
+resident high-water mark added by the calls); a cell over --cap seconds prints "skipped (>Ns)".
 Ratios are peer time / ssmkit cpu time (higher = ssmkit faster) and peer memory / ssmkit memory.
 """
 

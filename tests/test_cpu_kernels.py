@@ -183,6 +183,46 @@ def test_causal_conv1d(k, activation, with_state, dtype):
              "x weight bias initial_state".split(), tol, "causal_conv1d")
 
 
+def _transposed(b, L, d):
+    """(b, d, L) views of (b, L, 2d) projections, stride 1 along d: what a Mamba layer hands the ops."""
+    proj = torch.randn(b, L, 2 * d).transpose(1, 2)
+    return [h.detach().requires_grad_(True) for h in proj.chunk(2, dim=1)]
+
+
+def test_as_array_copies_transposed_inputs_exactly():
+    x = torch.randn(2, 37, 21).transpose(1, 2)                       # (2, 21, 37), stride 1 along 21
+    a = _numba.as_array(x)
+    assert a.flags["C_CONTIGUOUS"] and np.array_equal(a, x.contiguous().numpy())
+    y = torch.randn(3, 4, 5)
+    assert np.shares_memory(_numba.as_array(y), y.numpy())            # contiguous: a view, no copy
+
+
+def test_kernels_take_transposed_inputs():
+    b, d, L, n = 2, 19, 70, 4
+    x, z = _transposed(b, L, d)
+    assert not x.is_contiguous() and x.stride(1) == 1
+    w, bias = _leaf(torch.randn(d, 4)), _leaf(torch.randn(d))
+    conv = [lambda x, w, bias, fn=fn: fn(x, w, bias, None, "silu", True)
+            for fn in (conv_cpu.causal_conv1d, conv_ref.causal_conv1d)]
+    _compare(*conv, (x, w, bias), "x weight bias".split(), F32, "causal_conv1d transposed x")
+    _, delta, A, B, C, D, _, dbias, h0 = _ss_inputs(b, d, L, n, 1, torch.float32)
+
+    def run(fn):
+        return lambda u, delta, A, B, C, D, z, bias, h0: fn(u, delta, A, B, C, D, z, bias, True, h0, True)
+    _compare(run(ss_cpu.selective_scan), run(ss_ref.selective_scan), (x, delta, A, B, C, D, z, dbias, h0),
+             "u delta A B C D z delta_bias h0".split(), F32, "selective_scan transposed u, z")
+
+
+@pytest.mark.parametrize("L", [1, 2, 3])
+def test_causal_conv1d_shorter_than_its_state(L):
+    """l < k - 1: the final state is the tail of (state ‖ x), not of x alone."""
+    x, w, bias, s0 = _leaf(torch.randn(2, 3, L)), _leaf(torch.randn(3, 4)), _leaf(torch.randn(3)), \
+        _leaf(torch.randn(2, 3, 3))
+    fns = [lambda x, w, bias, s0, fn=fn: fn(x, w, bias, s0, None, True)
+           for fn in (conv_cpu.causal_conv1d, conv_ref.causal_conv1d)]
+    _compare(*fns, (x, w, bias, s0), "x weight bias initial_state".split(), F32, f"conv l={L}")
+
+
 def test_public_ops_run_the_cpu_backend():
     """Through the public functions (argument checks, B/C normalization) backend="cpu" == "reference"."""
     from ssmkit.ops.causal_conv1d import causal_conv1d

@@ -164,13 +164,13 @@ class _ScanFn(torch.autograd.Function):
         n = A.shape[1]
         K = K_CHECKPOINT
         Bt, Ct = B.transpose(-1, -2), C.transpose(-1, -2)  # (b, g, l, n): n contiguous
-        arrs = tuple(t.contiguous().numpy() for t in (u, dt, A, Bt, Ct, D))
-        z_np = z.contiguous().numpy() if z is not None else np.zeros((1, 1, 1), np.float32)
+        arrs = tuple(nbk.as_array(t) for t in (u, dt, A, Bt, Ct, D))
+        z_np = nbk.as_array(z) if z is not None else np.zeros((1, 1, 1), np.float32)
         y = nbk.poison((b, d, L))
         yp = nbk.poison((b, d, L)) if z is not None else y  # y before the gate, for dz
         hk = nbk.poison((b, d, (L + K - 1) // K, n))
         hT = nbk.poison((b, d, n))
-        _scan_forward(*arrs, z_np, z is not None, h0.contiguous().numpy(), K, y, yp, hk, hT)
+        _scan_forward(*arrs, z_np, z is not None, nbk.as_array(h0), K, y, yp, hk, hT)
         ctx.arrs, ctx.z, ctx.yp, ctx.hk = arrs, (z_np if z is not None else None), yp, hk
         return torch.from_numpy(y), torch.from_numpy(hT)
 
@@ -182,8 +182,8 @@ class _ScanFn(torch.autograd.Function):
         has_z = ctx.z is not None
         z = ctx.z if has_z else np.zeros((1, 1, 1), np.float32)
         nwork = max(1, min(d, -(-2 * nbk.num_threads() // b)))  # >= 2 jobs per thread in all
-        dout_np = dout.float().contiguous().numpy() if dout is not None else np.zeros((b, d, L), np.float32)
-        dhT_np = dhT.float().contiguous().numpy() if dhT is not None else np.zeros((b, d, n), np.float32)
+        dout_np = nbk.as_array(dout) if dout is not None else np.zeros((b, d, L), np.float32)
+        dhT_np = nbk.as_array(dhT) if dhT is not None else np.zeros((b, d, n), np.float32)
         du, ddt = nbk.poison((b, d, L)), nbk.poison((b, d, L))
         dz = nbk.poison((b, d, L)) if has_z else z
         dA, dh0, dD = nbk.poison((b, d, n)), nbk.poison((b, d, n)), nbk.poison((b, d))

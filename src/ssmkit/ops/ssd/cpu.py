@@ -147,14 +147,14 @@ class _SSDScanFn(torch.autograd.Function):
         b, L, h, p = x.shape
         n = B.shape[-1]
         K = K_CHECKPOINT
-        arrs = tuple(t.contiguous().numpy() for t in (x, dt, A, B, C))
-        keep_np = keep.contiguous().numpy()
+        arrs = tuple(nbk.as_array(t) for t in (x, dt, A, B, C))
+        keep_np = nbk.as_array(keep)
         # forward jobs: b x h x row blocks, at least ~2 per thread
         nblk_f = max(1, min(p, -(-2 * nbk.num_threads() // (b * h))))
         y = nbk.poison((b, L, h, p))
         Sk = nbk.poison((b, h, (L + K - 1) // K, p, n))
         ST = nbk.poison((b, h, p, n))
-        _ssd_forward(*arrs, S0.contiguous().numpy(), keep_np, nblk_f, K, y, Sk, ST)
+        _ssd_forward(*arrs, nbk.as_array(S0), keep_np, nblk_f, K, y, Sk, ST)
         ctx.arrs, ctx.keep, ctx.Sk = arrs, keep_np, Sk
         return torch.from_numpy(y), torch.from_numpy(ST)
 
@@ -164,8 +164,8 @@ class _SSDScanFn(torch.autograd.Function):
         b, L, h, p = x.shape
         g, n = B.shape[2], B.shape[3]
         nblk = max(1, min(p, -(-2 * nbk.num_threads() // b)))
-        dy_np = dy.float().contiguous().numpy() if dy is not None else np.zeros(x.shape, np.float32)
-        dST_np = dST.float().contiguous().numpy() if dST is not None else np.zeros((b, h, p, n), np.float32)
+        dy_np = nbk.as_array(dy) if dy is not None else np.zeros(x.shape, np.float32)
+        dST_np = nbk.as_array(dST) if dST is not None else np.zeros((b, h, p, n), np.float32)
         dx, dS0 = nbk.poison(x.shape), nbk.poison((b, h, p, n))
         ddtp = np.zeros((nblk, b, L, h), np.float32)
         dAp = np.zeros((nblk, b, h), np.float32)
