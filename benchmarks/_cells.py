@@ -2,7 +2,8 @@
 
 A cell is a Python callable named "module:function" returning a `run()` closure (inputs built,
 one small warm-up done). The child process measures
-    time: the median of a few calls of run() (one call if the first takes over 2 s),
+    time: the median of a few calls of run() (one call if the first takes over 2 s; or a fixed
+          number of calls when the caller asks),
     peak: ru_maxrss after the calls minus ru_maxrss before them: the resident memory the calls
           needed beyond their inputs (tracemalloc does not see torch's allocations, the process
           high-water mark does; cells build their inputs in place so no temporary hides the peak),
@@ -21,7 +22,7 @@ import sys
 import time
 
 
-def measure(run, budget_s: float = 2.0, max_calls: int = 8) -> dict:
+def measure(run, budget_s: float = 2.0, max_calls: int = 8, min_calls: int = 1) -> dict:
     base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     t0 = time.perf_counter()
@@ -29,19 +30,23 @@ def measure(run, budget_s: float = 2.0, max_calls: int = 8) -> dict:
         t = time.perf_counter()
         run()
         times.append(time.perf_counter() - t)
-        if time.perf_counter() - t0 > budget_s:
+        if len(times) >= min_calls and time.perf_counter() - t0 > budget_s:
             break
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"t": statistics.median(times), "calls": len(times), "peak_mb": (peak_kb - base_kb) / 1024}
 
 
-def run_cell(target: str, kwargs: dict, cap_s: float) -> dict:
-    """{"t", "calls", "peak_mb"} or {"skipped": reason}; target = "module:function"."""
-    cmd = [sys.executable, "-m", "benchmarks._cells", target, json.dumps(kwargs)]
-    # A fixed mmap threshold: glibc then maps every large block and unmaps it on free, so the
-    # resident high-water mark follows live memory (its adaptive threshold would reuse the heap
-    # left by earlier temporaries and hide a cell's peak).
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+def run_cell(target: str, kwargs: dict, cap_s: float, calls: int | None = None,
+             exact_peak: bool = True) -> dict:
+    """{"t", "calls", "peak_mb"} or {"skipped": reason}; target = "module:function"; `calls`: exactly
+    that many calls whatever they take (default: as many as fit in 2 s, at least 1, at most 8).
+
+    exact_peak: a fixed mmap threshold, so glibc maps every large block and unmaps it on free and the
+    resident high-water mark follows live memory (its adaptive threshold would reuse the heap left by
+    earlier temporaries and hide a cell's peak). The price is a page fault per 4 KiB of every large
+    temporary on every call, which no user pays: timing-first cells (a whole model) turn it off."""
+    cmd = [sys.executable, "-m", "benchmarks._cells", target, json.dumps(kwargs), str(calls or 0)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072") if exact_peak else None
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cap_s, env=env)
     except subprocess.TimeoutExpired:
@@ -54,11 +59,11 @@ def run_cell(target: str, kwargs: dict, cap_s: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _child(target: str, kwargs_json: str) -> None:
+def _child(target: str, kwargs_json: str, calls: int) -> None:
     module, fn = target.split(":")
     run = getattr(importlib.import_module(module), fn)(**json.loads(kwargs_json))
-    print(json.dumps(measure(run)))
+    print(json.dumps(measure(run) if calls == 0 else measure(run, max_calls=calls, min_calls=calls)))
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2])
+    _child(sys.argv[1], sys.argv[2], int(sys.argv[3]))

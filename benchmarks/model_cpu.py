@@ -8,8 +8,11 @@ The model is transformers' MambaForCausalLM from a config (random init, seed 0; 
 d_model=768, 24 layers, d_state=16, expand=2 (d_inner=1536), vocab 50280, float32, eval, no grad.
 "Patched" swaps transformers' module-level `mamba_selective_scan` and `causal_conv1d_fn` (its CPU
 fallbacks) for ssmkit's cpu kernels; everything else (projections, norms, head) is HF's own code.
-Each variant runs in its own subprocess (see benchmarks/_cells.py); the logits of both are
-compared once in the parent, so a wrong patch cannot pass for a fast one.
+Each variant runs in its own subprocess (see benchmarks/_cells.py), the same number of calls each
+(--calls, default 3; the median is reported: a single call on a shared machine varies by 20%). The
+logits of both are compared once in the parent, so a wrong patch cannot pass for a fast one. The cells
+run under glibc's default allocator settings, as a user's process does (exact_peak=False in
+benchmarks/_cells.py): peak MB is then the growth of the resident high-water mark, a lower bound.
 """
 
 from __future__ import annotations
@@ -84,10 +87,13 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--cap", type=float, default=300.0)
+    p.add_argument("--calls", type=int, default=3, help="forward calls per variant (median reported)")
     p.add_argument("--out", default="benchmarks/results/model_cpu.md")
     args = p.parse_args(argv)
 
-    res = {v: run_cell(f"{_HERE}:model_cell", {"variant": v, "b": args.batch, "L": args.length}, args.cap)
+    kw = {"b": args.batch, "L": args.length}
+    res = {v: run_cell(f"{_HERE}:model_cell", {"variant": v, **kw}, args.cap, calls=args.calls,
+                       exact_peak=False)
            for v in ("ssmkit", "hf")}
     tokens = args.batch * args.length
     lines = [f"# model_cpu: Mamba-130M-shaped forward, b={args.batch}, l={args.length} "

@@ -62,11 +62,11 @@ def _scan_forward(u, dt, A, Bt, Ct, D, z, has_z, h0, K, y, yp, hk, hT):
                     hk[i, c, t // K, s] = h[s]
             dtt = dt[i, c, t]
             du = dtt * u[i, c, t]
-            acc = ZERO
             for s in range(n):
-                hs = vexp(dtt * A[c, s]) * h[s] + du * Bt[i, gi, t, s]
-                h[s] = hs
-                acc += Ct[i, gi, t, s] * hs
+                h[s] = vexp(dtt * A[c, s]) * h[s] + du * Bt[i, gi, t, s]
+            acc = ZERO
+            for s in range(n):  # apart from the update: together LLVM left both scalar (1.3x slower)
+                acc += Ct[i, gi, t, s] * h[s]
             ypre[t] = acc + D[c] * u[i, c, t]
         if has_z:  # the gate after the scan, over t: it vectorizes there, not inside the serial loop
             for t in range(L):
