@@ -4,8 +4,9 @@ A cell is a Python callable named "module:function" returning a `run()` closure 
 one small warm-up done). The child process measures
     time: the median of a few calls of run() (one call if the first takes over 2 s; or a fixed
           number of calls when the caller asks),
-    peak: ru_maxrss after the calls minus ru_maxrss before them: the resident memory the calls
-          needed beyond their inputs (tracemalloc does not see torch's allocations, the process
+    peak: the resident high-water mark after the calls minus the resident memory before them
+          (VmHWM reset at the start where Linux allows, else ru_maxrss): what the calls needed
+          beyond their inputs (tracemalloc does not see torch's allocations, the process
           high-water mark does; cells build their inputs in place so no temporary hides the peak),
 and prints them as one JSON line. The parent kills a child that runs past the cap.
 """
@@ -22,8 +23,37 @@ import sys
 import time
 
 
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset this process's resident high-water mark to its current RSS (Linux: clear_refs 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _peak_kb(exact: bool) -> int:
+    return _status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def measure(run, budget_s: float = 2.0, max_calls: int = 8, min_calls: int = 1) -> dict:
-    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss alone is not enough: Linux carries it over fork + exec, so a child of a parent that
+    # once held 2.7 GB reported every smaller peak as 0. Where /proc allows, the child's own
+    # high-water mark is reset first and read back from VmHWM.
+    exact = _reset_peak()
+    base_kb = _status_kb("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     t0 = time.perf_counter()
     while len(times) < max_calls:
@@ -32,7 +62,7 @@ def measure(run, budget_s: float = 2.0, max_calls: int = 8, min_calls: int = 1) 
         times.append(time.perf_counter() - t)
         if len(times) >= min_calls and time.perf_counter() - t0 > budget_s:
             break
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = _peak_kb(exact)
     return {"t": statistics.median(times), "calls": len(times), "peak_mb": (peak_kb - base_kb) / 1024}
 
 
