@@ -34,36 +34,44 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def _reset_peak() -> bool:
-    """Reset this process's resident high-water mark to its current RSS (Linux: clear_refs 5)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _status_kb("VmHWM") is not None
-    except OSError:
-        return False
+class PeakRSS:
+    """`with PeakRSS() as m: ...` -> m.mb: how far the block raised this process's resident memory
+    above what it held at entry (MiB).
 
+    ru_maxrss alone is not enough: Linux carries it over fork and exec, so a child of a parent that
+    once held 2.7 GB reported every smaller peak as 0. Where /proc allows (Linux), the high-water
+    mark is reset to the current RSS at entry (clear_refs 5) and read back from VmHWM; elsewhere
+    ru_maxrss is the fallback.
+    """
 
-def _peak_kb(exact: bool) -> int:
-    return _status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def __enter__(self):
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.exact = _status_kb("VmHWM") is not None
+        except OSError:
+            self.exact = False
+        self.base = self._peak() if not self.exact else _status_kb("VmRSS")
+        return self
+
+    def _peak(self) -> int:
+        return _status_kb("VmHWM") if self.exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def __exit__(self, *exc):
+        self.mb = max(0, self._peak() - self.base) / 1024
 
 
 def measure(run, budget_s: float = 2.0, max_calls: int = 8, min_calls: int = 1) -> dict:
-    # ru_maxrss alone is not enough: Linux carries it over fork + exec, so a child of a parent that
-    # once held 2.7 GB reported every smaller peak as 0. Where /proc allows, the child's own
-    # high-water mark is reset first and read back from VmHWM.
-    exact = _reset_peak()
-    base_kb = _status_kb("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
-    t0 = time.perf_counter()
-    while len(times) < max_calls:
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-        if len(times) >= min_calls and time.perf_counter() - t0 > budget_s:
-            break
-    peak_kb = _peak_kb(exact)
-    return {"t": statistics.median(times), "calls": len(times), "peak_mb": (peak_kb - base_kb) / 1024}
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        while len(times) < max_calls:
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+            if len(times) >= min_calls and time.perf_counter() - t0 > budget_s:
+                break
+    return {"t": statistics.median(times), "calls": len(times), "peak_mb": mem.mb}
 
 
 def run_cell(target: str, kwargs: dict, cap_s: float, calls: int | None = None,

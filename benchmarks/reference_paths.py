@@ -6,8 +6,9 @@
 First the parity of ssmkit's Mamba / Mamba2 layers with transformers' MambaMixer / Mamba2Mixer
 (weights copied with strict=True; relative error of the forward and of step-by-step decoding), then
 forward + backward (gradients of every input and of the initial state) of each path, side by side
-in one run, each in its own fresh process so that its peak memory (ru_maxrss above the baseline
-taken after the inputs are built) is its own. Times are the best of `--repeats`.
+in one run, each in its own fresh process so that its peak memory (the rise of the resident
+high-water mark after the inputs are built: benchmarks._cells.PeakRSS) is its own. Times are the
+best of `--repeats`.
 The children run with MALLOC_MMAP_THRESHOLD_=65536: glibc's adaptive threshold otherwise keeps freed
 per-chunk buffers on a fragmented heap, and the resident peak then reflects the allocator, not the path.
 """
@@ -17,8 +18,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import resource
 import time
+
+from benchmarks._cells import PeakRSS
 
 
 def _run(path: str, b: int, d: int, n: int, l: int, repeats: int, threads: int, queue) -> None:
@@ -41,18 +43,17 @@ def _run(path: str, b: int, d: int, n: int, l: int, repeats: int, threads: int, 
         torch.randn(b, d, n),
     ]
     inputs = [t.requires_grad_(True) for t in inputs]
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
-    for _ in range(repeats):
-        for t in inputs:
-            t.grad = None
-        start = time.perf_counter()
-        u, delta, A, B, C, D, z, bias, h0 = inputs
-        out, h = fn(u, delta, A, B, C, D, z, bias, True, h0, True)
-        (out.sum() + h.sum()).backward()
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base  # KiB on Linux
-    queue.put((path, min(times), peak / 1024))
+    with PeakRSS() as mem:
+        for _ in range(repeats):
+            for t in inputs:
+                t.grad = None
+            start = time.perf_counter()
+            u, delta, A, B, C, D, z, bias, h0 = inputs
+            out, h = fn(u, delta, A, B, C, D, z, bias, True, h0, True)
+            (out.sum() + h.sum()).backward()
+            times.append(time.perf_counter() - start)
+    queue.put((path, min(times), mem.mb))
 
 
 def parity(backend: str) -> None:

@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from benchmarks._cells import PeakRSS
 from benchmarks.reproduce import harness as H
 
 NAME = "scaling"
@@ -45,14 +46,6 @@ def _model(pattern: str, mlp: int, cfg: dict):
                                     n_head=4))
 
 
-def _proc_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 class _PeakMemory:
     """Peak memory of the block in MB (CUDA: peak allocated; CPU: rise of the RSS high-water mark)."""
 
@@ -64,20 +57,15 @@ class _PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
         else:
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")                                # reset VmHWM to the current RSS
-            except OSError:
-                pass
-            self.base = _proc_kb("VmRSS") * 1024
+            self.rss = PeakRSS().__enter__()
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(self.device)
+            self.mb = round(max(0, torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20, 1)
         else:
-            peak = _proc_kb("VmHWM") * 1024
-        self.mb = round(max(0, peak - self.base) / 2**20, 1)
+            self.rss.__exit__(*exc)
+            self.mb = round(self.rss.mb, 1)
 
 
 def _timed(fn, repeats: int) -> float:
