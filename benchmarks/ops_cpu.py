@@ -17,6 +17,10 @@ Mamba-2 (SSD, h=24, p=64, n=128, g=1, dt_softplus, D):
     hf chunked   transformers' mamba2_chunk_scan torch path (chunk 256), the Mamba2Mixer torch_forward scan
 Every cell runs in its own subprocess (time = median of up to 8 calls within 2 s, peak = the process's
 resident high-water mark added by the calls); a cell over --cap seconds prints "skipped (>Ns)".
+Cells run under glibc's default allocator settings, as a user's process does (exact_peak=False in
+benchmarks/_cells.py): a fixed mmap threshold made every path page-fault all its temporaries on
+every call, which slowed the sequential loop 5x (27 s instead of 5.4 s at b=1, l=2048) and
+flattered every ratio against it. The peak then includes what glibc keeps of freed blocks.
 Ratios are peer time / ssmkit cpu time (higher = ssmkit faster) and peer memory / ssmkit memory.
 """
 
@@ -214,7 +218,8 @@ def main(argv=None) -> None:
         achieved = []
         for b, L in grid:
             for backward in (False, True):
-                res = {pa: run_cell(target, {"path": pa, "b": b, "L": L, "backward": backward}, args.cap)
+                res = {pa: run_cell(target, {"path": pa, "b": b, "L": L, "backward": backward}, args.cap,
+                                    exact_peak=False)
                        for pa in paths}
                 ours = res[paths[0]]
                 ratio, mratio = [], []
