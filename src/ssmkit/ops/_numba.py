@@ -65,11 +65,18 @@ def as_array(t: torch.Tensor) -> np.ndarray:
         t = t.float()
     if t.is_contiguous():
         return t.numpy()
-    if HAVE_NUMBA and t.dim() == 3 and t.stride(1) == 1 and t.shape[1] > 1:
-        out = poison(t.shape)
-        copy_transposed(t.numpy(), out)
-        return out
-    return t.contiguous().numpy()
+    out = poison(t.shape)
+    copy_into(out, t)
+    return out
+
+
+def copy_into(dst: np.ndarray, t: torch.Tensor) -> None:
+    """dst[...] = t (float32), through `copy_transposed` when t is a transposed (b, d, l) projection."""
+    t = t.detach().float()
+    if HAVE_NUMBA and t.dim() == 3 and t.stride(1) == 1 and t.shape[1] > 1 and not t.is_contiguous():
+        copy_transposed(t.numpy(), dst)
+    else:
+        dst[...] = t.numpy()
 
 
 def poison(shape) -> np.ndarray:

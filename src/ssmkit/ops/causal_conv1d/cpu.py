@@ -67,11 +67,8 @@ class _ConvFn(torch.autograd.Function):
         b, d, L = x.shape
         k = w.shape[1]
         xp = nbk.poison((b, d, k - 1 + L))
-        xp[:, :, : k - 1] = nbk.as_array(x0)
-        if x.is_contiguous() or x.stride(1) != 1:
-            xp[:, :, k - 1:] = nbk.as_array(x)
-        else:  # a transposed projection: the blocked copy, not numpy's strided one
-            nbk.copy_transposed(x.detach().float().numpy(), xp[:, :, k - 1:])
+        nbk.copy_into(xp[:, :, : k - 1], x0)
+        nbk.copy_into(xp[:, :, k - 1:], x)
         w_np = nbk.as_array(w)
         pre = nbk.poison((b, d, L))
         _conv_forward(xp, w_np, pre)
