@@ -51,7 +51,7 @@ class PeakRSS:
             self.exact = _status_kb("VmHWM") is not None
         except OSError:
             self.exact = False
-        self.base = self._peak() if not self.exact else _status_kb("VmRSS")
+        self.base = _status_kb("VmRSS") if self.exact else self._peak()
         return self
 
     def _peak(self) -> int:

@@ -60,7 +60,7 @@ def test_matches_loop(path, dtype, a_shape, b_shape, h0):
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_cpu_blocks_split_across_threads(batch):
-    """Several threads split M into wide blocks (the last one short), and outputs of 16 MiB or more
+    """Several threads split M into wide blocks (the last one short), and outputs of 4 MiB or more
     are advised onto huge pages: both still match the loop."""
     if not HAS_CPU:
         pytest.skip("numba missing")
