@@ -64,6 +64,36 @@ def test_vexp_matches_exp():
     assert np.max(np.abs(got - want) / want) < 4e-7  # fastmath-compiled; 1.2e-7 compiled strictly
 
 
+def test_softplus_matches_torch():
+    """The vectorizable softplus (vexp + a log1p polynomial) the inference kernel fuses in."""
+    import numba
+
+    @numba.njit(fastmath=True)
+    def run(x, out):
+        for i in range(x.size):
+            out[i] = _numba.softplus(x[i])
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-80, 80, 100_001), rng.normal(0, 4, 10_000),
+                        -np.logspace(-8, 1.5, 2_000), np.logspace(-8, 1.5, 2_000)]).astype(np.float32)
+    got = np.empty_like(x)
+    run(x, got)
+    want = torch.nn.functional.softplus(torch.from_numpy(x).double(), threshold=1e4).numpy()
+    assert np.max(np.abs(got - want) / want) < 5e-7
+
+
+def test_rows_views_every_projection_layout():
+    """`rows` maps (b, d, l) tensors onto 2-D arrays without a copy where it can, and exactly."""
+    proj = torch.randn(2, 9, 10)                                     # (b, l, 2d), d = 5
+    for t in proj.transpose(1, 2).chunk(2, dim=1) + (torch.randn(2, 5, 9), torch.randn(2, 9, 5).mT[:, :, 2:]):
+        arr, col0, cl = _numba.rows(t)
+        b, d, L = t.shape
+        got = (torch.from_numpy(arr[:, col0:col0 + d]).reshape(b, L, d).transpose(1, 2) if cl
+               else torch.from_numpy(arr).reshape(b, d, L))
+        assert torch.equal(got, t)
+    assert np.shares_memory(_numba.rows(proj.transpose(1, 2)[:, 5:])[0], proj.numpy())  # the gate half
+
+
 # ---- selective scan ----------------------------------------------------------------------------
 
 def _ss_inputs(b, d, L, n, g, dtype, full=True, softplus=True):
@@ -104,6 +134,51 @@ def test_selective_scan_bfloat16_inputs():
     assert out[0].dtype == torch.bfloat16 and out[1].dtype == torch.float32
     _compare(run(ss_cpu.selective_scan), run(ss_ref.selective_scan), args,
              "u delta A B C D z delta_bias initial_state".split(), BF16, "selective_scan bf16")
+
+
+def _layout(t, how):
+    """t (b, d, l) as contiguous, channels-last, or the second half of a wider channels-last buffer."""
+    if how == "contiguous":
+        return t.contiguous()
+    if how == "channels_last":
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+    b, d, L = t.shape
+    wide = torch.randn(b, L, 2 * d, dtype=t.dtype)
+    wide[:, :, d:] = t.transpose(1, 2)
+    return wide.transpose(1, 2)[:, d:]
+
+
+@pytest.mark.parametrize(
+    "b,d,L,n,g,softplus,full,how",
+    [(2, 150, 300, 5, 1, True, True, "slice"),          # blocks of 64, 64, 22 channels; tiles 128 + 128 + 44
+     (1, 70, 131, 16, 2, False, False, "contiguous"),   # a group of 35 channels: one partial block each
+     (2, 8, 64, 3, 4, True, True, "channels_last")],
+)
+def test_selective_scan_inference_kernel(b, d, L, n, g, softplus, full, how):
+    """Without autograd the forward-only kernel runs (softplus and gate fused in, channels-last out)."""
+    u, delta, A, B, C, D, z, bias, h0 = (t.detach() if t is not None else None
+                                         for t in _ss_inputs(b, d, L, n, g, torch.float32, full, softplus))
+    u, delta = _layout(u, how), _layout(delta, how)
+    z = _layout(z, how) if z is not None else None
+    with torch.no_grad():
+        y, hT = ss_cpu.selective_scan(u, delta, A, B, C, D, z, bias, softplus, h0, True)
+    y_r, hT_r = ss_ref.selective_scan(u, delta, A, B, C, D, z, bias, softplus, h0, True)
+    assert y.stride(1) == 1 or d == 1  # channels-last, as out_proj reads it
+    assert_rel(y, y_r, F32, "inference output")
+    assert_rel(hT, hT_r, F32, "inference final state")
+
+
+def test_inference_kernels_bfloat16_inputs():
+    u, delta, A, B, C, D, z, bias, h0 = (t.detach() for t in _ss_inputs(2, 20, 90, 8, 2, torch.bfloat16))
+    with torch.no_grad():
+        y, hT = ss_cpu.selective_scan(u, delta, A, B, C, D, z, bias, True, h0, True)
+        yc = conv_cpu.causal_conv1d(u, delta[0, :, :4].float(), None, None, "silu", False)
+    assert y.dtype == torch.bfloat16 and hT.dtype == torch.float32 and yc.dtype == torch.bfloat16
+    y_r, hT_r = ss_ref.selective_scan(u, delta, A, B, C, D, z, bias, True, h0, True)
+    assert_rel(y.float(), y_r.float(), BF16, "bf16 inference output")
+    assert_rel(hT, hT_r, BF16, "bf16 inference final state")
+    yc_r = conv_ref.causal_conv1d(u, delta[0, :, :4].float(), None, None, "silu", False)
+    assert_rel(yc.float(), yc_r.float(), BF16, "bf16 conv inference")
 
 
 def test_selective_scan_only_state_grad():
@@ -181,6 +256,22 @@ def test_causal_conv1d(k, activation, with_state, dtype):
     tol = F32 if dtype == torch.float32 else BF16
     _compare(run(conv_cpu.causal_conv1d), run(conv_ref.causal_conv1d), (x, w, bias, s0),
              "x weight bias initial_state".split(), tol, "causal_conv1d")
+
+
+@pytest.mark.parametrize("k,activation,with_state,how,L", [(4, "silu", True, "slice", 300),
+                                                          (3, None, False, "contiguous", 41),
+                                                          (2, "silu", True, "channels_last", 129)])
+def test_causal_conv1d_inference_kernel(k, activation, with_state, how, L):
+    b, d = 2, 70
+    x = _layout(torch.randn(b, d, L), how)
+    w, bias = torch.randn(d, k), torch.randn(d)
+    s0 = torch.randn(b, d, k - 1) if with_state else None
+    with torch.no_grad():
+        y, sT = conv_cpu.causal_conv1d(x, w, bias, s0, activation, True)
+    y_r, sT_r = conv_ref.causal_conv1d(x, w, bias, s0, activation, True)
+    assert y.stride(1) == 1
+    assert_rel(y, y_r, F32, "conv inference output")
+    assert torch.equal(sT, sT_r)
 
 
 def _transposed(b, L, d):

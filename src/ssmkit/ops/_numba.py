@@ -1,5 +1,5 @@
 """Shared pieces of the fused CPU kernels (numba): a vectorizable exp, softplus, silu, the
-availability check and the tensor <-> array conversions.
+availability check, the tensor <-> array conversions and the inference kernels' tiles.
 
 Why numba for the CPU kernels (and not a C++/OpenMP extension or torch.compile):
 - numba ships wheels for Linux, macOS and Windows (x86-64 and arm64): no compiler on the user's side
@@ -27,7 +27,6 @@ Glossary: vexp = e^x; softplus(x) = log(1 + e^x); silu(x) = x sigmoid(x).
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import sys
 
@@ -175,10 +174,26 @@ def vexp(x):
     return p * _int_bits_as_f32(np.int32((np.int32(k) + 127) << 23))
 
 
+# log1p(y) / y on 0 <= y <= 1: degree-9 Chebyshev least-squares fit (numpy, float64) in monomial
+# form; max relative error of y * poly(y) in float32 Horner 1.4e-7. No 1 + y is ever formed, so
+# there is no rounding for fastmath to reassociate away and tiny y keep their precision.
+LOG1P_POLY = (f32(1.0), f32(-0.4999985098838806), f32(0.3332909941673279), f32(-0.24947808682918549),
+              f32(0.19651491940021515), f32(-0.1525145173072815), f32(0.10533228516578674),
+              f32(-0.056435029953718185), f32(0.019649166613817215), f32(-0.0032140363473445177))
+G0, G1, G2, G3, G4, G5, G6, G7, G8, G9 = LOG1P_POLY
+
+
+@njit(inline="always", fastmath=True)
+def log1p_unit(y):
+    """log(1 + y) for 0 <= y <= 1 with plain arithmetic (vectorizes; numba's log1p is a libm call)."""
+    p = ((((((((G9 * y + G8) * y + G7) * y + G6) * y + G5) * y + G4) * y + G3) * y + G2) * y + G1) * y + G0
+    return y * p
+
+
 @njit(inline="always", fastmath=True)
 def softplus(x):
-    # log(1 + e^x); above 20 it equals x in float32 (torch.nn.functional.softplus's threshold)
-    return x if x > SP_CUT else f32(math.log1p(vexp(x)))
+    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow, no libm call; relative error ~2e-7."""
+    return max(x, ZERO) + log1p_unit(vexp(-abs(x)))
 
 
 @njit(inline="always", fastmath=True)
@@ -189,6 +204,57 @@ def sigmoid(x):
 @njit(inline="always", fastmath=True)
 def silu(x):
     return x / (ONE + vexp(-x))
+
+
+# the inference kernels (forward only, channels-last) give each job LANES channels, vectorized
+# across them, and walk time in tiles of TILE steps staged in (TILE, LANES) buffers (L1/L2)
+LANES = 64
+TILE = 128
+
+
+def rows(t: torch.Tensor) -> tuple[np.ndarray, int, bool]:
+    """A (b, d, l) tensor as a 2-D C-contiguous float32 array, without a copy where the layout allows.
+
+    Returns (arr, col0, channels_last):
+      channels_last: arr is (b*l, W) and t[i, c, s] = arr[i*l + s, col0 + c] (rows of time steps);
+        a transposed (b, l, d) projection, also a column slice of a wider one (W > d, as the gate z
+        and the conv input are halves of in_proj's output), comes this way as a view;
+      else: arr is (b*d, l) and t[i, c, s] = arr[i*d + c, s], col0 = 0 (a contiguous (b, d, l)).
+    Any other layout is copied to channels-last first. The kernels read both forms with `load_tile`.
+    """
+    t = t.detach()
+    if t.dtype != torch.float32:
+        t = t.float()
+    b, d, l = t.shape
+    if t.is_contiguous():
+        return t.numpy().reshape(b * d, l), 0, False
+    sb, sc, sl = t.stride()
+    if (sc == 1 or d == 1) and sl >= d and (sb == l * sl or b == 1):
+        off = t.storage_offset()
+        col0 = min(off, sl - d)
+        if off - col0 + b * l * sl <= t.untyped_storage().nbytes() // 4:
+            flat = torch.as_strided(t, (b * l, sl), (sl, 1), off - col0)
+            return flat.numpy(), col0, True
+    return t.transpose(1, 2).contiguous().numpy().reshape(b * l, d), 0, True
+
+
+@njit(inline="always")
+def load_tile(src, col0, cl, i, d, L, c0, cb, t0, tl, buf):
+    """buf[s, c] = x[i, c0 + c, t0 + s] for s < tl, c < cb, x given as `rows` gives it.
+
+    Each row is sliced first and indexed by the loop variable alone: numba then drops its negative-
+    index check, which on a computed index (col0 + c0 + c) cost 3x in a loop as short as this.
+    """
+    if cl:
+        for s in range(tl):
+            seg = src[i * L + t0 + s, col0 + c0: col0 + c0 + cb]
+            for c in range(cb):
+                buf[s, c] = seg[c]
+    else:
+        for c in range(cb):
+            seg = src[i * d + c0 + c, t0: t0 + tl]
+            for s in range(tl):
+                buf[s, c] = seg[s]
 
 
 @njit(parallel=True)

@@ -9,9 +9,14 @@ Glossary (code name: paper symbol, shape inside the kernels):
     K: checkpoint interval; hk (b, d, ceil(l/K), n) holds h_{t-1} for t = 0, K, 2K, ...
     yp: y_t before the gate (b, d, l), kept by the forward when there is a gate
 
-Split of the work: dt = softplus(delta + delta_bias) is two vectorized torch ops (autograd); the
-numba kernels do the scan with D u and the silu(z) gate fused in (each a torch pass over (b, d, l)
-less), and never call libm inside (vexp; softplus's log1p per step would be a scalar libm call).
+Two forwards. With autograd (training): dt = softplus(delta + delta_bias) is two vectorized torch
+ops, and `_scan_forward` does the scan with D u and the silu(z) gate fused in, keeping the
+checkpoints for `_scan_backward`. Without it (inference, torch.no_grad, nothing requires grad):
+`_scan_inference` reads delta, u and z where they lie (contiguous or channels-last, also a half of
+in_proj's output: ssmkit.ops._numba.rows), fuses the bias, softplus (vectorized, no libm), D and the
+gate, keeps nothing, and writes its output channels-last for out_proj. It vectorizes across LANES
+channels (state (n, LANES)), not across n: with n = 16 and AVX2's 8 lanes, LLVM unrolled the loop
+over n by 4 and left all 16 in its scalar remainder. No kernel calls libm inside (vexp).
 
 Forward, per channel (parallel over b x d with prange):
     h_t = exp(dt_t A) * h_{t-1} + dt_t B_t u_t;  y_t = <C_t, h_t> + D u_t;  out_t = y_t silu(z_t)
@@ -34,7 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import _numba as nbk
-from .._numba import ONE, ZERO, njit, prange, sigmoid, silu, vexp
+from .._numba import LANES as CB
+from .._numba import ONE, TILE, ZERO, load_tile, njit, prange, sigmoid, silu, softplus, vexp
 
 K_CHECKPOINT = 128
 
@@ -73,6 +79,71 @@ def _scan_forward(u, dt, A, Bt, Ct, D, z, has_z, h0, K, y, yp, hk, hT):
                 y[i, c, t] = ypre[t] * silu(z[i, c, t])
         for s in range(n):
             hT[i, c, s] = h[s]
+
+
+@njit(parallel=True, fastmath=True)
+def _scan_inference(u, u0, ucl, dt, dt0, dtcl, A, B, C, D, z, z0, zcl, has_z, bias, do_softplus, h0,
+                    y, hT):
+    b, d, n = h0.shape
+    g, L = B.shape[1], B.shape[3]
+    per_group = d // g
+    nblk = (per_group + CB - 1) // CB
+    for job in prange(b * g * nblk):
+        i = job // (g * nblk)
+        gi = (job // nblk) % g
+        c0 = gi * per_group + (job % nblk) * CB
+        cb = min(CB, (gi + 1) * per_group - c0)
+        # lanes c >= cb stay zero: dt u = 0 and A = 0 keep their state at 0, nothing is stored
+        h = np.zeros((n, CB), dtype=np.float32)
+        At = np.zeros((n, CB), dtype=np.float32)
+        ub = np.zeros((TILE, CB), dtype=np.float32)
+        dtb = np.zeros((TILE, CB), dtype=np.float32)
+        zb = np.zeros((TILE, CB), dtype=np.float32)
+        yb = np.zeros((TILE, CB), dtype=np.float32)
+        Dv = np.zeros(CB, dtype=np.float32)
+        bv = np.zeros(CB, dtype=np.float32)
+        du = np.zeros(CB, dtype=np.float32)
+        acc = np.zeros(CB, dtype=np.float32)
+        for c in range(cb):
+            Dv[c] = D[c0 + c]
+            bv[c] = bias[c0 + c]
+            for s in range(n):
+                h[s, c] = h0[i, c0 + c, s]
+                At[s, c] = A[c0 + c, s]
+        for t0 in range(0, L, TILE):
+            tl = min(TILE, L - t0)
+            load_tile(dt, dt0, dtcl, i, d, L, c0, cb, t0, tl, dtb)
+            load_tile(u, u0, ucl, i, d, L, c0, cb, t0, tl, ub)
+            for r in range(tl):
+                for c in range(CB):
+                    dtb[r, c] = softplus(dtb[r, c] + bv[c]) if do_softplus else dtb[r, c] + bv[c]
+            for r in range(tl):
+                t = t0 + r
+                for c in range(CB):
+                    du[c] = dtb[r, c] * ub[r, c]
+                for c in range(CB):
+                    acc[c] = Dv[c] * ub[r, c]
+                for s in range(n):
+                    bs = B[i, gi, s, t]
+                    cs = C[i, gi, s, t]
+                    for c in range(CB):
+                        h[s, c] = vexp(dtb[r, c] * At[s, c]) * h[s, c] + du[c] * bs
+                    for c in range(CB):
+                        acc[c] += cs * h[s, c]
+                for c in range(CB):
+                    yb[r, c] = acc[c]
+            if has_z:
+                load_tile(z, z0, zcl, i, d, L, c0, cb, t0, tl, zb)
+                for r in range(tl):
+                    for c in range(CB):
+                        yb[r, c] *= silu(zb[r, c])
+            for r in range(tl):
+                seg = y[i * L + t0 + r, c0: c0 + cb]
+                for c in range(cb):
+                    seg[c] = yb[r, c]
+        for c in range(cb):
+            for s in range(n):
+                hT[i, c0 + c, s] = h[s, c]
 
 
 @njit(parallel=True, fastmath=True)
@@ -202,6 +273,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """Fused numba selective scan; normalized arguments as in ssmkit.ops.selective_scan.reference."""
     f32 = torch.float32
     b, d, _ = u.shape
+    args = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)):
+        out, hT = _inference(*args, delta_softplus)
+        return (out, hT) if return_final_state else out
     dt = delta.to(f32)
     if delta_bias is not None:
         dt = dt + delta_bias.to(f32)[:, None]
@@ -213,6 +288,23 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     out, hT = _ScanFn.apply(u.to(f32), dt, A.to(f32), B.to(f32), C.to(f32), D32, z32, h0)
     out = out.to(u.dtype)
     return (out, hT) if return_final_state else out
+
+
+def _inference(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+    """Forward only (nothing kept for a backward): `_scan_inference`, the output channels-last."""
+    b, d, L = u.shape
+    n = A.shape[1]
+    f32 = torch.float32
+    h0 = initial_state.to(f32).contiguous() if initial_state is not None else torch.zeros(b, d, n)
+    D32 = D.to(f32).contiguous() if D is not None else torch.zeros(d)
+    bias = delta_bias.to(f32).contiguous() if delta_bias is not None else torch.zeros(d)
+    zr = nbk.rows(z) if z is not None else (np.zeros((1, 1), np.float32), 0, False)
+    y = nbk.out_tensor((b, L, d))
+    hT = torch.empty(b, d, n)
+    _scan_inference(*nbk.rows(u), *nbk.rows(delta), A.to(f32).contiguous().numpy(),
+                    B.detach().to(f32).numpy(), C.detach().to(f32).numpy(), D32.numpy(), *zr, z is not None,
+                    bias.numpy(), bool(delta_softplus), h0.numpy(), y.numpy().reshape(b * L, d), hT.numpy())
+    return y.transpose(1, 2).to(u.dtype), hT
 
 
 __all__ = ["selective_scan", "unsupported_reason"]
