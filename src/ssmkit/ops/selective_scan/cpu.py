@@ -9,14 +9,16 @@ Glossary (code name: paper symbol, shape inside the kernels):
     K: checkpoint interval; hk (b, d, ceil(l/K), n) holds h_{t-1} for t = 0, K, 2K, ...
     yp: y_t before the gate (b, d, l), kept by the forward when there is a gate
 
-Two forwards. With autograd (training): dt = softplus(delta + delta_bias) is two vectorized torch
-ops, and `_scan_forward` does the scan with D u and the silu(z) gate fused in, keeping the
-checkpoints for `_scan_backward`. Without it (inference, torch.no_grad, nothing requires grad):
+Two forwards. With autograd (training): `_scan_forward` computes dt = softplus(delta + delta_bias)
+per channel over t (vectorized, into a row of L), then the scan with D u and the silu(z) gate fused
+in, keeping the checkpoints for `_scan_backward` (which recomputes dt the same way and ends with
+d delta = d dt sigmoid(delta + bias) and d delta_bias, the torch passes over (b, d, l) it saves).
+Without it (inference, torch.no_grad, nothing requires grad):
 `_scan_inference` reads delta, u and z where they lie (contiguous or channels-last, also a half of
 in_proj's output: ssmkit.ops._numba.rows), fuses the bias, softplus (vectorized, no libm), D and the
 gate, keeps nothing, and writes its output channels-last for out_proj. It vectorizes across LANES
-channels (state (n, LANES)), not across n: with n = 16 and AVX2's 8 lanes, LLVM unrolled the loop
-over n by 4 and left all 16 in its scalar remainder. No kernel calls libm inside (vexp).
+channels (a state (n, LANES) per job), so the output dot product needs no horizontal sum; time is
+staged in tiles (ssmkit.ops._numba.load_tile). No kernel calls libm inside (vexp, softplus).
 
 Forward, per channel (parallel over b x d with prange):
     h_t = exp(dt_t A) * h_{t-1} + dt_t B_t u_t;  y_t = <C_t, h_t> + D u_t;  out_t = y_t silu(z_t)
@@ -36,7 +38,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import _numba as nbk
 from .._numba import LANES as CB
@@ -49,8 +50,24 @@ def unsupported_reason(*tensors: torch.Tensor) -> str | None:
     return nbk.unsupported_reason(*tensors)
 
 
+@njit(inline="always", fastmath=True)
+def _channel_dt(delta, bias, do_softplus, dt):
+    """dt[t] = softplus(delta[t] + bias) (or without softplus) over one channel: vectorized over t."""
+    for t in range(delta.shape[0]):
+        x = delta[t] + bias
+        dt[t] = softplus(x) if do_softplus else x
+
+
 @njit(parallel=True, fastmath=True)
-def _scan_forward(u, dt, A, Bt, Ct, D, z, has_z, h0, K, y, yp, hk, hT):
+def _dt_rows(delta, bias, do_softplus, dt):
+    """dt = softplus(delta + bias) (b, d, l), parallel over channels."""
+    b, d, _ = delta.shape
+    for job in prange(b * d):
+        _channel_dt(delta[job // d, job % d], bias[job % d], do_softplus, dt[job // d, job % d])
+
+
+@njit(parallel=True, fastmath=True)
+def _scan_forward(u, delta, bias, do_softplus, A, Bt, Ct, D, z, has_z, h0, K, y, yp, hk, hT):
     b, d, L = u.shape
     g, n = Bt.shape[1], Bt.shape[3]
     per_group = d // g
@@ -59,6 +76,8 @@ def _scan_forward(u, dt, A, Bt, Ct, D, z, has_z, h0, K, y, yp, hk, hT):
         c = job % d
         gi = c // per_group
         ypre = yp[i, c] if has_z else y[i, c]  # y_t before the gate
+        dt = np.empty(L, dtype=np.float32)
+        _channel_dt(delta[i, c], bias[c], do_softplus, dt)
         h = np.empty(n, dtype=np.float32)
         for s in range(n):
             h[s] = h0[i, c, s]
@@ -66,7 +85,7 @@ def _scan_forward(u, dt, A, Bt, Ct, D, z, has_z, h0, K, y, yp, hk, hT):
             if t % K == 0:
                 for s in range(n):
                     hk[i, c, t // K, s] = h[s]
-            dtt = dt[i, c, t]
+            dtt = dt[t]
             du = dtt * u[i, c, t]
             for s in range(n):
                 h[s] = vexp(dtt * A[c, s]) * h[s] + du * Bt[i, gi, t, s]
@@ -147,8 +166,8 @@ def _scan_inference(u, u0, ucl, dt, dt0, dtcl, A, B, C, D, z, z0, zcl, has_z, bi
 
 
 @njit(parallel=True, fastmath=True)
-def _scan_backward(u, dt, A, Bt, Ct, D, z, has_z, K, yp, hk, dout, dhT, nwork,
-                   du_o, ddt_o, dA_o, dD_o, dz_o, dh0_o, dBp, dCp):
+def _scan_backward(u, delta, bias, do_softplus, dt, A, Bt, Ct, D, z, has_z, K, yp, hk, dout, dhT, nwork,
+                   du_o, ddelta_o, dbias_o, dA_o, dD_o, dz_o, dh0_o, dBp, dCp):
     b, d, L = u.shape
     g, n = Bt.shape[1], Bt.shape[3]
     per_group = d // g
@@ -219,35 +238,49 @@ def _scan_backward(u, dt, A, Bt, Ct, D, z, has_z, K, yp, hk, dout, dhT, nwork,
                     for s in range(n):
                         dCp[w, i, gi, t, s] += dyt * hbuf[r + 1, s]
                     du_o[i, c, t] = dut * dtt + D[c] * dyt
-                    ddt_o[i, c, t] = ddt + dut * ut
+                    ddelta_o[i, c, t] = ddt + dut * ut  # d dt_t; through the softplus below
+            dbc = ZERO
+            if do_softplus:  # d softplus(x) / dx = sigmoid(x), x = delta + bias; over t, vectorized
+                for t in range(L):
+                    v = ddelta_o[i, c, t] * sigmoid(delta[i, c, t] + bias[c])
+                    ddelta_o[i, c, t] = v
+                    dbc += v
+            else:
+                for t in range(L):
+                    dbc += ddelta_o[i, c, t]
             for s in range(n):
                 dh0_o[i, c, s] = gh[s]
                 dA_o[i, c, s] = dAc[s]
             dD_o[i, c] = dDc
+            dbias_o[i, c] = dbc
 
 
 class _ScanFn(torch.autograd.Function):
-    """(u, dt, A, B, C, D, z, h0) -> (out = (<C_t, h_t> + D u_t) silu(z_t), h_L), float32 in and out."""
+    """(u, delta, bias, A, B, C, D, z, h0) -> (out = (<C_t, h_t> + D u_t) silu(z_t), h_L), float32 in
+    and out; dt = softplus(delta + bias) (or delta + bias) inside the kernels, forward and backward."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, D, z, h0):
+    def forward(ctx, u, delta, bias, A, B, C, D, z, h0, do_softplus):
         b, d, L = u.shape
         n = A.shape[1]
         K = K_CHECKPOINT
         Bt, Ct = B.transpose(-1, -2), C.transpose(-1, -2)  # (b, g, l, n): n contiguous
-        arrs = tuple(nbk.as_array(t) for t in (u, dt, A, Bt, Ct, D))
+        arrs = tuple(nbk.as_array(t) for t in (u, delta, bias, A, Bt, Ct, D))
         z_np = nbk.as_array(z) if z is not None else np.zeros((1, 1, 1), np.float32)
         y = nbk.poison((b, d, L))
         yp = nbk.poison((b, d, L)) if z is not None else y  # y before the gate, for dz
         hk = nbk.poison((b, d, (L + K - 1) // K, n))
         hT = nbk.poison((b, d, n))
-        _scan_forward(*arrs, z_np, z is not None, nbk.as_array(h0), K, y, yp, hk, hT)
-        ctx.arrs, ctx.z, ctx.yp, ctx.hk = arrs, (z_np if z is not None else None), yp, hk
+        u_, delta_, bias_, *rest = arrs
+        _scan_forward(u_, delta_, bias_, do_softplus, *rest, z_np, z is not None, nbk.as_array(h0), K,
+                      y, yp, hk, hT)
+        ctx.arrs, ctx.z, ctx.yp, ctx.hk, ctx.do_softplus = arrs, (z_np if z is not None else None), yp, hk, \
+            do_softplus
         return torch.from_numpy(y), torch.from_numpy(hT)
 
     @staticmethod
     def backward(ctx, dout, dhT):
-        u, dt, A, Bt, Ct, D = ctx.arrs
+        u, delta, bias, A, Bt, Ct, D = ctx.arrs
         b, d, L = u.shape
         g, n = Bt.shape[1], Bt.shape[3]
         has_z = ctx.z is not None
@@ -255,17 +288,23 @@ class _ScanFn(torch.autograd.Function):
         nwork = max(1, min(d, -(-2 * nbk.num_threads() // b)))  # >= 2 jobs per thread in all
         dout_np = nbk.as_array(dout) if dout is not None else np.zeros((b, d, L), np.float32)
         dhT_np = nbk.as_array(dhT) if dhT is not None else np.zeros((b, d, n), np.float32)
-        du, ddt = nbk.poison((b, d, L)), nbk.poison((b, d, L))
+        du, ddelta = nbk.poison((b, d, L)), nbk.poison((b, d, L))
         dz = nbk.poison((b, d, L)) if has_z else z
         dA, dh0, dD = nbk.poison((b, d, n)), nbk.poison((b, d, n)), nbk.poison((b, d))
+        dbias = nbk.poison((b, d))
         dBp = np.zeros((nwork, b, g, L, n), np.float32)
         dCp = np.zeros((nwork, b, g, L, n), np.float32)
-        _scan_backward(u, dt, A, Bt, Ct, D, z, has_z, K_CHECKPOINT, ctx.yp, ctx.hk, dout_np, dhT_np, nwork,
-                       du, ddt, dA, dD, dz, dh0, dBp, dCp)
+        # dt again as a (b, d, l) array: read from a row of its own inside the kernel (as the forward
+        # does) the backward ran 25 ms slower at d=1536, l=2048 (LLVM's alias checks, one array more)
+        dt = nbk.poison((b, d, L))
+        _dt_rows(delta, bias, ctx.do_softplus, dt)
+        _scan_backward(u, delta, bias, ctx.do_softplus, dt, A, Bt, Ct, D, z, has_z, K_CHECKPOINT, ctx.yp,
+                       ctx.hk, dout_np, dhT_np, nwork, du, ddelta, dbias, dA, dD, dz, dh0, dBp, dCp)
         T = torch.from_numpy
         dB = T(dBp).sum(0).transpose(-1, -2)
         dC = T(dCp).sum(0).transpose(-1, -2)
-        return (T(du), T(ddt), T(dA).sum(0), dB, dC, T(dD).sum(0), T(dz) if has_z else None, T(dh0))
+        return (T(du), T(ddelta), T(dbias).sum(0), T(dA).sum(0), dB, dC, T(dD).sum(0),
+                T(dz) if has_z else None, T(dh0), None)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -277,15 +316,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)):
         out, hT = _inference(*args, delta_softplus)
         return (out, hT) if return_final_state else out
-    dt = delta.to(f32)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(f32)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
     h0 = initial_state.to(f32) if initial_state is not None else u.new_zeros(b, d, A.shape[1], dtype=f32)
     D32 = D.to(f32) if D is not None else u.new_zeros(d, dtype=f32)
+    bias = delta_bias.to(f32) if delta_bias is not None else u.new_zeros(d, dtype=f32)
     z32 = z.to(f32) if z is not None else None
-    out, hT = _ScanFn.apply(u.to(f32), dt, A.to(f32), B.to(f32), C.to(f32), D32, z32, h0)
+    out, hT = _ScanFn.apply(u.to(f32), delta.to(f32), bias, A.to(f32), B.to(f32), C.to(f32), D32, z32, h0,
+                            bool(delta_softplus))
     out = out.to(u.dtype)
     return (out, hT) if return_final_state else out
 
