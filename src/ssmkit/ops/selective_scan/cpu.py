@@ -9,10 +9,10 @@ Glossary (code name: paper symbol, shape inside the kernels):
     K: checkpoint interval; hk (b, d, ceil(l/K), n) holds h_{t-1} for t = 0, K, 2K, ...
     yp: y_t before the gate (b, d, l), kept by the forward when there is a gate
 
-Two forwards. With autograd (training): `_scan_forward` computes dt = softplus(delta + delta_bias)
-per channel over t (vectorized, into a row of L), then the scan with D u and the silu(z) gate fused
-in, keeping the checkpoints for `_scan_backward` (which recomputes dt the same way and ends with
-d delta = d dt sigmoid(delta + bias) and d delta_bias, the torch passes over (b, d, l) it saves).
+Two forwards. With autograd (training): `_dt_rows` computes dt = softplus(delta + delta_bias) once
+(vectorized over t), `_scan_forward` does the scan with D u and the silu(z) gate fused in, keeping
+dt and the checkpoints for `_scan_backward`, which ends with d delta = d dt sigmoid(delta + bias)
+and d delta_bias (the torch softplus, its backward and the bias add are passes over (b, d, l) saved).
 Without it (inference, torch.no_grad, nothing requires grad):
 `_scan_inference` reads delta, u and z where they lie (contiguous or channels-last, also a half of
 in_proj's output: ssmkit.ops._numba.rows), fuses the bias, softplus (vectorized, no libm), D and the
@@ -50,24 +50,20 @@ def unsupported_reason(*tensors: torch.Tensor) -> str | None:
     return nbk.unsupported_reason(*tensors)
 
 
-@njit(inline="always", fastmath=True)
-def _channel_dt(delta, bias, do_softplus, dt):
-    """dt[t] = softplus(delta[t] + bias) (or without softplus) over one channel: vectorized over t."""
-    for t in range(delta.shape[0]):
-        x = delta[t] + bias
-        dt[t] = softplus(x) if do_softplus else x
-
-
 @njit(parallel=True, fastmath=True)
 def _dt_rows(delta, bias, do_softplus, dt):
-    """dt = softplus(delta + bias) (b, d, l), parallel over channels."""
-    b, d, _ = delta.shape
+    """dt = softplus(delta + bias) (or delta + bias), (b, d, l), once per forward; the backward reuses
+    it. (Computed per channel into a row of its own inside the scan kernels instead, the backward
+    ran 25 ms slower at d=1536, l=2048: LLVM's alias checks, one array more.)"""
+    b, d, L = delta.shape
     for job in prange(b * d):
-        _channel_dt(delta[job // d, job % d], bias[job % d], do_softplus, dt[job // d, job % d])
+        x, out, bc = delta[job // d, job % d], dt[job // d, job % d], bias[job % d]
+        for t in range(L):
+            out[t] = softplus(x[t] + bc) if do_softplus else x[t] + bc
 
 
 @njit(parallel=True, fastmath=True)
-def _scan_forward(u, delta, bias, do_softplus, A, Bt, Ct, D, z, has_z, h0, K, y, yp, hk, hT):
+def _scan_forward(u, dt, A, Bt, Ct, D, z, has_z, h0, K, y, yp, hk, hT):
     b, d, L = u.shape
     g, n = Bt.shape[1], Bt.shape[3]
     per_group = d // g
@@ -76,8 +72,6 @@ def _scan_forward(u, delta, bias, do_softplus, A, Bt, Ct, D, z, has_z, h0, K, y,
         c = job % d
         gi = c // per_group
         ypre = yp[i, c] if has_z else y[i, c]  # y_t before the gate
-        dt = np.empty(L, dtype=np.float32)
-        _channel_dt(delta[i, c], bias[c], do_softplus, dt)
         h = np.empty(n, dtype=np.float32)
         for s in range(n):
             h[s] = h0[i, c, s]
@@ -85,7 +79,7 @@ def _scan_forward(u, delta, bias, do_softplus, A, Bt, Ct, D, z, has_z, h0, K, y,
             if t % K == 0:
                 for s in range(n):
                     hk[i, c, t // K, s] = h[s]
-            dtt = dt[t]
+            dtt = dt[i, c, t]
             du = dtt * u[i, c, t]
             for s in range(n):
                 h[s] = vexp(dtt * A[c, s]) * h[s] + du * Bt[i, gi, t, s]
@@ -265,22 +259,22 @@ class _ScanFn(torch.autograd.Function):
         n = A.shape[1]
         K = K_CHECKPOINT
         Bt, Ct = B.transpose(-1, -2), C.transpose(-1, -2)  # (b, g, l, n): n contiguous
-        arrs = tuple(nbk.as_array(t) for t in (u, delta, bias, A, Bt, Ct, D))
+        u_, delta_, bias_, A_, Bt_, Ct_, D_ = (nbk.as_array(t) for t in (u, delta, bias, A, Bt, Ct, D))
+        dt = nbk.poison((b, d, L))
+        _dt_rows(delta_, bias_, do_softplus, dt)
         z_np = nbk.as_array(z) if z is not None else np.zeros((1, 1, 1), np.float32)
         y = nbk.poison((b, d, L))
         yp = nbk.poison((b, d, L)) if z is not None else y  # y before the gate, for dz
         hk = nbk.poison((b, d, (L + K - 1) // K, n))
         hT = nbk.poison((b, d, n))
-        u_, delta_, bias_, *rest = arrs
-        _scan_forward(u_, delta_, bias_, do_softplus, *rest, z_np, z is not None, nbk.as_array(h0), K,
-                      y, yp, hk, hT)
-        ctx.arrs, ctx.z, ctx.yp, ctx.hk, ctx.do_softplus = arrs, (z_np if z is not None else None), yp, hk, \
-            do_softplus
+        _scan_forward(u_, dt, A_, Bt_, Ct_, D_, z_np, z is not None, nbk.as_array(h0), K, y, yp, hk, hT)
+        ctx.arrs = (u_, delta_, bias_, dt, A_, Bt_, Ct_, D_)
+        ctx.z, ctx.yp, ctx.hk, ctx.do_softplus = (z_np if z is not None else None), yp, hk, do_softplus
         return torch.from_numpy(y), torch.from_numpy(hT)
 
     @staticmethod
     def backward(ctx, dout, dhT):
-        u, delta, bias, A, Bt, Ct, D = ctx.arrs
+        u, delta, bias, dt, A, Bt, Ct, D = ctx.arrs
         b, d, L = u.shape
         g, n = Bt.shape[1], Bt.shape[3]
         has_z = ctx.z is not None
@@ -294,10 +288,6 @@ class _ScanFn(torch.autograd.Function):
         dbias = nbk.poison((b, d))
         dBp = np.zeros((nwork, b, g, L, n), np.float32)
         dCp = np.zeros((nwork, b, g, L, n), np.float32)
-        # dt again as a (b, d, l) array: read from a row of its own inside the kernel (as the forward
-        # does) the backward ran 25 ms slower at d=1536, l=2048 (LLVM's alias checks, one array more)
-        dt = nbk.poison((b, d, L))
-        _dt_rows(delta, bias, ctx.do_softplus, dt)
         _scan_backward(u, delta, bias, ctx.do_softplus, dt, A, Bt, Ct, D, z, has_z, K_CHECKPOINT, ctx.yp,
                        ctx.hk, dout_np, dhT_np, nwork, du, ddelta, dbias, dA, dD, dz, dh0, dBp, dCp)
         T = torch.from_numpy
