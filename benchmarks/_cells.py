@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from ssmkit.ops import empty_cache
+
 
 def _status_kb(field: str) -> int | None:
     try:
@@ -45,6 +47,7 @@ class PeakRSS:
     """
 
     def __enter__(self):
+        empty_cache()       # buffers the kernels keep from earlier calls would hide the block's own peak
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")

@@ -10,9 +10,12 @@ warm-up run (which also compiles the numba kernels); the paths take turns within
 noisy neighbour on a shared machine slows all of them alike. `--threads` sets torch and numba threads.
 
 At the issue's shape every path is bound by memory traffic and by first-touch page faults of its
-512 MB buffers (h, grad a, grad b). The cpu path advises its outputs onto huge pages itself
-(ssmkit.ops._numba.out_tensor); PyTorch's THP_MEM_ALLOC_ENABLE=1 does so for every tensor, the
-loop's included, and the header says whether it was set: run both to see each effect.
+512 MB buffers (h, grad a, grad b). The cpu path takes its outputs from ssmkit.ops._numba.out_tensor:
+advised onto huge pages, and kept when freed for the next call of the same shape, as a training loop
+makes them. "cpu (numba), cold" empties that cache before each call, so it pays the page faults of
+fresh memory (twice as many on 4 KiB pages, where THP refuses the advice). PyTorch's
+THP_MEM_ALLOC_ENABLE=1 advises every tensor, the loop's included, and the header says whether it was
+set: run both to see each effect.
 """
 
 from __future__ import annotations
@@ -24,12 +27,20 @@ import time
 
 import torch
 
+from ssmkit.ops import empty_cache
 from ssmkit.ops.parallel_scan import chunked, cpu, reference
+
+
+def _cold_cpu(a, b, h0):
+    empty_cache()
+    return cpu.parallel_scan(a, b, h0)
+
 
 PATHS = {
     "loop (reference)": reference.parallel_scan,
     "chunked": chunked.parallel_scan,
     "cpu (numba)": cpu.parallel_scan,
+    "cpu (numba), cold": _cold_cpu,
 }
 
 
@@ -84,7 +95,7 @@ def run_shape(shape, dtype, args) -> None:
     paths = dict(PATHS)
     if cpu.unsupported_reason(a, b) is not None:
         print(f"{'cpu (numba)':18s} skipped: {cpu.unsupported_reason(a, b)}")
-        paths.pop("cpu (numba)")
+        paths = {name: fn for name, fn in paths.items() if not name.startswith("cpu")}
     times = {name: [] for name in paths}
     for i in range(args.repeats + 1):
         for name, fn in paths.items():
@@ -95,6 +106,7 @@ def run_shape(shape, dtype, args) -> None:
     for name, ts in times.items():
         t = statistics.median(ts)
         print(f"{name:18s} {t * 1e3:10.1f} ms   {base / t:6.2f}x vs loop")
+    empty_cache()
 
 
 if __name__ == "__main__":

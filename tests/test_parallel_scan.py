@@ -90,6 +90,69 @@ def test_out_tensor_is_a_plain_empty_tensor(monkeypatch):
     assert (t == 2).all()
 
 
+def test_out_tensor_reuses_a_buffer_only_once_it_is_free(monkeypatch):
+    """Outputs of 16 MiB or more come from a cache of freed buffers: never one still referenced by a
+    tensor, a view or a numpy array; idle ones stay within SSMKIT_CPU_CACHE_MB and empty_cache()
+    releases them."""
+    from ssmkit.ops import _numba, empty_cache
+
+    monkeypatch.delenv("SSMKIT_CPU_CACHE_MB", raising=False)
+    empty_cache()
+    shape = (4, 1 << 20)                                            # 16 MiB of float32
+    t = _numba.out_tensor(shape)
+    ptr = t.data_ptr()
+    view, arr = t[1:3], t.numpy()
+    del t
+    live = [_numba.out_tensor(shape)]
+    assert live[0].data_ptr() != ptr                                # the first is still referenced
+    del view
+    live.append(_numba.out_tensor(shape))
+    assert live[1].data_ptr() != ptr                                # the numpy array holds it
+    del arr
+    assert _numba._cache.idle_bytes() == 16 << 20
+    t = _numba.out_tensor((2, 1 << 20), torch.complex64)            # same size, another dtype: reused
+    assert t.data_ptr() == ptr and t.dtype == torch.complex64 and t.shape == (2, 1 << 20)
+    assert _numba._cache.idle_bytes() == 0
+    del t, live
+    assert _numba._cache.idle_bytes() == 3 * (16 << 20)
+    monkeypatch.setenv("SSMKIT_CPU_CACHE_MB", "40")                 # two of 16 MiB fit, not three
+    _numba.out_tensor(shape)
+    assert _numba._cache.idle_bytes() == 2 * (16 << 20)
+    empty_cache()
+    assert _numba._cache.idle_bytes() == 0
+    monkeypatch.setenv("SSMKIT_CPU_CACHE_MB", "0")                  # off: plain torch.empty
+    _numba.out_tensor(shape)
+    assert _numba._cache.idle_bytes() == 0
+    monkeypatch.setenv("SSMKIT_CPU_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="SSMKIT_CPU_CACHE_MB must be a number of MiB, got 'lots'"):
+        _numba.out_tensor(shape)
+
+
+def test_cpu_outputs_from_reused_buffers_leave_earlier_outputs_alone(monkeypatch):
+    """A second call takes the buffers freed by a first one, and only those: outputs still held
+    (h of the first call) keep their values, and the results match the loop with every buffer
+    NaN-poisoned."""
+    if not HAS_CPU:
+        pytest.skip("numba missing")
+    from ssmkit.ops import empty_cache
+
+    monkeypatch.setenv("SSMKIT_POISON", "1")
+    empty_cache()
+    shape = (1, 64, 1 << 16)                                        # 16 MiB: cached outputs
+    a, b, s = _inputs(torch.float32, shape, shape)
+    kept = _run(cpu.parallel_scan, a, b, s)[0]
+    copy = kept.clone()
+    for _ in range(2):                                              # the 2nd reuses the 1st's buffers
+        a, b, s = _inputs(torch.float32, shape, shape)
+        want = _run(reference.parallel_scan, a, b, s)
+        got = _run(cpu.parallel_scan, a, b, s)
+        for n, x, y in zip(["h", "h_last", "grad a", "grad b", "grad initial_state"], got, want):
+            assert_rel(x, y, TOL[torch.float32], n)
+        del got
+    assert torch.equal(kept, copy)
+    empty_cache()
+
+
 def test_reference_backend_long_input_is_chunked_and_exact():
     a, b, s = _inputs(torch.float64, (2, 300, 4), (2, 300, 4))
     want = _run(reference.parallel_scan, a, b, s)

@@ -6,8 +6,8 @@ time-invariant a (S5's Lambda-bar) is never materialized over time. Complex tens
 complex64/complex128 arrays directly. Threads split M into wide blocks (prange, `_block`); each block
 walks time in order, contiguous in M so the inner loop vectorizes. For a constant in time the
 backward sums dL/da over time in the kernel instead of writing a (batch, length, M) tensor. The
-outputs (h, grad a, grad b) go on huge pages (`out_tensor`): at (1, 4096, 32768) their page faults
-cost as much as the scan.
+outputs (h, grad a, grad b) come from `out_tensor`: huge pages, and reused from one call to the next
+of the same shape; at (1, 4096, 32768) their page faults on fresh 4 KiB pages cost twice the scan.
 
 Backward (the reverse scan, conj for complex as in PyTorch's convention):
     g_t = dL/dh_t + conj(a_{t+1}) g_{t+1};   dL/db_t = g_t;   dL/da_t = g_t conj(h_{t-1});
