@@ -1,7 +1,7 @@
 """Scaling with sequence length: forward time, training-step time, per-token decode time and peak memory,
-for Mamba, Mamba-2, S4D and a same-size Transformer, lengths 256 .. 65536 (batch 1) or until a model's
-time passes the cap; the crossover lengths (shortest length from which an SSM is faster than attention);
-a log-log plot.
+for Mamba, Mamba-2, S4D, S5, H3, Hyena and a same-size Transformer, lengths 256 .. 65536 (batch 1) or
+until a model's time passes the cap; the crossover lengths (shortest length from which an SSM is faster
+than attention); a log-log plot.
 
 Claim (Mamba paper, Gu & Dao 2023, sec. 4.5 and Figure 8): SSM cost grows linearly in length, attention's
 quadratically; SSM decode cost per token is constant while attention's grows with the context.
@@ -32,7 +32,8 @@ CONFIGS = {
                  repeats=3),
 }
 # label, pattern, MLP width / d_model (attention + a gated MLP of width d: about a Mamba block's parameters)
-MODELS = [("Mamba", "mamba", 0), ("Mamba-2", "mamba2", 0), ("S4D", "s4d", 0), ("Transformer", "attention", 1)]
+MODELS = [("Mamba", "mamba", 0), ("Mamba-2", "mamba2", 0), ("S4D", "s4d", 0), ("S5", "s5", 0),
+          ("H3", "h3", 0), ("Hyena", "hyena", 0), ("Transformer", "attention", 1)]
 VOCAB = 256
 METRICS = ("forward_s", "train_step_s", "decode_ms_per_token", "peak_mem_mb")
 
@@ -40,7 +41,9 @@ METRICS = ("forward_s", "train_step_s", "decode_ms_per_token", "peak_mem_mb")
 def _model(pattern: str, mlp: int, cfg: dict):
     from ssmkit import SSMConfig, SSMForCausalLM
 
-    kw = {"mamba2": {"headdim": 32, "d_state": 64}} if pattern == "mamba2" else {}
+    kw = {"mamba2": {"mamba2": {"headdim": 32, "d_state": 64}},
+          # Hyena's filters (and its decode history) cover l_max positions: the longest prompt + decode
+          "hyena": {"hyena": {"l_max": max(cfg["lengths"]) + cfg["decode_tokens"] + 1}}}.get(pattern, {})
     return SSMForCausalLM(SSMConfig(d_model=cfg["d_model"], n_layer=cfg["n_layer"], vocab_size=VOCAB,
                                     layers=pattern, layer_kwargs=kw, d_intermediate=mlp * cfg["d_model"],
                                     n_head=4))
