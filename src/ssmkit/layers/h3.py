@@ -15,8 +15,10 @@ Glossary (code name: paper symbol, shape):
     A, B, C, log_dt       S4D parameters        (H, d_state/2) complex (conjugate half), log_dt (H,)
     D                     D of the diagonal SSM (H,)
 
-Conv mode: the shift SSM and the diagonal SSM both run as FFT convolutions (`ssmkit.ops.fft_conv`),
-the diagonal SSM's kernel from `ssmkit.math.kernels.diag_kernel` (S4D machinery, ZOH or bilinear).
+Conv mode: the shift SSM runs as a depthwise causal convolution of width d_state
+(`ssmkit.ops.causal_conv1d`, Mamba's short conv: O(l m), where an FFT of a sequence padded by m-1
+could double its size), the diagonal SSM as an FFT convolution (`ssmkit.ops.fft_conv`), its kernel
+from `ssmkit.math.kernels.diag_kernel` (S4D machinery, ZOH or bilinear).
 Recurrent mode (`step`): the shift state holds the last d_state-1 inputs of k; the diagonal state is
 s_t = Ad * s_{t-1} + Bd * kv_t with y_t = 2 Re(C s_t) + D kv_t (the same Ad, Bd as the kernel).
 State: {"shift": (batch, d_model, d_state-1) real, "diag": (batch, H, d_h, d_h, d_state/2) complex}.
@@ -33,7 +35,8 @@ from torch import nn
 
 from ssmkit._checks import check_choice, check_positive_int
 from ssmkit.layers.base import Mixer, StateDict
-from ssmkit.ops import fft_conv
+from ssmkit.ops import causal_conv1d, fft_conv
+from ssmkit.ops.causal_conv1d import causal_conv1d_update
 
 _POWERS_CHUNK = 1024  # time positions per block when summing Ad^(L-1-j) for the final state
 
@@ -121,17 +124,9 @@ class H3(Mixer):
         Ad, Bd = fn(A, B, dt, diagonal=True)
         return A, B, C, dt, Ad, Bd
 
-    def _shift_conv(self, k: torch.Tensor, hist: torch.Tensor | None):
-        """k (b, D, l) through the FIR, with hist (b, D, m-1) the previous inputs; returns y, new hist."""
-        b, D, L = k.shape
-        m1 = self.d_state - 1
-        hist = k.new_zeros(b, D, m1) if hist is None else hist.to(k.dtype)
-        ext = torch.cat([hist, k], dim=-1)                                # (b, D, m-1+l)
-        Le = ext.shape[-1]
-        K = self.shift_kernel.to(k.dtype).repeat_interleave(self.head_dim, dim=0)   # (D, m)
-        K = nn.functional.pad(K, (0, Le - self.d_state)) if Le > self.d_state else K[:, :Le]
-        y = fft_conv(ext, K)[..., m1:]                                    # (b, D, l)
-        return y, ext[..., Le - m1:]
+    def _shift_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The FIR as a depthwise causal-conv weight (D, m): column m-1 weights lag 0."""
+        return self.shift_kernel.to(dtype).repeat_interleave(self.head_dim, dim=0).flip(-1)
 
     # ---- the protocol ------------------------------------------------------------------------
     def forward(self, x, state: StateDict | None = None, return_state: bool = False):
@@ -142,7 +137,9 @@ class H3(Mixer):
             self._check_state(state, b)
         real = torch.float64 if x.dtype == torch.float64 else torch.float32
         q, k, v = self.in_proj(x).to(real).transpose(1, 2).chunk(3, dim=1)   # (b, D, l) each
-        k, shift_state = self._shift_conv(k, None if state is None else state["shift"])
+        hist = None if state is None else state["shift"].to(real)
+        k, shift_state = causal_conv1d(k, self._shift_weight(real), initial_state=hist,
+                                       return_final_state=True)
         kv = k.reshape(b, H, p, 1, L) * v.reshape(b, H, 1, p, L)          # (b, H, p, p, l)
 
         A, B, C, dt, Ad, Bd = self._diag(real)
@@ -176,16 +173,13 @@ class H3(Mixer):
         H, p = self.n_heads, self.head_dim
         real = torch.float64 if x_t.dtype == torch.float64 else torch.float32
         q, k, v = self.in_proj(x_t).to(real).chunk(3, dim=-1)             # (b, D) each
-        hist = state["shift"].to(real)                                    # (b, D, m-1)
-        window = torch.cat([hist, k.unsqueeze(-1)], dim=-1)               # (b, D, m): oldest first
-        K = self.shift_kernel.to(real).repeat_interleave(p, dim=0)        # (D, m): K[l] weights lag l
-        k_s = (window * K.flip(-1)).sum(-1)                               # (b, D)
+        k_s, shift_state = causal_conv1d_update(k, state["shift"].to(real), self._shift_weight(real))
         kv = k_s.reshape(b, H, p, 1) * v.reshape(b, H, 1, p)              # (b, H, p, p)
         _, _, C, _, Ad, Bd = self._diag(real)
         s = state["diag"].to(Ad.dtype) * Ad[:, None, None] + Bd[:, None, None] * kv.unsqueeze(-1).to(Ad.dtype)
         ykv = 2 * (s * C[:, None, None]).sum(-1).real + self.D.to(real)[:, None, None] * kv
         y = (q.reshape(b, H, p, 1) * ykv).sum(2).reshape(b, H * p)
-        return self.out_proj(y.to(x_t.dtype)), {"shift": window[..., 1:], "diag": s}
+        return self.out_proj(y.to(x_t.dtype)), {"shift": shift_state, "diag": s}
 
 
 def _diag_kernel(A, B, C, dt, L, discretization):
