@@ -35,8 +35,8 @@ from torch import nn
 
 from ssmkit._checks import check_choice, check_positive_int
 from ssmkit.layers.base import Mixer, StateDict
-from ssmkit.ops import causal_conv1d, fft_conv
-from ssmkit.ops.causal_conv1d import causal_conv1d_update
+from ssmkit.ops import fft_conv
+from ssmkit.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 
 _POWERS_CHUNK = 1024  # time positions per block when summing Ad^(L-1-j) for the final state
 
