@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_rel
+from tests.helpers import assert_rel
 
 from ssmkit.layers.mlp import MLP, GatedMLP, MoE
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import TOL, assert_rel
+from tests.helpers import TOL, assert_rel
 
 from ssmkit.ops import fft_conv
 from ssmkit.ops.fft_conv import cpu, reference

@@ -299,8 +299,8 @@ def test_trains_a_sequence_classifier_through_the_loop():
 _KILLED_RUN = """
 import sys, time, torch
 torch.set_num_threads({threads})  # as the parent: float reductions depend on the thread count
-sys.path.insert(0, {tests!r})
-from test_training import TinyLM, periodic_tokens, tiny_cfg
+sys.path.insert(0, {root!r})
+from tests.training.test_training import TinyLM, periodic_tokens, tiny_cfg
 from ssmkit.training.data import LMBatches
 from ssmkit.training.loop import train
 torch.manual_seed(1)
@@ -320,7 +320,8 @@ def test_sigkilled_process_resumes_to_the_same_weights(tmp_path):
     train(full, LMBatches(periodic_tokens(), 16, 4, seed=3), tiny_cfg(max_steps=12, save_every=2))
 
     out = str(tmp_path / "run")
-    code = _KILLED_RUN.format(tests=os.path.dirname(__file__), out=out, threads=torch.get_num_threads())
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = _KILLED_RUN.format(root=root, out=out, threads=torch.get_num_threads())
     proc = subprocess.Popen([sys.executable, "-c", code])
     ckpt = os.path.join(out, CHECKPOINT_NAME)
     deadline = time.time() + 60

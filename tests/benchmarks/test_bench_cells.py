@@ -33,7 +33,7 @@ def test_peak_rss_sees_an_allocation_inside_the_block():
 
 def test_a_cell_reports_its_own_peak_under_a_bigger_parent():
     parent = torch.ones(400 * 2**20 // 4)         # the parent holds 400 MiB; ru_maxrss would carry it over
-    r = run_cell("tests.test_bench_cells:alloc_cell", {"mb": 64}, cap_s=120)
+    r = run_cell("tests.benchmarks.test_bench_cells:alloc_cell", {"mb": 64}, cap_s=120)
     assert "skipped" not in r, r
     assert 60 <= r["peak_mb"] <= 200, r
     del parent

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import assert_rel, check_chunking, check_laws, check_stepping
+from tests.helpers import assert_rel, check_chunking, check_laws, check_stepping
 
 from ssmkit.layers import S5
 from ssmkit.layers.s5 import hippo_n

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 import torch
-from helpers import assert_rel, check_laws
+from tests.helpers import assert_rel, check_laws
 
 from ssmkit.layers import H3
 

@@ -3,7 +3,7 @@ state, gradients to a, b and the initial state; real and complex; broadcast a), 
 
 import pytest
 import torch
-from helpers import assert_rel
+from tests.helpers import assert_rel
 
 from ssmkit.ops import parallel_scan
 from ssmkit.ops._dispatch import unsupported_reason

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from helpers import TOL, assert_rel, check_laws, rel_err
+from tests.helpers import TOL, assert_rel, check_laws, rel_err
 
 from ssmkit.layers import S4, S4D
 

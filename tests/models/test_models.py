@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from helpers import assert_rel
+from tests.helpers import assert_rel
 
 from ssmkit import SSMConfig, SSMForCausalLM, SSMForForecasting, SSMForSequenceClassification
 from ssmkit.layers.base import Mixer
@@ -71,7 +71,7 @@ class ToyRecurrence(Mixer):
 @pytest.fixture
 def toy_layer(monkeypatch):
     """Registers ToyRecurrence as layer name "toy" for one test."""
-    monkeypatch.setitem(LAYER_TYPES, "toy", "test_models:ToyRecurrence")
+    monkeypatch.setitem(LAYER_TYPES, "toy", "tests.models.test_models:ToyRecurrence")
 
 
 def available(kind: str) -> bool:

@@ -7,7 +7,7 @@ import os
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_training import TinyLM, periodic_tokens, tiny_cfg
+from tests.training.test_training import TinyLM, periodic_tokens, tiny_cfg
 
 from ssmkit.training import distributed as D
 from ssmkit.training.data import LMBatches

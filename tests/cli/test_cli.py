@@ -125,7 +125,7 @@ def test_python_dash_m_ssmkit():
 def test_shipped_configs_parse():
     from ssmkit.training.config import TrainConfig
 
-    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
     names = sorted(f for f in os.listdir(root) if f.endswith(".yaml"))
     assert names
     for name in names:

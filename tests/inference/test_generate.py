@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from test_models import tiny_lm, toy_layer  # noqa: F401  (fixture)
+from tests.models.test_models import tiny_lm, toy_layer  # noqa: F401  (fixture)
 
 from ssmkit import State
 from ssmkit.inference.generate import sample_next

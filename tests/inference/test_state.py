@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_models import tiny_cfg, tiny_lm, toy_layer  # noqa: F401  (fixture)
+from tests.models.test_models import tiny_cfg, tiny_lm, toy_layer  # noqa: F401  (fixture)
 
 from ssmkit import SSMForCausalLM, State
 

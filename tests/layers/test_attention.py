@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import assert_rel, check_laws
+from tests.helpers import assert_rel, check_laws
 
 from ssmkit.layers.attention import Attention
 
