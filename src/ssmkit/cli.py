@@ -7,6 +7,7 @@
     ssmkit info runs/ssmkit                           # or: ssmkit info --config run.yaml
     ssmkit bench [args for python -m benchmarks]
     ssmkit convert --to ssmkit HF_DIR OUT_DIR         # or --to hf SSMKIT_DIR OUT_DIR
+    ssmkit serve runs/ssmkit --port 8000 --db sessions.db --api-key KEY   # OpenAI-compatible server
 
 A user's mistake (unknown flag, missing file, bad config key) prints one line and exits with 2.
 """
@@ -179,6 +180,17 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from ssmkit.serve.app import serve
+    from ssmkit.serve.config import ServeConfig
+
+    keys = list(args.api_key or []) + [k for k in os.environ.get("SSMKIT_API_KEYS", "").split(",") if k]
+    cfg = ServeConfig(model_dir=_model_dir(args.checkpoint), host=args.host, port=args.port, db=args.db,
+                      api_keys=keys)
+    serve(cfg.with_overrides(args.set or []))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ssmkit.training.demo import demo
 
@@ -263,6 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--config", "-c", help="YAML config whose model to describe")
     i.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
     i.set_defaults(func=cmd_info)
+
+    v = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible server whose conversations are saved states",
+        description="Serve a model over HTTP: /v1/completions, /v1/chat/completions (streaming), "
+        "sessions that are saved States (stored in SQLite, surviving restarts), and a chat page at /. "
+        "See docs/serve.md.",
+    )
+    v.add_argument("checkpoint", help="run directory (holding model/) or model directory")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, loopback)")
+    v.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    v.add_argument(
+        "--db", default="ssmkit-sessions.db", help="SQLite file of sessions (default: %(default)s)"
+    )
+    v.add_argument("--api-key", action="append", metavar="KEY",
+                   help="require `Authorization: Bearer KEY` (repeatable; or SSMKIT_API_KEYS=k1,k2)")
+    v.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
+                   help="a ServeConfig limit, e.g. max_batch=32 or prefix_cache_mb=0 (repeatable)")
+    v.set_defaults(func=cmd_serve)
 
     d = sub.add_parser(
         "demo",

@@ -4,6 +4,7 @@
     out = model(ids, state=state)               # state now holds everything read so far
     state[0], state.select([0, 2])              # rows; State.cat([s1, s2]) batches them again
     state.save("chat.safetensors"); State.load("chat.safetensors")
+    State.from_bytes(state.to_bytes())          # the same bytes, for a database blob
 
 Dependency direction: models -> inference. State knows nothing about models: it stores the layout
 (one layer name per layer) and the model config's hash as plain strings, and a model checks them
@@ -158,24 +159,13 @@ class State:
 
     # ---- files ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write a safetensors file whose JSON header carries the config hash and the layout (atomic)."""
-        from safetensors.torch import save_file
-
-        tensors = {
-            f"layers.{i}.{k}": v.detach().contiguous()
-            for i, d in enumerate(self.layers)
-            for k, v in d.items()
-        }
-        header = {
-            "config_hash": self.config_hash,
-            "layout": self.layout,
-            "keys": [list(d) for d in self.layers],
-        }
-        meta = {"format": _FORMAT, "version": _VERSION, "state": json.dumps(header)}
+        """Write `to_bytes()` to a file (atomic: a temporary name, then renamed)."""
+        data = self.to_bytes()
         path = os.fspath(path)
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
-            save_file(tensors, tmp, metadata=meta)
+            with open(tmp, "wb") as f:
+                f.write(data)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -184,27 +174,49 @@ class State:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> State:
         """Read a State written by `save`; a truncated or foreign file raises a clear error."""
-        from safetensors import safe_open
-
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no State file at {path}")
+        with open(path, "rb") as f:
+            return cls.from_bytes(f.read(), device=device, source=f"State file {path}")
+
+    # ---- bytes ------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """A safetensors file's bytes whose JSON header carries the config hash and the layout."""
+        from safetensors.torch import save
+
+        tensors = {
+            f"layers.{i}.{k}": v.detach().contiguous().cpu()
+            for i, d in enumerate(self.layers)
+            for k, v in d.items()
+        }
+        header = {
+            "config_hash": self.config_hash,
+            "layout": self.layout,
+            "keys": [list(d) for d in self.layers],
+        }
+        return save(tensors, metadata={"format": _FORMAT, "version": _VERSION, "state": json.dumps(header)})
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, device: str | torch.device = "cpu", source: str = "State bytes"
+    ) -> State:
+        """The State whose `to_bytes()` gave `data`; truncated or foreign bytes raise a ValueError."""
+        from safetensors.torch import load
+
         try:
-            with safe_open(path, framework="pt", device=str(device)) as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != _FORMAT:
-                    raise ValueError(
-                        f"{path} is a safetensors file but not an ssmkit State (no State header)"
-                    )
-                header = json.loads(meta["state"])
-                layers = [
-                    {k: f.get_tensor(f"layers.{i}.{k}") for k in keys}
-                    for i, keys in enumerate(header["keys"])
-                ]
-        except ValueError:
-            raise
-        except Exception as e:  # safetensors raises its own error type on a damaged file
-            raise ValueError(
-                f"cannot read State file {path} (truncated or not a safetensors file?): {e}"
-            ) from e
+            n = int.from_bytes(data[:8], "little")
+            meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+        except Exception as e:  # too short, or not JSON after the length
+            raise ValueError(f"cannot read {source} (truncated or not a safetensors file?): {e}") from e
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{source} is a safetensors file but not an ssmkit State (no State header)")
+        try:
+            tensors = load(data)
+        except Exception as e:  # safetensors raises its own error type on damaged bytes
+            raise ValueError(f"cannot read {source} (truncated or not a safetensors file?): {e}") from e
+        header = json.loads(meta["state"])
+        layers = [
+            {k: tensors[f"layers.{i}.{k}"].to(device) for k in keys} for i, keys in enumerate(header["keys"])
+        ]
         return cls(layers, header["layout"], header["config_hash"])
