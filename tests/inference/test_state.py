@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.models.test_models import tiny_cfg, tiny_lm, toy_layer  # noqa: F401  (fixture)
 
 from ssmkit import SSMForCausalLM, State
+from tests.models.tiny import tiny_cfg, tiny_lm
 
 PATTERNS = ["toy,attention", "attention", "mamba2,attention", "s4d,attention", "mamba"]
 
@@ -27,7 +27,6 @@ def assert_states_equal(a: State, b: State):
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
-@pytest.mark.usefixtures("toy_layer")
 def test_rows_and_cat_round_trip(pattern):
     st = filled_state(tiny_lm(pattern))
     assert st.batch_size == 3
@@ -60,7 +59,6 @@ def test_to_dtype_keeps_counters_and_nbytes():
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
-@pytest.mark.usefixtures("toy_layer")
 def test_save_load_bit_exact(tmp_path, pattern):
     st = filled_state(tiny_lm(pattern))
     st.save(tmp_path / "s.safetensors")

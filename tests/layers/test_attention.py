@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from tests.helpers import assert_rel, check_laws
 
 from ssmkit.layers.attention import Attention
+from tests.helpers import assert_rel, check_laws
 
 CASES = [
     dict(n_head=4),

@@ -4,9 +4,9 @@ import importlib.util
 
 import pytest
 import torch
-from tests.helpers import assert_rel, check_laws
 
 from ssmkit.layers import Hyena
+from tests.helpers import assert_rel, check_laws
 
 # S5/H3 use ssmkit.math (being written by another engineer), H3/Hyena use ssmkit.ops.fft_conv: until
 # those land the tests skip, saying so, instead of failing on a placeholder.

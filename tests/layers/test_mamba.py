@@ -93,8 +93,10 @@ def test_published_inits_and_no_weight_decay_flags():
     assert dt.min() >= 0.01 * (1 - 1e-5) and dt.max() <= 0.05 * (1 + 1e-5)
     assert torch.allclose(-torch.exp(layer.A_log), -torch.arange(1.0, 9.0).expand(64, 8))
     assert layer.A_log.dtype == torch.float32
-    for p in (layer.A_log, layer.D):
-        assert getattr(p, "_no_weight_decay", False)
+    from ssmkit.training.optim import param_groups
+
+    no_decay = {id(p) for g in param_groups(layer, 0.1) if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert {id(p) for p in (layer.A_log, layer.D)} <= no_decay
     assert tuple(layer.conv1d.weight.shape) == (64, 1, 4) and tuple(layer.x_proj.weight.shape) == (2 + 16, 64)
 
 

@@ -105,8 +105,10 @@ def test_published_inits_and_no_weight_decay_flags():
     assert dt.min() >= 0.01 * (1 - 1e-5) and dt.max() <= 0.05 * (1 + 1e-5)
     A = torch.exp(layer.A_log.detach())
     assert A.min() >= 2 - 1e-5 and A.max() <= 4 + 1e-5
-    for p in (layer.A_log, layer.D, layer.dt_bias):
-        assert getattr(p, "_no_weight_decay", False)
+    from ssmkit.training.optim import param_groups
+
+    no_decay = {id(p) for g in param_groups(layer, 0.1) if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert {id(p) for p in (layer.A_log, layer.D, layer.dt_bias)} <= no_decay
     keys = set(layer.state_dict())
     assert {
         "in_proj.weight",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers import assert_rel
 
 from ssmkit.layers.mlp import MLP, GatedMLP, MoE
+from tests.helpers import assert_rel
 
 
 def test_gated_mlp_is_swiglu():

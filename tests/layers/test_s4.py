@@ -6,9 +6,10 @@ import time
 
 import pytest
 import torch
-from tests.helpers import TOL, assert_rel, check_laws, rel_err
 
 from ssmkit.layers import S4, S4D
+from ssmkit.math import dplr
+from tests.helpers import TOL, assert_rel, check_laws, rel_err
 
 # The layers build on ssmkit.math (another engineer's module): skip, saying so, until it lands.
 _NEEDS = ["ssmkit.math.hippo", "ssmkit.math.discretize", "ssmkit.math.kernels"]
@@ -63,7 +64,8 @@ def _modes(layer, x, chunks=(1000, 1500, 1596)):
         for t in range(x.shape[1]):
             y_t, step_state = layer.step(x[:, t], step_state)
             steps.append(y_t)
-    return (y_conv, s_conv["x"]), (torch.cat(ys, 1), state["x"]), (torch.stack(steps, 1), step_state["x"])
+    key = layer.state_key
+    return (y_conv, s_conv[key]), (torch.cat(ys, 1), state[key]), (torch.stack(steps, 1), step_state[key])
 
 
 @pytest.mark.parametrize(
@@ -162,19 +164,21 @@ def test_step_cache_follows_updates():
 
 @pytest.mark.parametrize("cls", [S4D, S4])
 def test_param_groups_cover_every_parameter_once(cls):
+    """The layer hands the optimizer its SSM group (own lr, no decay); the rest follows the general
+    rules: C and the output matrix decay, D does not."""
+    from ssmkit.training.optim import build_optimizer
+
     layer = cls(4, d_state=8, lr=1e-3)
-    groups = layer.param_groups(weight_decay=0.1, lr=1e-2)
+    opt = build_optimizer(layer, lr=1e-2, weight_decay=0.1)
+    groups = opt.param_groups
     seen = [id(p) for g in groups for p in g["params"]]
     assert sorted(seen) == sorted(id(p) for p in layer.parameters()), "each parameter exactly once"
-    base, ssm = groups
-    assert (base["weight_decay"], base["lr"]) == (0.1, 1e-2)
-    assert (ssm["weight_decay"], ssm["lr"]) == (0.0, 1e-3)
     names = {id(p): n for n, p in layer.named_parameters()}
-    slow = {names[id(p)] for p in ssm["params"]}
-    assert {"log_dt", "log_A_real", "B"} <= slow and "C" not in slow and "D" not in slow
-    if cls is S4:
-        assert "P" in slow
-    torch.optim.AdamW(groups)                                              # the groups are valid
+    by_name = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    for name in ("log_dt", "log_A_real", "B") + (("P",) if cls is S4 else ()):
+        assert by_name[name] == (1e-3, 0.0), name
+    assert by_name["C"] == (1e-2, 0.1) and by_name["output_linear.weight"] == (1e-2, 0.1)
+    assert by_name["D"] == (1e-2, 0.0)
 
 
 def test_half_precision_input_is_upcast():
@@ -191,7 +195,7 @@ def test_state_is_complex_or_real():
     assert S4D(3, d_state=8).init_state(2)["x"].dtype == torch.complex64
     assert S4D(3, d_state=8, init="real").init_state(2)["x"].dtype == torch.float32
     assert S4D(3, d_state=8, init="real").init_state(2)["x"].shape == (2, 3, 8)
-    assert S4(3, d_state=8).init_state(2, dtype=torch.float64)["x"].dtype == torch.complex128
+    assert S4(3, d_state=8).init_state(2, dtype=torch.float64)["x_dplr"].dtype == torch.complex128
 
 
 def test_errors_name_the_argument():
@@ -216,29 +220,6 @@ def test_errors_name_the_argument():
         layer.step(torch.randn(2, 5), layer.init_state(2))
 
 
-@pytest.mark.parametrize("measure", MEASURES)
-def test_s4_woodbury_step_matches_dense_bilinear(measure):
-    """Chain of trust: the O(N r) step equals the dense bilinear system of ssmkit.math.kernels.dplr_to_dense
-    (on the full conjugate-symmetric state), and so do Bd and the recurrent C = C~ (I - Ad^l_max)^-1."""
-    from ssmkit.math.kernels import c_from_c_tilde, dplr_to_dense
-
-    layer = S4(3, d_state=8, measure=measure, l_max=32).double()
-    with torch.no_grad():
-        Lambda, P, B, Ct, dt = layer._params(torch.float64)
-        Ad, Bd, Ct_full = dplr_to_dense(Lambda, P, B, Ct[0], dt, "bilinear")   # (H, N, N), (H, N), (H, N)
-        rec = layer._recurrence(torch.float64)
-        x = torch.randn(5, 3, 4, dtype=torch.complex128)
-        x_full = torch.cat([x, x.conj()], -1)
-        u = torch.randn(5, 3, dtype=torch.float64)
-        want = torch.einsum("hmn,bhn->bhm", Ad, x_full) + Bd * u[..., None]
-        assert_rel(layer._bilinear_step(rec, x, u), want[..., :4], 1e-10, "step vs dense")
-        C = c_from_c_tilde(Ct_full, Ad, 32)
-        assert_rel(rec["C_true"], C[:, :4], 1e-8, "C from C~")
-        x_real = layer._to_real(x)
-        assert_rel(layer._from_real(torch.einsum("hmn,bhn->bhm", rec["M"], x_real)),
-                   torch.einsum("hmn,bhn->bhm", Ad, x_full)[..., :4], 1e-10, "real matrix M")
-
-
 @pytest.mark.parametrize("make", [lambda: S4D(3, d_state=8), lambda: S4D(3, d_state=8, init="real"),
                                   lambda: S4(3, d_state=8, l_max=8)], ids=["S4D", "S4D-real", "S4"])
 def test_every_parameter_gets_a_gradient(make):
@@ -257,3 +238,26 @@ def test_float32_kernel_option(cls, exact_conv):
     check_laws(layer, torch.randn(2, 12, 3))
     with pytest.raises(ValueError, match="kernel_dtype must be one of"):
         cls(3, kernel_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_s4_woodbury_step_matches_dense_bilinear(measure):
+    """Chain of trust: the O(N r) step equals the dense bilinear system of ssmkit.math.kernels.dplr_to_dense
+    (on the full conjugate-symmetric state), and so do Bd and the recurrent C = C~ (I - Ad^l_max)^-1."""
+    from ssmkit.math.kernels import c_from_c_tilde, dplr_to_dense
+
+    layer = S4(3, d_state=8, measure=measure, l_max=32).double()
+    with torch.no_grad():
+        Lambda, P, B, Ct, dt = layer._params(torch.float64)
+        Ad, Bd, Ct_full = dplr_to_dense(Lambda, P, B, Ct[0], dt, "bilinear")   # (H, N, N), (H, N), (H, N)
+        rec = layer._recurrence(torch.float64)
+        x = torch.randn(5, 3, 4, dtype=torch.complex128)
+        x_full = torch.cat([x, x.conj()], -1)
+        u = torch.randn(5, 3, dtype=torch.float64)
+        want = torch.einsum("hmn,bhn->bhm", Ad, x_full) + Bd * u[..., None]
+        assert_rel(dplr.bilinear_step(rec, x, u), want[..., :4], 1e-10, "step vs dense")
+        C = c_from_c_tilde(Ct_full, Ad, 32)
+        assert_rel(rec["C_true"], C[:, :4], 1e-8, "C from C~")
+        x_real = dplr.to_real(x)
+        assert_rel(dplr.from_real(torch.einsum("hmn,bhn->bhm", rec["M"], x_real)),
+                   torch.einsum("hmn,bhn->bhm", Ad, x_full)[..., :4], 1e-10, "real matrix M")

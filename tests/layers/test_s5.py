@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from tests.helpers import assert_rel, check_chunking, check_laws, check_stepping
 
 from ssmkit.layers import S5
 from ssmkit.layers.s5 import hippo_n
+from tests.helpers import assert_rel, check_chunking, check_laws, check_stepping
 
 # S5/H3 use ssmkit.math (being written by another engineer), H3/Hyena use ssmkit.ops.fft_conv: until
 # those land the tests skip, saying so, instead of failing on a placeholder.

@@ -8,121 +8,10 @@ import os
 
 import pytest
 import torch
-from tests.helpers import assert_rel
 
 from ssmkit import SSMConfig, SSMForCausalLM, SSMForForecasting, SSMForSequenceClassification
-from ssmkit.layers.base import Mixer
-from ssmkit.models.backbone import mixer_class
-from ssmkit.models.config import LAYER_TYPES
-
-# small, fast settings per layer name (the layers' own tests cover their options)
-LAYER_KW = {
-    "s4": {"d_state": 16},
-    "s4d": {"d_state": 16},
-    "mamba": {"d_state": 8},
-    "mamba2": {"d_state": 16, "headdim": 16, "chunk_size": 8},
-    "s5": {"d_state": 16},
-    "h3": {"d_state": 16},
-    "hyena": {"l_max": 64},
-}
-PURE = sorted(LAYER_TYPES)
-HYBRID = [
-    "mamba2*3,attention",
-    "s4d,attention",
-    "mamba,attention",
-    "attention,s5",
-    "h3,mamba2",
-    "hyena,attention",
-]
-
-
-class ToyRecurrence(Mixer):
-    """Test double with a fixed-size state: h_t = a * h_{t-1} + B x_t, plus a 2-tap causal conv of x.
-
-    It lets the model tests exercise recurrent (non-growing) states before the real SSM layers land.
-    """
-
-    def __init__(self, d_model: int):
-        super().__init__()
-        self.d_model = d_model
-        self.B = torch.nn.Linear(d_model, d_model)
-        self.a_logit = torch.nn.Parameter(torch.randn(d_model))
-        self.conv = torch.nn.Parameter(torch.randn(2, d_model) / 2)
-
-    def init_state(self, batch_size, device=None, dtype=None):
-        z = torch.zeros(batch_size, self.d_model, device=device, dtype=dtype or torch.float32)
-        return {"h": z, "x_prev": z.clone()}
-
-    def forward(self, x, state=None, return_state=False):
-        state = self.init_state(x.shape[0], x.device, x.dtype) if state is None else state
-        ys = []
-        for t in range(x.shape[1]):
-            y, state = self.step(x[:, t], state)
-            ys.append(y)
-        y = torch.stack(ys, 1)
-        return (y, state) if return_state else y
-
-    def step(self, x_t, state):
-        a = torch.sigmoid(self.a_logit)
-        h = a * state["h"] + self.B(x_t)
-        return h + self.conv[0] * state["x_prev"] + self.conv[1] * x_t, {"h": h, "x_prev": x_t}
-
-
-@pytest.fixture
-def toy_layer(monkeypatch):
-    """Registers ToyRecurrence as layer name "toy" for one test."""
-    monkeypatch.setitem(LAYER_TYPES, "toy", "tests.models.test_models:ToyRecurrence")
-
-
-def available(kind: str) -> bool:
-    try:
-        mixer_class(kind)
-    except ImportError:
-        return False
-    return True
-
-
-def tiny_cfg(pattern: str, **kw) -> SSMConfig:
-    """A 2-4 layer model, vocabulary 37; skips the test if a layer of the pattern is not built yet."""
-    cfg = SSMConfig(
-        **{
-            "d_model": 32,
-            "n_layer": 4 if "*3" in pattern else 2,
-            "vocab_size": 37,
-            "layers": pattern,
-            "n_head": 4,
-            "n_kv_head": 2,
-            **kw,
-        }
-    )
-    missing = sorted({k for k in cfg.layer_types if not available(k)})
-    if missing:
-        pytest.skip(f"layer(s) {missing} not available yet")
-    kwargs = {k: v for k, v in LAYER_KW.items() if k in cfg.layer_types}
-    cfg.layer_kwargs = {**kwargs, **cfg.layer_kwargs}
-    return SSMConfig.from_dict(cfg.to_dict())
-
-
-def build_or_skip(cls, cfg):
-    """Build a model; skip when a layer imports an ssmkit module that another engineer has not landed yet."""
-    try:
-        model = cls(cfg)
-        with torch.no_grad():  # a layer may import its math lazily, on first forward
-            model(
-                torch.zeros(1, 2, dtype=torch.long)
-                if cfg.input_dim is None
-                else torch.zeros(1, 2, cfg.input_dim)
-            )
-        return model
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("ssmkit."):
-            raise
-        pytest.skip(f"{cfg.layers}: {e.name} not available yet")
-
-
-def tiny_lm(pattern: str, **kw) -> SSMForCausalLM:
-    return build_or_skip(SSMForCausalLM, tiny_cfg(pattern, **kw)).eval()
-
+from tests.helpers import assert_rel
+from tests.models.tiny import HYBRID, PURE, tiny_cfg, tiny_lm
 
 # ---- config ----------------------------------------------------------------------------------
 
@@ -181,8 +70,8 @@ def test_weight_names_follow_mamba_checkpoints():
 # ---- cached == full, chunked == one call -----------------------------------------------------
 
 
-@pytest.mark.parametrize("pattern", PURE + HYBRID + ["toy,attention"])
-def test_step_logits_equal_full_forward(pattern, toy_layer):
+@pytest.mark.parametrize("pattern", PURE + HYBRID)
+def test_step_logits_equal_full_forward(pattern):
     model = tiny_lm(pattern, d_intermediate=48)
     ids = torch.randint(0, 37, (2, 10))
     with torch.no_grad():
@@ -192,8 +81,8 @@ def test_step_logits_equal_full_forward(pattern, toy_layer):
     assert_rel(steps, full, 1e-4, f"{pattern}: step vs full")
 
 
-@pytest.mark.parametrize("pattern", PURE + HYBRID + ["toy,attention"])
-def test_chunked_forward_equals_one_call(pattern, toy_layer):
+@pytest.mark.parametrize("pattern", PURE + HYBRID)
+def test_chunked_forward_equals_one_call(pattern):
     model = tiny_lm(pattern)
     ids = torch.randint(0, 37, (2, 13))
     with torch.no_grad():
@@ -337,7 +226,7 @@ def test_classifier_learns(pattern, bidirectional, pooling):
         pooling=pooling,
         vocab_size=8,
     )
-    model = build_or_skip(SSMForSequenceClassification, cfg)
+    model = SSMForSequenceClassification(cfg)
     ids = torch.randint(1, 8, (16, 12))
     labels = (ids == 3).any(1).long()  # does token 3 occur?
     losses = _train(model, [(ids, labels)])

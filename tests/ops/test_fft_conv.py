@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from tests.helpers import TOL, assert_rel
 
 from ssmkit.ops import fft_conv
 from ssmkit.ops.fft_conv import cpu, reference
+from tests.helpers import TOL, assert_rel
 
 
 def _inputs(b, d, l, lk, dtype, channels=None, skip=True):

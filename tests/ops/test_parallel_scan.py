@@ -3,11 +3,11 @@ state, gradients to a, b and the initial state; real and complex; broadcast a), 
 
 import pytest
 import torch
-from tests.helpers import assert_rel
 
 from ssmkit.ops import parallel_scan
 from ssmkit.ops._dispatch import unsupported_reason
 from ssmkit.ops.parallel_scan import chunked, cpu, reference
+from tests.helpers import assert_rel
 
 HAS_CPU = unsupported_reason("parallel_scan", "cpu", torch.zeros(1)) is None
 TOL = {torch.float32: 1e-5, torch.complex64: 1e-5, torch.float64: 1e-12, torch.complex128: 1e-12}

@@ -7,11 +7,11 @@ import os
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tests.training.test_training import TinyLM, periodic_tokens, tiny_cfg
 
 from ssmkit.training import distributed as D
 from ssmkit.training.data import LMBatches
 from ssmkit.training.loop import train
+from tests.training.test_training import TinyLM, periodic_tokens, tiny_cfg
 
 STEPS, GLOBAL_BATCH = 4, 8
 

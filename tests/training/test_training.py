@@ -22,8 +22,11 @@ from ssmkit.training.optim import build_optimizer, build_scheduler, param_groups
 class TinyLM(nn.Module):
     """Stand-in causal LM (embedding -> causal depthwise conv -> MLP -> logits), HF-style shifted labels.
 
-    It has an `A_log` and a `D` so the parameter groups can be checked without the SSM layers.
+    It has an `A_log` and a `D` (declared without weight decay, as the SSM layers declare theirs) so the
+    parameter groups can be checked without the SSM layers.
     """
+
+    no_weight_decay = ("A_log", "D")
 
     def __init__(self, vocab_size: int = 32, d_model: int = 32, kernel: int = 4):
         super().__init__()
@@ -129,8 +132,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 
 def test_param_groups_no_decay_on_ssm_params():
     model = TinyLM()
-    model.head.bias._no_weight_decay = True
-    model.embedding.weight._no_weight_decay = True  # the flag wins over the matrix rule
+    model.embedding.no_weight_decay = ("weight",)  # a module's declaration wins over the matrix rule
     groups = param_groups(model, weight_decay=0.1)
     by_id = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     names = dict(model.named_parameters())

@@ -6,10 +6,11 @@
     state.save("chat.safetensors"); State.load("chat.safetensors")
     State.from_bytes(state.to_bytes())          # the same bytes, for a database blob
 
-Dependency direction: models -> inference. State knows nothing about models: it stores the layout
-(one layer name per layer) and the model config's hash as plain strings, and a model checks them
-when it is handed a State (`State.check_for`). The only layer it imports (lazily) is Attention, whose
-KV caches of different lengths need left-padding to be batched together.
+Dependency direction: layers -> models -> inference. State knows nothing about models: it stores the
+layout (one layer name per layer) and the model config's hash as plain strings, and a model checks
+them when it is handed a State (`State.check_for`). Rows are joined and taken by each layer's own
+`cat_states` / `select_state`, found through the layer registry by the layout's names (attention's
+and Hyena's states grow with the context, so rows of different lengths are padded to be batched).
 
 Every layer dict follows the mixer protocol (ssmkit/layers/base.py): batch is the first dimension of
 every tensor, and tensors are never modified in place; a State is updated by replacing its dicts.
@@ -83,10 +84,7 @@ class State:
                 raise ValueError(
                     f"State.select: idx must be an int, slice or 1-D index, got shape {tuple(idx.shape)}"
                 )
-        layers = [
-            {k: v[idx.to(v.device)] if isinstance(idx, torch.Tensor) else v[idx] for k, v in d.items()}
-            for d in self.layers
-        ]
+        layers = [_mixer(kind).select_state(d, idx) if d else {} for kind, d in zip(self.layout, self.layers)]
         return State(layers, self.layout, self.config_hash)
 
     def __getitem__(self, idx) -> State:
@@ -109,12 +107,7 @@ class State:
         layers = []
         for i, kind in enumerate(first.layout):
             parts = [s.layers[i] for s in states]
-            if kind == "attention" and parts[0]:
-                from ssmkit.layers.attention import Attention
-
-                layers.append(Attention.cat_states(parts))
-            else:
-                layers.append({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+            layers.append(_mixer(kind).cat_states(parts) if parts[0] else {})
         return State(layers, first.layout, first.config_hash)
 
     # ---- conversions ------------------------------------------------------------------------
@@ -220,3 +213,10 @@ class State:
             {k: tensors[f"layers.{i}.{k}"].to(device) for k in keys} for i, keys in enumerate(header["keys"])
         ]
         return cls(layers, header["layout"], header["config_hash"])
+
+
+def _mixer(kind: str) -> type:
+    """The registered mixer class of a layout name (its cat_states / select_state)."""
+    from ssmkit.layers.registry import mixer_class
+
+    return mixer_class(kind)

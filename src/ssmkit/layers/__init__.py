@@ -6,7 +6,7 @@ from ssmkit.layers.norm import RMSNorm  # noqa: F401
 
 _EXPORTS = {
     "S4": "ssmkit.layers.s4",
-    "S4D": "ssmkit.layers.s4",
+    "S4D": "ssmkit.layers.s4d",
     "S5": "ssmkit.layers.s5",
     "H3": "ssmkit.layers.h3",
     "Hyena": "ssmkit.layers.hyena",

@@ -26,6 +26,7 @@ from torch import nn
 
 from ssmkit._checks import check_positive_int
 from ssmkit.layers.base import Mixer, StateDict
+from ssmkit.layers.registry import register
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -44,6 +45,7 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
     return out.to(x.dtype)
 
 
+@register("attention", config=("n_head", "n_kv_head", "rope_theta", "window"))
 class Attention(Mixer):
     """Causal (or bidirectional) multi-head attention with GQA, RoPE and an optional sliding window.
 
@@ -145,8 +147,8 @@ class Attention(Mixer):
         return y[:, 0], state
 
     # ---- batching states of different lengths -----------------------------------------------
-    @staticmethod
-    def cat_states(states: list[StateDict]) -> StateDict:
+    @classmethod
+    def cat_states(cls, states: list[StateDict]) -> StateDict:
         """Concatenate caches along the batch, left-padding shorter ones with empty slots.
 
         Valid because a slot's position is `pos - t + j`: padding on the left makes it negative.

@@ -9,6 +9,17 @@ A state is a plain `dict[str, Tensor]` whose every tensor has the batch as its f
 a model-level `State` can batch, index, move, save and load it without knowing the layer. Layers
 never modify a state they were given in place: they return a new dict, so gradients reach the
 initial state. Bidirectional layers have no causal state: their `init_state`/`step` raise.
+
+A state given to a layer must have exactly the keys and shapes of its `init_state` (the batch, and
+any dimension that is empty in the initial state because it grows with the context, may differ):
+a state of another layer or another configuration is refused with one clear error.
+
+Batching: `cat_states` joins the states of several sequences along the batch and `select_state`
+takes rows; the defaults concatenate and index every tensor, and a layer whose state grows with the
+context (attention's KV cache, Hyena's history) pads rows of different lengths in `cat_states`.
+
+A mixer registers itself under a pattern name with `ssmkit.layers.registry.register` and lists the
+parameters trained without weight decay in `no_weight_decay`.
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ class Mixer(nn.Module):
 
     d_model: int
     bidirectional: bool = False
+    no_weight_decay: tuple[str, ...] = ()
+    """Names of this module's own parameters that the optimizer must not decay (A_log, D, ...)."""
 
     def forward(self, x: torch.Tensor, state: StateDict | None = None, return_state: bool = False):
         raise NotImplementedError
@@ -60,14 +73,57 @@ class Mixer(nn.Module):
             )
 
     def _check_state(self, state: StateDict, batch_size: int) -> None:
+        """Raise one clear error unless `state` has this layer's keys, shapes and batch size."""
+        name = type(self).__name__
         if not isinstance(state, dict):
-            raise TypeError(f"state must be a dict of tensors (from init_state), got {type(state).__name__}")
-        for k, v in state.items():
-            if not isinstance(v, torch.Tensor) or v.shape[0] != batch_size:
-                shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            got = type(state).__name__
+            raise TypeError(f"{name}: state must be a dict of tensors (from init_state), got {got}")
+        template = self._state_template()
+        if set(state) != set(template):
+            raise ValueError(
+                f"{name}: state has keys {sorted(state)}, but this layer's states have keys "
+                f"{sorted(template)} (a state made by another kind of layer?)"
+            )
+        for k, want in template.items():
+            v = state[k]
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            fits = isinstance(v, torch.Tensor) and v.dim() == len(want) and all(
+                w in (None, g) for w, g in zip(want, v.shape)
+            )
+            if not fits or v.shape[0] != batch_size:
+                shape = ", ".join("*" if w is None else str(w) for w in (batch_size, *want[1:]))
                 raise ValueError(
-                    f"state[{k!r}] must be a tensor with batch size {batch_size} first, got {shape}"
+                    f"{name}: state[{k!r}] must have shape ({shape}) for this layer, got {got} "
+                    "(a state of another configuration, or of another batch?)"
                 )
+
+    def _state_template(self) -> dict[str, tuple[int | None, ...]]:
+        """{key: shape} of this layer's states; None marks the batch and dimensions that grow."""
+        cached = self.__dict__.get("_template")
+        if cached is None:
+            empty = self.init_state(1, device="meta")
+            cached = {k: (None, *(None if s == 0 else s for s in v.shape[1:])) for k, v in empty.items()}
+            self.__dict__["_template"] = cached
+        return cached
+
+    # ---- batching states ----------------------------------------------------------------------
+    @classmethod
+    def cat_states(cls, states: list[StateDict]) -> StateDict:
+        """The states of several sequences joined along the batch, in the order given."""
+        keys = set(states[0])
+        for s in states[1:]:
+            if set(s) != keys:
+                raise ValueError(
+                    f"{cls.__name__}.cat_states: states have different keys {sorted(keys)} and {sorted(s)}"
+                )
+        return {k: torch.cat([s[k] for s in states]) for k in states[0]}
+
+    @classmethod
+    def select_state(cls, state: StateDict, idx) -> StateDict:
+        """Rows `idx` (a slice or a 1-D index tensor) of a state."""
+        if isinstance(idx, torch.Tensor):
+            return {k: v[idx.to(v.device)] for k, v in state.items()}
+        return {k: v[idx] for k, v in state.items()}
 
 
 def state_nbytes(state: StateDict) -> int:

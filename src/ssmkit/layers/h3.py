@@ -34,15 +34,21 @@ import torch
 from torch import nn
 
 from ssmkit._checks import check_choice, check_positive_int
+from ssmkit._dtypes import acc_dtype, complex_of
 from ssmkit.layers.base import Mixer, StateDict
+from ssmkit.layers.registry import register
+from ssmkit.math.diagonal import final_state, free_response
+from ssmkit.math.init import log_uniform_log_dt
+from ssmkit.math.kernels import diag_kernel
 from ssmkit.ops import fft_conv
 from ssmkit.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 
-_POWERS_CHUNK = 1024  # time positions per block when summing Ad^(L-1-j) for the final state
 
-
+@register("h3")
 class H3(Mixer):
-    """H3 layer (see the module docstring).
+    """H3: a shift SSM and a diagonal SSM with multiplicative gates (Hungry Hungry Hippos).
+
+    See the module docstring.
 
     Args:
         d_model: channels in and out.
@@ -54,6 +60,8 @@ class H3(Mixer):
         dt_min, dt_max: log-uniform range of the initial steps.
         bidirectional: must be False (raises otherwise).
     """
+
+    no_weight_decay = ("A_log", "A_im", "log_dt", "D")
 
     def __init__(
         self,
@@ -102,7 +110,7 @@ class H3(Mixer):
         A, B = s4d_init(init, d_state)                                    # (N/2,) complex
         A, B = A.expand(H, -1), B.expand(H, -1)
         C = torch.randn(H, d_state // 2, dtype=torch.complex128) * math.sqrt(0.5)
-        log_dt = torch.rand(H, dtype=torch.float64) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        log_dt = log_uniform_log_dt(H, dt_min, dt_max)
         self.A_log = nn.Parameter(torch.log(-A.real).to(**factory))       # Re A = -exp(A_log) < 0
         self.A_im = nn.Parameter(A.imag.to(**factory).clone())
         self.B = nn.Parameter(torch.view_as_real(B.clone()).to(**factory))  # (H, N/2, 2)
@@ -115,7 +123,7 @@ class H3(Mixer):
         """A, B, C (H, N/2) complex, dt (H,), and the discretized Ad, Bd (H, N/2)."""
         from ssmkit.math import discretize
 
-        cdt = torch.complex128 if real == torch.float64 else torch.complex64
+        cdt = complex_of(real)
         A = torch.complex(-self.A_log.to(real).exp(), self.A_im.to(real)).to(cdt)
         B = torch.view_as_complex(self.B.to(real).contiguous())
         C = torch.view_as_complex(self.C.to(real).contiguous())
@@ -135,7 +143,7 @@ class H3(Mixer):
         H, p = self.n_heads, self.head_dim
         if state is not None:
             self._check_state(state, b)
-        real = torch.float64 if x.dtype == torch.float64 else torch.float32
+        real = acc_dtype(x.dtype)
         q, k, v = self.in_proj(x).to(real).transpose(1, 2).chunk(3, dim=1)   # (b, D, l) each
         hist = None if state is None else state["shift"].to(real)
         k, shift_state = causal_conv1d(k, self._shift_weight(real), initial_state=hist,
@@ -143,22 +151,24 @@ class H3(Mixer):
         kv = k.reshape(b, H, p, 1, L) * v.reshape(b, H, 1, p, L)          # (b, H, p, p, l)
 
         A, B, C, dt, Ad, Bd = self._diag(real)
-        K = _diag_kernel(A, B, C, dt, L, self.discretization)             # (H, l)
+        K = diag_kernel(A, B, C, dt, L, discretization=self.discretization, conj_sym=True)   # (H, l)
         Kx = K.repeat_interleave(p * p, dim=0)                            # (H*p*p, l)
         Dx = self.D.to(real).repeat_interleave(p * p)
-        ykv = fft_conv(kv.reshape(b, H * p * p, L), Kx, Dx).reshape(b, H, p, p, L)
+        ykv = fft_conv(kv.reshape(b, H * p * p, L), Kx, D=Dx).reshape(b, H, p, p, L)
         s0 = None if state is None else state["diag"].to(Ad.dtype)       # (b, H, p, p, N/2)
         if s0 is not None:
-            ykv = ykv + _free_response(Ad, C, s0, L)
+            log_Ad = torch.log(Ad)[:, None, None]                            # (H, 1, 1, N/2)
+            ykv = ykv + free_response(log_Ad, C[:, None, None], s0, L, conj_sym=True)
         y = (q.reshape(b, H, p, 1, L) * ykv).sum(2).reshape(b, H * p, L)  # (b, D, l)
         y = self.out_proj(y.transpose(1, 2).to(x.dtype))
         if not return_state:
             return y
-        return y, {"shift": shift_state, "diag": _final_state(Ad, Bd, kv, s0)}
+        diag = final_state(torch.log(Ad)[:, None, None], Bd[:, None, None], kv, s0)
+        return y, {"shift": shift_state, "diag": diag}
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> StateDict:
-        real = torch.float64 if dtype == torch.float64 else torch.float32
-        cdt = torch.complex128 if real == torch.float64 else torch.complex64
+        real = acc_dtype(dtype)
+        cdt = complex_of(real)
         device = device or self.D.device
         p = self.head_dim
         return {
@@ -171,7 +181,7 @@ class H3(Mixer):
         self._check_state(state, x_t.shape[0])
         b = x_t.shape[0]
         H, p = self.n_heads, self.head_dim
-        real = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+        real = acc_dtype(x_t.dtype)
         q, k, v = self.in_proj(x_t).to(real).chunk(3, dim=-1)             # (b, D) each
         k_s, shift_state = causal_conv1d_update(k, state["shift"].to(real), self._shift_weight(real))
         kv = k_s.reshape(b, H, p, 1) * v.reshape(b, H, 1, p)              # (b, H, p, p)
@@ -182,30 +192,3 @@ class H3(Mixer):
         return self.out_proj(y.to(x_t.dtype)), {"shift": shift_state, "diag": s}
 
 
-def _diag_kernel(A, B, C, dt, L, discretization):
-    from ssmkit.math.kernels import diag_kernel
-
-    return diag_kernel(A, B, C, dt, L, discretization=discretization, conj_sym=True)
-
-
-def _free_response(Ad, C, s0, L):
-    """2 Re(C Ad^{t+1} s0) for t < L: the output of the initial state alone, (b, H, p, p, L)."""
-    from ssmkit.math.kernels import vandermonde_kernel
-
-    dtA = torch.log(Ad)[:, None, None].expand_as(s0)                   # Ad^l = exp(l log Ad)
-    BC = (C * Ad)[:, None, None] * s0                                 # (b, H, p, p, N/2)
-    return vandermonde_kernel(dtA, BC, L, conj_sym=True)
-
-
-def _final_state(Ad, Bd, kv, s0):
-    """s_{L-1} = Ad^L s0 + sum_j Ad^(L-1-j) Bd kv_j, summed in blocks of time: (b, H, p, p, N/2)."""
-    L = kv.shape[-1]
-    logA = torch.log(Ad)                                              # (H, N/2)
-    s = torch.zeros(*kv.shape[:-1], Ad.shape[-1], dtype=Ad.dtype, device=kv.device)
-    for j0 in range(0, L, _POWERS_CHUNK):
-        j = torch.arange(j0, min(j0 + _POWERS_CHUNK, L), device=kv.device, dtype=logA.real.dtype)
-        W = torch.exp(logA.unsqueeze(-1) * (L - 1 - j)) * Bd.unsqueeze(-1)   # (H, N/2, c)
-        s = s + torch.einsum("bhxyc,hnc->bhxyn", kv[..., j0 : j0 + len(j)].to(W.dtype), W)
-    if s0 is not None:
-        s = s + torch.exp(logA * L)[:, None, None] * s0
-    return s

@@ -34,6 +34,7 @@ from torch import nn
 
 from ssmkit._checks import check_positive_int
 from ssmkit.layers.base import Mixer, StateDict
+from ssmkit.layers.registry import register
 from ssmkit.ops import fft_conv
 
 
@@ -80,8 +81,11 @@ class ImplicitFilter(nn.Module):
         return (h * window.to(h.dtype)).T.to(dtype)                                       # (channels, L)
 
 
+@register("hyena")
 class Hyena(Mixer):
-    """Hyena operator (see the module docstring).
+    """Hyena: long implicit convolutions interleaved with data-controlled gates.
+
+    See the module docstring.
 
     Args:
         d_model: channels in and out.
@@ -160,7 +164,7 @@ class Hyena(Mixer):
             if state is not None:
                 v = torch.cat([state["history"][:, o].to(v.dtype), v], dim=-1)          # (b, d, T+l)
             hist.append(v)
-            v = xs[o] * fft_conv(v, h[o], self.bias[o].to(v.dtype))[..., T:]            # (b, d, l)
+            v = xs[o] * fft_conv(v, h[o], D=self.bias[o].to(v.dtype))[..., T:]          # (b, d, l)
         y = self.out_proj(v.transpose(1, 2))
         if not return_state:
             return y
@@ -174,6 +178,14 @@ class Hyena(Mixer):
             "short": torch.zeros(batch_size, (self.order + 1) * self.d_model, self.short_filter_order - 1,
                                  device=device, dtype=dtype),
         }
+
+    @classmethod
+    def cat_states(cls, states: list[StateDict]) -> StateDict:
+        """Histories of different lengths are left-padded with zeros: an input of 0 before a row's first
+        token adds nothing to a long convolution, so every row continues exactly as it would alone."""
+        t = max(s["history"].shape[-1] for s in states)
+        padded = [{**s, "history": F.pad(s["history"], (t - s["history"].shape[-1], 0))} for s in states]
+        return super().cat_states(padded)
 
     def step(self, x_t, state: StateDict):
         """One token; O(t) time: the long convolutions read the whole history (see the module doc)."""

@@ -12,14 +12,9 @@ State (the mixer protocol): {"conv": (b, d_inner, d_conv-1), the last d_conv-1 c
 activation dtype (transformers keeps d_conv entries; we keep exactly what the next step needs),
 "ssm": (b, d_inner, d_state) float32}.
 
-Variable length: `seq_idx` (b, l) or `cu_seqlens` (n_seq+1,) with b == 1 run packed sequences as if
-each were alone (the scan restarts per sequence; the state given applies to the first sequence of a
-row, the state returned is the last sequence's). `attention_mask` (b, l), 1 = token, 0 = pad: pads
-are zeroed before the conv and have delta = 0, so a left-padded row gives the unpadded outputs.
-
-bidirectional=True adds a second, independent Mamba (`reverse.*`, its own parameters, as in
-bidirectional Mamba / Caduceus without weight tying) that reads the reversed sequence; the outputs
-are summed. Such a layer has no causal state (no init_state/step).
+Variable length and bidirectional=True: see `ssmkit.layers.varlen`. Packed sequences run one at a
+time (the scan restarts per sequence; the state given applies to the first sequence of a row, the
+state returned is the last sequence's).
 """
 
 from __future__ import annotations
@@ -30,80 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit._checks import check_tensor
-from ssmkit.layers.base import Mixer, StateDict
+from ssmkit.layers.base import StateDict
+from ssmkit.layers.registry import register
+from ssmkit.layers.varlen import VarlenMixer
+from ssmkit.math.init import inverse_softplus_dt
 from ssmkit.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from ssmkit.ops.selective_scan import selective_scan
 
-# ---- variable-length helpers (shared with mamba2.py) ----------------------------------------------
 
+@register("mamba")
+class Mamba(VarlenMixer):
+    """Mamba (Mamba-1): input-dependent (selective) SSM with a short causal conv and a gate.
 
-def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
-    """cu_seqlens (n_seq + 1,) = [0, l_1, l_1 + l_2, ..., length] -> seq_idx (1, length) int64."""
-    check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32, torch.int64), legend="(n_seq + 1,)")
-    cu = cu_seqlens.long()
-    if cu.numel() < 2 or cu[0].item() != 0 or cu[-1].item() != length or bool((cu[1:] < cu[:-1]).any()):
-        raise ValueError(
-            f"cu_seqlens must start at 0, be nondecreasing and end at the packed length {length}, "
-            f"got {cu_seqlens.tolist()}"
-        )
-    t = torch.arange(length, device=cu.device)
-    return (torch.bucketize(t, cu[1:], right=True))[None]  # (1, l)
+    See the module docstring. `backend` is passed to the ops.
+    """
 
-
-def varlen_args(x, seq_idx, cu_seqlens, attention_mask):
-    """Validate the variable-length arguments; return (seq_idx or None, mask (b, l) in x's dtype or None)."""
-    b, l = x.shape[:2]
-    if seq_idx is not None and cu_seqlens is not None:
-        raise ValueError("pass seq_idx or cu_seqlens, not both")
-    if cu_seqlens is not None:
-        if b != 1:
-            raise ValueError(f"cu_seqlens needs the packed sequences in one row (batch 1), got batch {b}")
-        seq_idx = seq_idx_from_cu_seqlens(cu_seqlens.to(x.device), l)
-    if seq_idx is not None:
-        check_tensor(
-            "seq_idx", seq_idx, shape=(b, l), dtypes=(torch.int32, torch.int64), legend="(batch, length)"
-        )
-        if l > 1 and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
-            raise ValueError("seq_idx must be nondecreasing along each row")
-    if attention_mask is not None:
-        if seq_idx is not None:
-            raise ValueError("pass packed sequences (seq_idx / cu_seqlens) or attention_mask, not both")
-        check_tensor(
-            "attention_mask", attention_mask, shape=(b, l), legend="(batch, length), 1 = token, 0 = pad"
-        )
-        attention_mask = attention_mask.to(x.dtype)
-    return seq_idx, attention_mask
-
-
-def reverse_seq_idx(seq_idx: torch.Tensor | None) -> torch.Tensor | None:
-    """seq_idx of the time-reversed row, made nondecreasing again."""
-    if seq_idx is None:
-        return None
-    r = seq_idx.flip(1)
-    return r[:, :1] - r
-
-
-def mask_conv_state(conv_state: torch.Tensor, seq_idx: torch.Tensor) -> torch.Tensor:
-    """Zero the entries of a final conv state (b, d, k-1) that belong to an earlier packed sequence."""
-    k1 = conv_state.shape[-1]
-    if k1 == 0:
-        return conv_state
-    tail = seq_idx[:, -k1:]  # (b, <=k-1)
-    keep = (tail == seq_idx[:, -1:]).to(conv_state.dtype)
-    keep = F.pad(keep, (k1 - keep.shape[1], 0))  # positions before the start of x: not this sequence's
-    return conv_state * keep[:, None, :]
-
-
-def inverse_softplus_dt(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
-    """dt ~ log-uniform in [dt_min, dt_max] (floored), returned through the inverse softplus (the bias)."""
-    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = dt.clamp(min=dt_init_floor)
-    return dt + torch.log(-torch.expm1(-dt))  # softplus(this) == dt
-
-
-class Mamba(Mixer):
-    """The Mamba-1 mixer (see the module docstring). `backend` is passed to the ops."""
+    no_weight_decay = ("A_log", "D")
 
     def __init__(
         self,
@@ -120,11 +57,11 @@ class Mamba(Mixer):
         conv_bias: bool = True,
         bias: bool = False,
         bidirectional: bool = False,
-        layer_idx: int | None = None,
         backend: str = "auto",
         device=None,
         dtype=None,
     ):
+        init_args = dict(locals())
         super().__init__()
         for name, v in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
             if not isinstance(v, int) or v <= 0:
@@ -135,7 +72,7 @@ class Mamba(Mixer):
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.layer_idx, self.backend, self.bidirectional = layer_idx, backend, bidirectional
+        self.backend, self.bidirectional = backend, bidirectional
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **fk)
         self.conv1d = nn.Conv1d(
@@ -153,32 +90,13 @@ class Mamba(Mixer):
             else:
                 self.dt_proj.weight.uniform_(-std, std)
             self.dt_proj.bias.copy_(inverse_softplus_dt(self.d_inner, dt_min, dt_max, dt_init_floor))
-        self.dt_proj.bias._no_reinit = True
         # S4D-Real: A = -(1, 2, ..., N) for every channel, stored as A_log in float32
         A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
         self.A_log = nn.Parameter(torch.log(A))  # (d_inner, d_state)
-        self.A_log._no_weight_decay = True
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
-        self.D._no_weight_decay = True
 
         if bidirectional:
-            kw = dict(
-                d_state=d_state,
-                d_conv=d_conv,
-                expand=expand,
-                dt_rank=self.dt_rank,
-                dt_min=dt_min,
-                dt_max=dt_max,
-                dt_init=dt_init,
-                dt_scale=dt_scale,
-                dt_init_floor=dt_init_floor,
-                conv_bias=conv_bias,
-                bias=bias,
-                layer_idx=layer_idx,
-                backend=backend,
-                **fk,
-            )
-            self.reverse = Mamba(d_model, **kw)
+            self._add_reverse(init_args)
 
     # ---- the protocol ------------------------------------------------------------------------
     def init_state(self, batch_size: int, device=None, dtype=None) -> StateDict:
@@ -190,31 +108,6 @@ class Mamba(Mixer):
             "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
         }
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        state: StateDict | None = None,
-        return_state: bool = False,
-        *,
-        seq_idx: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ):
-        """x (b, l, d_model) -> y (b, l, d_model) [, state after x]."""
-        self._check_x(x)
-        seq_idx, mask = varlen_args(x, seq_idx, cu_seqlens, attention_mask)
-        if self.bidirectional:
-            if state is not None or return_state:
-                self._check_causal("a state")
-            y, _ = self._forward(x, None, seq_idx, mask)
-            m_r = None if mask is None else mask.flip(1)
-            y_r, _ = self.reverse._forward(x.flip(1), None, reverse_seq_idx(seq_idx), m_r)
-            return y + y_r.flip(1)
-        if state is not None:
-            self._check_state(state, x.shape[0])
-        y, new_state = self._forward(x, state, seq_idx, mask)
-        return (y, new_state) if return_state else y
-
     def step(self, x_t: torch.Tensor, state: StateDict) -> tuple[torch.Tensor, StateDict]:
         """One token x_t (b, d_model) -> y_t (b, d_model), new state; O(1) in time and memory."""
         self._check_causal("step")
@@ -222,7 +115,7 @@ class Mamba(Mixer):
         self._check_state(state, x_t.shape[0])
         u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (b, d_inner) each
         u, conv = causal_conv1d_update(
-            u, state["conv"].to(u.dtype), self._conv_weight(), self.conv1d.bias, "silu"
+            u, state["conv"].to(u.dtype), self._conv_weight(), bias=self.conv1d.bias, activation="silu"
         )
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = dt @ self.dt_proj.weight.t()  # (b, d_inner), bias and softplus inside the scan
@@ -232,12 +125,12 @@ class Mamba(Mixer):
             self._A(),
             B[..., None],
             C[..., None],
-            self.D,
-            z[..., None],
-            self.dt_proj.bias,
-            True,
-            state["ssm"],
-            True,
+            D=self.D,
+            z=z[..., None],
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            initial_state=state["ssm"],
+            return_final_state=True,
             backend=self.backend,
         )
         return self.out_proj(y[..., 0]), {"conv": conv, "ssm": ssm}
@@ -257,7 +150,15 @@ class Mamba(Mixer):
         if mask is not None:
             u = u * mask[:, None, :]  # pads enter the conv as zeros, like an empty state
         conv0 = None if state is None else state["conv"].to(u.dtype)
-        u, conv = causal_conv1d(u, self._conv_weight(), self.conv1d.bias, conv0, "silu", True, self.backend)
+        u, conv = causal_conv1d(
+            u,
+            self._conv_weight(),
+            bias=self.conv1d.bias,
+            initial_state=conv0,
+            activation="silu",
+            return_final_state=True,
+            backend=self.backend,
+        )
         x_dbl = self.x_proj(u.transpose(1, 2))  # (b, l, dt_rank + 2 d_state)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (b, d_inner, l)
@@ -272,12 +173,12 @@ class Mamba(Mixer):
             self._A(),
             B.transpose(1, 2),
             C.transpose(1, 2),
-            self.D,
-            z,
-            delta_bias,
-            softplus,
-            None if state is None else state["ssm"],
-            True,
+            D=self.D,
+            z=z,
+            delta_bias=delta_bias,
+            delta_softplus=softplus,
+            initial_state=None if state is None else state["ssm"],
+            return_final_state=True,
             backend=self.backend,
         )  # y: (b, d_inner, l)
         return self.out_proj(y.transpose(1, 2)), {"conv": conv, "ssm": ssm}

@@ -11,10 +11,9 @@ Parameter names and shapes are the published checkpoints' (and transformers' Mam
 State: {"conv": (b, d_inner + 2 G N, d_conv-1), the last d_conv-1 conv inputs (transformers keeps
 d_conv), "ssm": (b, H, P, N) float32}.
 
-Variable length: `seq_idx` (b, l) or `cu_seqlens` (b == 1) run packed sequences as if each were alone:
+Variable length and bidirectional=True: see `ssmkit.layers.varlen`. Packed sequences run in one call:
 the conv taps and the SSD state stop at every boundary; a given state applies to each row's first
-sequence. `attention_mask` (b, l), 1 = token, 0 = pad: pads are zeroed before the conv and get dt = 0.
-bidirectional=True adds an independent second Mamba2 (`reverse.*`) over the reversed sequence; summed.
+sequence.
 """
 
 from __future__ import annotations
@@ -25,15 +24,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.layers.base import Mixer, StateDict
-from ssmkit.layers.mamba import inverse_softplus_dt, mask_conv_state, reverse_seq_idx, varlen_args
+from ssmkit.layers.base import StateDict
 from ssmkit.layers.norm import RMSNorm
+from ssmkit.layers.registry import register
+from ssmkit.layers.varlen import VarlenMixer, mask_conv_state
+from ssmkit.math.init import inverse_softplus_dt
 from ssmkit.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from ssmkit.ops.ssd import ssd
 
 
-class Mamba2(Mixer):
-    """The Mamba-2 mixer (see the module docstring). `backend` is passed to the ops."""
+@register("mamba2")
+class Mamba2(VarlenMixer):
+    """Mamba-2: selective SSM with a scalar decay per head, computed in chunks by matmuls (SSD).
+
+    See the module docstring. `backend` is passed to the ops.
+    """
+
+    no_weight_decay = ("A_log", "D", "dt_bias")
 
     def __init__(
         self,
@@ -55,11 +62,11 @@ class Mamba2(Mixer):
         norm_eps: float = 1e-5,
         D_has_hdim: bool = False,
         bidirectional: bool = False,
-        layer_idx: int | None = None,
         backend: str = "auto",
         device=None,
         dtype=None,
     ):
+        init_args = dict(locals())
         super().__init__()
         for name, v in (
             ("d_model", d_model),
@@ -90,7 +97,7 @@ class Mamba2(Mixer):
         self.d_inner, self.headdim, self.nheads, self.ngroups = d_inner, headdim, nheads, ngroups
         self.chunk_size, self.dt_limit = chunk_size, (float(dt_limit[0]), float(dt_limit[1]))
         self.rmsnorm, self.D_has_hdim = rmsnorm, D_has_hdim
-        self.layer_idx, self.backend, self.bidirectional = layer_idx, backend, bidirectional
+        self.backend, self.bidirectional = backend, bidirectional
         self.conv_dim = d_inner + 2 * ngroups * d_state
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + nheads, bias=bias, **fk)
@@ -104,12 +111,9 @@ class Mamba2(Mixer):
             **fk,
         )
         self.dt_bias = nn.Parameter(inverse_softplus_dt(nheads, dt_min, dt_max, dt_init_floor).to(device))
-        self.dt_bias._no_weight_decay = True
         A = torch.empty(nheads, dtype=torch.float32).uniform_(*A_init_range)
         self.A_log = nn.Parameter(torch.log(A).to(device))  # (nheads,) float32
-        self.A_log._no_weight_decay = True
         self.D = nn.Parameter(torch.ones(d_inner if D_has_hdim else nheads, device=device))
-        self.D._no_weight_decay = True
         if rmsnorm:
             self.norm = RMSNorm(d_inner, eps=norm_eps, group_size=d_inner // ngroups)
             if device is not None or dtype is not None:
@@ -117,28 +121,7 @@ class Mamba2(Mixer):
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **fk)
 
         if bidirectional:
-            kw = dict(
-                d_state=d_state,
-                d_conv=d_conv,
-                expand=expand,
-                headdim=headdim,
-                ngroups=ngroups,
-                chunk_size=chunk_size,
-                A_init_range=A_init_range,
-                dt_min=dt_min,
-                dt_max=dt_max,
-                dt_init_floor=dt_init_floor,
-                dt_limit=dt_limit,
-                conv_bias=conv_bias,
-                bias=bias,
-                rmsnorm=rmsnorm,
-                norm_eps=norm_eps,
-                D_has_hdim=D_has_hdim,
-                layer_idx=layer_idx,
-                backend=backend,
-                **fk,
-            )
-            self.reverse = Mamba2(d_model, **kw)
+            self._add_reverse(init_args)
 
     # ---- the protocol ------------------------------------------------------------------------
     def init_state(self, batch_size: int, device=None, dtype=None) -> StateDict:
@@ -152,31 +135,6 @@ class Mamba2(Mixer):
             ),
         }
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        state: StateDict | None = None,
-        return_state: bool = False,
-        *,
-        seq_idx: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ):
-        """x (b, l, d_model) -> y (b, l, d_model) [, state after x]."""
-        self._check_x(x)
-        seq_idx, mask = varlen_args(x, seq_idx, cu_seqlens, attention_mask)
-        if self.bidirectional:
-            if state is not None or return_state:
-                self._check_causal("a state")
-            y, _ = self._forward(x, None, seq_idx, mask)
-            m_r = None if mask is None else mask.flip(1)
-            y_r, _ = self.reverse._forward(x.flip(1), None, reverse_seq_idx(seq_idx), m_r)
-            return y + y_r.flip(1)
-        if state is not None:
-            self._check_state(state, x.shape[0])
-        y, new_state = self._forward(x, state, seq_idx, mask)
-        return (y, new_state) if return_state else y
-
     def step(self, x_t: torch.Tensor, state: StateDict) -> tuple[torch.Tensor, StateDict]:
         """One token x_t (b, d_model) -> y_t (b, d_model), new state; O(1) in time and memory."""
         self._check_causal("step")
@@ -184,7 +142,11 @@ class Mamba2(Mixer):
         self._check_state(state, x_t.shape[0])
         z, xBC, dt = self.in_proj(x_t).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         xBC, conv = causal_conv1d_update(
-            xBC, state["conv"].to(xBC.dtype), self.conv1d.weight[:, 0, :], self.conv1d.bias, "silu"
+            xBC,
+            state["conv"].to(xBC.dtype),
+            self.conv1d.weight[:, 0, :],
+            bias=self.conv1d.bias,
+            activation="silu",
         )
         y, ssm = self._ssd(xBC[:, None], dt[:, None], z[:, None], state["ssm"], None, None, chunk_size=1)
         return self.out_proj(y[:, 0]), {"conv": conv, "ssm": ssm}
@@ -208,15 +170,15 @@ class Mamba2(Mixer):
             -torch.exp(self.A_log.float()),
             B.reshape(b, l, G, N),
             C.reshape(b, l, G, N),
-            chunk_size,
-            D,
-            gate,
-            dt_bias,
-            softplus,
-            limit,
-            ssm0,
-            seq_idx,
-            True,
+            chunk_size=chunk_size,
+            D=D,
+            z=gate,
+            dt_bias=dt_bias,
+            dt_softplus=softplus,
+            dt_limit=limit,
+            initial_state=ssm0,
+            seq_idx=seq_idx,
+            return_final_state=True,
             backend=self.backend,
         )
         y = y.reshape(b, l, self.d_inner)
@@ -231,11 +193,12 @@ class Mamba2(Mixer):
             xBC = xBC * mask[:, None, :]  # pads enter the conv as zeros, like an empty state
         conv0 = None if state is None else state["conv"].to(xBC.dtype)
         w = self.conv1d.weight[:, 0, :]  # (conv_dim, d_conv)
+        conv_kw = dict(bias=self.conv1d.bias, initial_state=conv0, activation="silu", return_final_state=True)
         if seq_idx is not None:
-            xBC, conv = causal_conv1d(xBC, w, self.conv1d.bias, conv0, "silu", True, seq_idx=seq_idx)
+            xBC, conv = causal_conv1d(xBC, w, seq_idx=seq_idx, **conv_kw)
             conv = mask_conv_state(conv, seq_idx)
         else:
-            xBC, conv = causal_conv1d(xBC, w, self.conv1d.bias, conv0, "silu", True, self.backend)
+            xBC, conv = causal_conv1d(xBC, w, backend=self.backend, **conv_kw)
         ssm0 = None if state is None else state["ssm"]
         y, ssm = self._ssd(xBC.transpose(1, 2), dt, z, ssm0, seq_idx, mask, self.chunk_size)
         return self.out_proj(y), {"conv": conv, "ssm": ssm}

@@ -36,10 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmkit._checks import FLOAT_DTYPES, check_choice, check_positive_int, check_tensor
+from ssmkit._dtypes import acc_dtype, complex_of
 from ssmkit.layers.base import Mixer, StateDict
+from ssmkit.layers.registry import register
+from ssmkit.math.init import log_uniform_log_dt
 from ssmkit.ops import parallel_scan
-
-_COMPLEX = {torch.float64: torch.complex128}
 
 
 def hippo_n(N: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +74,7 @@ def _discretize(Lambda: torch.Tensor, step: torch.Tensor, method: str) -> tuple[
     return Lambda_bar.reshape(shape), B_bar.reshape(shape)
 
 
+@register("s5")
 class S5(Mixer):
     """S5 layer: y = activation(SSM(u)), SSM a MIMO diagonal complex SSM of size d_state (see module doc).
 
@@ -88,6 +90,8 @@ class S5(Mixer):
         bidirectional: a second output matrix C reads a backward scan (same Lambda, B); no streaming.
         activation: "gelu" | "identity" | "half_glu" (gelu, then times sigmoid(W y)), after the SSM.
     """
+
+    no_weight_decay = ("Lambda_re", "Lambda_im", "log_dt", "D")
 
     def __init__(
         self,
@@ -135,7 +139,7 @@ class S5(Mixer):
         C = torch.randn(n_out, d_model, d_state, dtype=torch.complex128) / math.sqrt(d_state)
         B_tilde = Vinv @ B.to(torch.complex128)                           # (n, H)
         C_tilde = C @ V                                                   # (n_out, H, n)
-        log_dt = torch.rand(n, dtype=torch.float64) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        log_dt = log_uniform_log_dt(n, dt_min, dt_max)
 
         # complex parameters as real (.., 2) pairs: optimizers and state_dict stay real
         self.Lambda_re = nn.Parameter(Lambda.real.to(**factory))
@@ -151,12 +155,9 @@ class S5(Mixer):
         re = self.Lambda_re.clamp(max=-1e-4) if self.clip_eigs else self.Lambda_re
         return torch.complex(re, self.Lambda_im)                          # (n,)
 
-    def _complex_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        return _COMPLEX.get(dtype, torch.complex64)
-
     def _discrete(self, dt: torch.Tensor | None, real: torch.dtype):
         """Lambda_bar and the B_bar factor (B_bar = factor * B~), both (1, 1, n) or with dt (b, l, n)."""
-        Lambda = self._Lambda().to(self._complex_dtype(real))
+        Lambda = self._Lambda().to(complex_of(real))
         step = self.log_dt.to(real).exp()                                 # (n,)
         step = step.view(1, 1, -1) if dt is None else dt.to(real).reshape(*dt.shape[:2], 1) * step
         return _discretize(Lambda.view(1, 1, -1), step, self.discretization)
@@ -176,7 +177,7 @@ class S5(Mixer):
     def forward(self, x, state: StateDict | None = None, return_state: bool = False, dt=None):
         self._check_x(x)
         batch, length = x.shape[:2]
-        real = torch.float64 if x.dtype == torch.float64 else torch.float32
+        real = acc_dtype(x.dtype)
         if dt is not None:
             legend = "(batch, length) or (batch, length, 1)"
             check_tensor("dt", dt, ndim=(2, 3), dtypes=FLOAT_DTYPES, legend=legend)
@@ -190,7 +191,7 @@ class S5(Mixer):
         h0 = None
         if state is not None:
             self._check_state(state, batch)
-            h0 = state["x"].to(self._complex_dtype(real))
+            h0 = state["x"].to(complex_of(real))
         u = x.to(real)
         Lambda_bar, factor = self._discrete(dt, real)                    # (1 or b, 1 or l, n)
         B = torch.view_as_complex(self.B.to(real).contiguous())            # (n, H)
@@ -205,9 +206,9 @@ class S5(Mixer):
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> StateDict:
         self._check_causal("init_state")
-        real = torch.float64 if dtype == torch.float64 else torch.float32
+        real = acc_dtype(dtype)
         return {"x": torch.zeros(batch_size, self.n, device=device or self.D.device,
-                                 dtype=self._complex_dtype(real))}
+                                 dtype=complex_of(real))}
 
     def step(self, x_t, state: StateDict, dt=None):
         """One token: x_t (batch, d_model), optional dt (batch,) or (batch, 1) -> y_t, new state."""

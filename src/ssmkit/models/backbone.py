@@ -9,43 +9,37 @@ Weight names are the published Mamba checkpoints' (`embedding`, `layers.{i}.mixe
 `layers.{i}.norm`, `layers.{i}.norm2`, `layers.{i}.mlp.*`, `norm_f`), so that converting one is a rename.
 Per-layer states travel as a list of dicts (one per block, the mixer protocol's); the heads wrap
 that list in an `ssmkit.State`.
+
+Mixers come from the layer registry (`ssmkit.layers.registry`): a block builds
+`cls(d_model, **config defaults, **layer_kwargs)`, and per-call keywords given to the backbone
+(seq_idx, cu_seqlens, attention_mask, S5's dt, ...) go to every mixer whose forward takes them.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
 from torch import nn
 
+from ssmkit.layers import registry
 from ssmkit.layers.base import StateDict
 from ssmkit.layers.mlp import MLP, GatedMLP, MoE
 from ssmkit.layers.norm import RMSNorm
-from ssmkit.models.config import LAYER_TYPES, SSMConfig
-
-
-def mixer_class(kind: str) -> type:
-    """The mixer class for a layer name of the pattern (imported on first use)."""
-    module, _, cls = LAYER_TYPES[kind].partition(":")
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except (ImportError, AttributeError) as e:
-        raise ImportError(f"layer {kind!r} needs {module}.{cls}, which is not available: {e}") from e
+from ssmkit.models.config import SSMConfig
 
 
 def build_mixer(cfg: SSMConfig, kind: str) -> nn.Module:
-    kwargs = dict(cfg.layer_kwargs.get(kind, {}))
-    if kind == "attention":
-        for name in ("n_head", "n_kv_head", "rope_theta", "window"):
-            kwargs.setdefault(name, getattr(cfg, name))
+    """The mixer of one block: its registered class with the config's defaults and layer_kwargs."""
+    spec = registry.get(kind)
+    kwargs = {name: getattr(cfg, name) for name in spec.config}
+    kwargs.update(cfg.layer_kwargs.get(kind, {}))
     if cfg.bidirectional:
         kwargs["bidirectional"] = True
-    cls = mixer_class(kind)
     try:
-        return cls(cfg.d_model, **kwargs)
+        return spec.cls(cfg.d_model, **kwargs)
     except TypeError as e:
-        raise TypeError(f"cannot build layer {kind!r} ({cls.__name__}) with {kwargs}: {e}") from e
+        raise TypeError(f"cannot build layer {kind!r} ({spec.cls.__name__}) with {kwargs}: {e}") from e
 
 
 def build_mlp(cfg: SSMConfig) -> nn.Module:
@@ -76,6 +70,7 @@ class Block(nn.Module):
         self.kind = kind
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mixer = build_mixer(cfg, kind)
+        self.call_kwargs = frozenset(registry.get(kind).call_kwargs)
         if cfg.d_intermediate > 0:
             self.norm2 = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
             self.mlp = build_mlp(cfg)
@@ -88,12 +83,20 @@ class Block(nn.Module):
         dtype = self.norm2.weight.dtype
         return residual + self.mlp(self.norm2(residual).to(dtype)).to(residual.dtype)
 
-    def forward(self, residual: torch.Tensor, state: StateDict | None = None, return_state: bool = False):
+    def forward(
+        self,
+        residual: torch.Tensor,
+        state: StateDict | None = None,
+        return_state: bool = False,
+        **mixer_kwargs,
+    ):
+        """mixer_kwargs: per-call keywords; the ones this block's mixer takes are passed to it."""
         h = self.norm(residual).to(self.norm.weight.dtype)  # (b, l, d) param dtype
+        kw = {k: v for k, v in mixer_kwargs.items() if k in self.call_kwargs}
         if return_state:
-            y, state = self.mixer(h, state=state, return_state=True)
+            y, state = self.mixer(h, state=state, return_state=True, **kw)
         else:
-            y = self.mixer(h) if state is None else self.mixer(h, state=state)
+            y = self.mixer(h, **kw) if state is None else self.mixer(h, state=state, **kw)
         residual = self._mlp(residual + y.to(residual.dtype))
         return (residual, state) if return_state else residual
 
@@ -146,20 +149,38 @@ class Backbone(nn.Module):
         return [blk.mixer.init_state(batch_size, device=device, dtype=dtype) for blk in self.layers]
 
     def forward(
-        self, inputs: torch.Tensor, states: list[StateDict] | None = None, return_state: bool = False
+        self,
+        inputs: torch.Tensor,
+        states: list[StateDict] | None = None,
+        return_state: bool = False,
+        **mixer_kwargs,
     ):
-        """inputs: (b, l) ids or (b, l, input_dim) -> hidden (b, l, d_model) after norm_f [, new states]."""
+        """inputs: (b, l) ids or (b, l, input_dim) -> hidden (b, l, d_model) after norm_f [, new states].
+
+        mixer_kwargs: per-call keywords (seq_idx, cu_seqlens, attention_mask, dt, ...), each passed to
+        the mixers whose forward takes it; one that no mixer takes raises.
+        """
+        self._check_mixer_kwargs(mixer_kwargs)
         residual = self.embed(inputs)
         new_states = []
         for i, blk in enumerate(self.layers):
             s = None if states is None else states[i]
             if return_state:
-                residual, s = blk(residual, state=s, return_state=True)
+                residual, s = blk(residual, state=s, return_state=True, **mixer_kwargs)
                 new_states.append(compact(s))
             else:
-                residual = blk(residual, state=s)
+                residual = blk(residual, state=s, **mixer_kwargs)
         hidden = self.norm_f(residual).to(self.dtype)
         return (hidden, new_states) if return_state else hidden
+
+    def _check_mixer_kwargs(self, mixer_kwargs: dict) -> None:
+        given = {k for k, v in mixer_kwargs.items() if v is not None}
+        taken = set().union(*(blk.call_kwargs for blk in self.layers))
+        if given - taken:
+            raise TypeError(
+                f"no layer of this model ({sorted(set(self.config.layer_types))}) takes "
+                f"{sorted(given - taken)}; per-call keywords its layers take: {sorted(taken)}"
+            )
 
     def step(self, inputs_t: torch.Tensor, states: list[StateDict]) -> tuple[torch.Tensor, list[StateDict]]:
         """One token per row: ids (b,) or series (b, input_dim) -> hidden (b, d_model), new states."""

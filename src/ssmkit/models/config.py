@@ -12,17 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-# name in a pattern -> "module:Class"; the class is imported only when a model is built.
-LAYER_TYPES: dict[str, str] = {
-    "s4": "ssmkit.layers.s4:S4",
-    "s4d": "ssmkit.layers.s4:S4D",
-    "s5": "ssmkit.layers.s5:S5",
-    "h3": "ssmkit.layers.h3:H3",
-    "hyena": "ssmkit.layers.hyena:Hyena",
-    "mamba": "ssmkit.layers.mamba:Mamba",
-    "mamba2": "ssmkit.layers.mamba2:Mamba2",
-    "attention": "ssmkit.layers.attention:Attention",
-}
+from ssmkit.layers import registry
+
 MLP_TYPES = ("gated", "mlp", "moe")
 POOLINGS = ("mean", "last")
 
@@ -37,10 +28,10 @@ def parse_pattern(pattern: str | list[str], n_layer: int) -> list[str]:
     for item in items:
         name, _, count = item.partition("*")
         name = name.strip()
-        if name not in LAYER_TYPES:
-            raise ValueError(
-                f"unknown layer name {name!r} in layers={pattern!r}; known: {sorted(LAYER_TYPES)}"
-            )
+        try:
+            registry.get(name)
+        except ValueError as e:
+            raise ValueError(f"{e} (in layers={pattern!r})") from None
         try:
             n = int(count) if count else 1
         except ValueError:
@@ -49,7 +40,7 @@ def parse_pattern(pattern: str | list[str], n_layer: int) -> list[str]:
             raise ValueError(f"layers={pattern!r}: the count in {item!r} must be a positive int")
         names += [name] * n
     if not names:
-        raise ValueError(f"layers={pattern!r} names no layer; known: {sorted(LAYER_TYPES)}")
+        raise ValueError(f"layers={pattern!r} names no layer; known: {registry.names()}")
     return [names[i % len(names)] for i in range(n_layer)]
 
 
@@ -64,8 +55,8 @@ class SSMConfig:
     vocab_size: int = 256
     """Token vocabulary size (ignored when `input_dim` is set)."""
     layers: str = "mamba2"
-    """Layer pattern: comma-separated names with optional `*count`, repeated to `n_layer`.
-    Names: s4, s4d, s5, h3, hyena, mamba, mamba2, attention."""
+    """Layer pattern: comma-separated names with optional `*count`, repeated to `n_layer`. Names: every
+    registered mixer (`ssmkit.layers.registry.names()`, listed by `ssmkit info --layers`)."""
     layer_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Keyword arguments per layer name, e.g. {"mamba2": {"headdim": 32}}; passed to the constructor."""
     d_intermediate: int = 0
@@ -145,10 +136,10 @@ class SSMConfig:
                 f"SSMConfig.layer_kwargs must be a dict name -> dict, got {type(self.layer_kwargs)}"
             )
         for name, kw in self.layer_kwargs.items():
-            if name not in LAYER_TYPES:
-                raise ValueError(
-                    f"SSMConfig.layer_kwargs: unknown layer name {name!r}; known: {sorted(LAYER_TYPES)}"
-                )
+            try:
+                registry.get(name)
+            except ValueError as e:
+                raise ValueError(f"SSMConfig.layer_kwargs: {e}") from None
             if not isinstance(kw, dict):
                 raise TypeError(f"SSMConfig.layer_kwargs[{name!r}] must be a dict, got {type(kw).__name__}")
         for name in ("rope_theta", "norm_eps", "moe_aux_weight", "initializer_range"):

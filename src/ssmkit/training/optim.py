@@ -3,8 +3,10 @@
 No weight decay on the SSM's dynamics and on scale/shift parameters: decaying A_log pulls the
 decay rates of A toward 1 (the state stops forgetting), decaying dt_bias / log_dt moves the step
 size, and decaying D, norms and biases has no regularizing meaning (Mamba and S4 train this way).
-A parameter opts out with `param._no_weight_decay = True`; a layer may also hand over its own
-groups with a `param_groups()` method returning [{"params": [...], <AdamW options>}, ...].
+A module lists its own parameters that take no weight decay in `no_weight_decay` (every mixer
+declares them, see `ssmkit.layers.base.Mixer`); biases, vectors and norm weights never take it. A
+module may also hand over groups with their own options (S4's smaller learning rate) with a
+`param_groups()` method returning [{"params": [...], <AdamW options>}, ...].
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ import math
 import torch
 from torch import nn
 
-NO_DECAY_NAMES = ("A_log", "A_re", "A_im", "log_A_real", "A_imag", "D", "dt_bias", "log_dt", "inv_dt")
+
+def _declared_no_decay(model: nn.Module) -> set[int]:
+    """ids of the parameters that their module lists in `no_weight_decay`."""
+    ids = set()
+    for module in model.modules():
+        for name in getattr(module, "no_weight_decay", ()):
+            p = module._parameters.get(name)
+            if p is not None:
+                ids.add(id(p))
+    return ids
 
 
-def _no_decay(name: str, param: nn.Parameter) -> bool:
+def _no_decay(name: str, param: nn.Parameter, declared: set[int]) -> bool:
     leaf = name.rsplit(".", 1)[-1]
-    return (
-        getattr(param, "_no_weight_decay", False)
-        or leaf in NO_DECAY_NAMES
-        or leaf == "bias"
-        or param.ndim < 2
-        or "norm" in name.lower()
-    )
+    return id(param) in declared or leaf == "bias" or param.ndim < 2 or "norm" in name.lower()
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -34,7 +39,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     claimed: set[int] = set()
     for module in model.modules():
         hook = getattr(module, "param_groups", None)
-        if module is model or not callable(hook):
+        if not callable(hook):
             continue
         for group in hook():
             params = [p for p in group["params"] if p.requires_grad and id(p) not in claimed]
@@ -42,11 +47,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             if params:
                 custom.append({**group, "params": params})
     decay, no_decay, seen = [], [], set(claimed)
+    declared = _declared_no_decay(model)
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:  # tied weights appear once
             continue
         seen.add(id(p))
-        (no_decay if _no_decay(name, p) else decay).append(p)
+        (no_decay if _no_decay(name, p, declared) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups + custom if g["params"]]
 
