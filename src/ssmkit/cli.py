@@ -121,12 +121,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _print_layers() -> None:
+    from ssmkit.layers import registry
+
+    print("layer names for SSMConfig.layers (ssmkit.layers.registry):")
+    for name in registry.names():
+        spec = registry.get(name)
+        print(f"  {name:<10} {spec.cls.__name__:<10} {spec.summary}")
+
+
 def cmd_info(args) -> int:
     import torch
 
     from ssmkit.ops._dispatch import available_backends
     from ssmkit.training.run import count_parameters
 
+    if args.layers:
+        _print_layers()
+        return 0
     if args.checkpoint:
         model, _ = _load_model(args.checkpoint)
         source = _model_dir(args.checkpoint)
@@ -274,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint", nargs="?", help="run or model directory (else --config / defaults)")
     i.add_argument("--config", "-c", help="YAML config whose model to describe")
     i.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
+    i.add_argument("--layers", action="store_true", help="list the layer names a pattern can use, and exit")
     i.set_defaults(func=cmd_info)
 
     v = sub.add_parser(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssmkit import SSMForCausalLM, State
-from tests.models.tiny import tiny_cfg, tiny_lm
+from tests.models.tiny import PURE, tiny_cfg, tiny_lm
 
 PATTERNS = ["toy,attention", "attention", "mamba2,attention", "s4d,attention", "mamba"]
 
@@ -35,6 +35,33 @@ def test_rows_and_cat_round_trip(pattern):
     assert_states_equal(State.cat([st.select([2, 0]), st[1]]).select([1, 2, 0]), st)
     with pytest.raises(IndexError, match="out of range"):
         st[3]
+
+
+CAUSAL = [name for name in PURE]  # every registered mixer, the toy included (all are causal-capable)
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_rows_of_different_histories_batch_and_continue_as_alone(name):
+    """For every registered mixer: states read from prompts of different lengths (a growing state,
+    attention's cache or Hyena's history, has a different size per row) are joined with State.cat,
+    continued as one batch, and split again with select: each row equals the row continued alone."""
+    model = tiny_lm(name)
+    rows = []
+    with torch.no_grad():
+        for n in (5, 2, 7):
+            st = model.init_state(1)
+            model(torch.randint(0, 37, (1, n)), state=st)
+            rows.append(st)
+        batch = State.cat(rows)
+        assert batch.batch_size == 3
+        ids = torch.randint(0, 37, (3, 3))
+        logits = model(ids, state=batch).logits
+        for i, st in enumerate(rows):
+            alone = model(ids[i : i + 1], state=st).logits               # st advances like the batch
+            torch.testing.assert_close(logits[i : i + 1], alone, rtol=1e-5, atol=1e-5, msg=f"{name} row {i}")
+            tok = torch.randint(0, 37, (1,))
+            row = batch.select([i])
+            torch.testing.assert_close(model.step(tok, row), model.step(tok, st), rtol=1e-5, atol=1e-5)
 
 
 def test_row_of_state_continues_like_the_batch():

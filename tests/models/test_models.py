@@ -245,6 +245,26 @@ def test_classifier_real_valued_input_and_mask():
     assert_rel(model(x, attention_mask=mask).logits, model(x[:, :6]).logits, 1e-5, "masked mean pooling")
 
 
+BIDIRECTIONAL = ["mamba", "mamba2", "s4d", "s4", "s5", "attention", "mamba2,attention,s4d"]
+
+
+@pytest.mark.parametrize("pattern", BIDIRECTIONAL)
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_padded_bidirectional_batch_equals_rows_alone(pattern, pooling):
+    """Right padding in a bidirectional classifier: the backward direction must skip the pads, so
+    each padded row gives exactly the logits of the row run alone without its pads."""
+    cfg = tiny_cfg(pattern, n_classes=3, bidirectional=True, pooling=pooling, n_layer=3)
+    model = SSMForSequenceClassification(cfg).eval()
+    lengths = [9, 5, 2]
+    ids = torch.randint(1, 37, (3, 9))
+    mask = (torch.arange(9)[None] < torch.tensor(lengths)[:, None]).long()
+    with torch.no_grad():
+        batched = model(ids.masked_fill(mask == 0, 7), attention_mask=mask).logits
+        for i, n in enumerate(lengths):
+            alone = model(ids[i : i + 1, :n]).logits
+            assert_rel(batched[i : i + 1], alone, 1e-5, f"{pattern}: row {i} ({n} tokens)")
+
+
 def test_forecaster_learns_a_sine():
     cfg = SSMConfig(d_model=16, n_layer=1, layers="attention", n_head=2, input_dim=2, horizon=4, revin=True)
     model = SSMForForecasting(cfg)

@@ -104,12 +104,23 @@ class Attention(Mixer):
             "pos": torch.zeros(batch_size, dtype=torch.long, device=device),
         }
 
-    def forward(self, x: torch.Tensor, state: StateDict | None = None, return_state: bool = False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: StateDict | None = None,
+        return_state: bool = False,
+        *,
+        attention_mask: torch.Tensor | None = None,
+    ):
+        """x (b, l, d_model) -> y [, state]. attention_mask (b, l), 1 = token, 0 = pad: no query attends
+        to a pad (a pad attends to itself only), so with rotary's relative positions each row's tokens
+        are computed as if the row had no pads (calls without a carried state)."""
         self._check_x(x)
         if state is not None or return_state:
             self._check_causal("a state")
         if state is not None:
             self._check_state(state, x.shape[0])
+        pad_mask = self._padding_mask(attention_mask, x, stateful=state is not None or return_state)
         b, l, _ = x.shape
         H, Hk, hd = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.in_proj(x).split([H * hd, Hk * hd, Hk * hd], dim=-1)
@@ -125,13 +136,19 @@ class Attention(Mixer):
             v = torch.cat([state["v"].to(v.dtype), v], dim=2)
         t_past = k.shape[2] - l
 
-        if self.bidirectional or (t_past == 0 and self.window is None and state is None):
+        plain = self.bidirectional or (t_past == 0 and self.window is None and state is None)
+        if pad_mask is None and plain:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=not self.bidirectional, enable_gqa=H != Hk)
         else:
             key_pos = pos0[:, None] - t_past + torch.arange(t_past + l, device=x.device)  # (b, t + l)
-            mask = (key_pos[:, None, :] <= positions[:, :, None]) & (key_pos >= 0)[:, None, :]
-            if self.window is not None:
-                mask &= positions[:, :, None] - key_pos[:, None, :] < self.window
+            mask = (key_pos >= 0)[:, None, :].expand(b, l, t_past + l)
+            if not self.bidirectional:
+                mask = mask & (key_pos[:, None, :] <= positions[:, :, None])
+            if self.window is not None and not self.bidirectional:
+                mask = mask & (positions[:, :, None] - key_pos[:, None, :] < self.window)
+            if pad_mask is not None:                                   # stateless: keys are this call's
+                eye = torch.eye(l, dtype=torch.bool, device=x.device)
+                mask = mask & pad_mask.bool()[:, None, :] | eye
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=H != Hk)
         y = self.out_proj(y.transpose(1, 2).reshape(b, l, H * hd))  # (b, l, d_model)
         if not return_state:

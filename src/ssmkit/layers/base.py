@@ -65,6 +65,27 @@ class Mixer(nn.Module):
                 f"{type(self).__name__}: x_t must have shape (batch, {self.d_model}), got {tuple(x_t.shape)}"
             )
 
+    def _padding_mask(self, attention_mask, x: torch.Tensor, stateful: bool) -> torch.Tensor | None:
+        """attention_mask (b, l), 1 = token, 0 = pad -> (b, l) in x's dtype, or None when it has no pad.
+
+        For layers whose pads cannot leave a carried state untouched (time-invariant decay), pads
+        together with a state in or out raise instead of giving a state that differs from the rows'.
+        """
+        if attention_mask is None:
+            return None
+        b, l = x.shape[:2]
+        legend = "(batch, length), 1 = token, 0 = pad"
+        check_tensor("attention_mask", attention_mask, shape=(b, l), legend=legend)
+        mask = attention_mask.to(device=x.device, dtype=x.dtype)
+        if bool((mask != 0).all()):
+            return None
+        if stateful:
+            raise ValueError(
+                f"{type(self).__name__}: attention_mask with padding runs without a carried state only "
+                "(its pads would decay the state); call it without state= and return_state=True"
+            )
+        return mask
+
     def _check_causal(self, what: str) -> None:
         if self.bidirectional:
             raise RuntimeError(

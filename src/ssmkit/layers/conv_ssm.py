@@ -129,13 +129,25 @@ class ConvSSM(Mixer):
                 y = F.glu(y, dim=-1)
         return y
 
-    def forward(self, x: torch.Tensor, state: StateDict | None = None, return_state: bool = False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: StateDict | None = None,
+        return_state: bool = False,
+        *,
+        attention_mask: torch.Tensor | None = None,
+    ):
+        """x (b, l, d_model) -> y [, state]. attention_mask (b, l), 1 = token, 0 = pad: pads enter the
+        convolution as zeros, so each row's tokens are computed as if the row had no pads (no state)."""
         self._check_x(x)
         if self.bidirectional and (state is not None or return_state):
             self._check_causal("a state")
+        mask = self._padding_mask(attention_mask, x, stateful=state is not None or return_state)
         batch, L, _ = x.shape
         real = acc_dtype(x.dtype)
         u = x.transpose(1, 2).to(real)                                     # (b, H, L)
+        if mask is not None:
+            u = u * mask.to(real)[:, None, :]
         K = self.cached_kernel(L, real)                                    # (n_dir, H, L)
         y = fft_conv(u, K[0], D=self.D.to(real))                          # (b, H, L)
         if self.bidirectional:

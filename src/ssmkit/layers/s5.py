@@ -174,7 +174,18 @@ class S5(Mixer):
         return y * torch.sigmoid(self.glu(y)) if self.glu is not None else y
 
     # ---- the protocol ----------------------------------------------------------------------
-    def forward(self, x, state: StateDict | None = None, return_state: bool = False, dt=None):
+    def forward(
+        self,
+        x,
+        state: StateDict | None = None,
+        return_state: bool = False,
+        *,
+        dt: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ):
+        """x (b, l, d_model) -> y [, state]. dt: see the module docstring. attention_mask (b, l), 1 = token,
+        0 = pad: pads get a step of 0 (Lambda_bar = 1, B_bar = 0), so the state passes through them
+        unchanged and each row is computed as if it had no pads, carried states included."""
         self._check_x(x)
         batch, length = x.shape[:2]
         real = acc_dtype(x.dtype)
@@ -188,6 +199,9 @@ class S5(Mixer):
                 )
         if self.bidirectional and (state is not None or return_state):
             self._check_causal("a state")
+        mask = self._padding_mask(attention_mask, x, stateful=False)
+        if mask is not None:
+            dt = mask if dt is None else dt.reshape(batch, length) * mask
         h0 = None
         if state is not None:
             self._check_state(state, batch)
@@ -210,7 +224,7 @@ class S5(Mixer):
         return {"x": torch.zeros(batch_size, self.n, device=device or self.D.device,
                                  dtype=complex_of(real))}
 
-    def step(self, x_t, state: StateDict, dt=None):
+    def step(self, x_t, state: StateDict, *, dt=None):
         """One token: x_t (batch, d_model), optional dt (batch,) or (batch, 1) -> y_t, new state."""
         self._check_causal("step")
         self._check_x_t(x_t)

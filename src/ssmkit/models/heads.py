@@ -311,10 +311,15 @@ class SSMForSequenceClassification(_Encoder):
         self.score = nn.Linear(cfg.d_model, cfg.n_classes)
 
     def forward(self, inputs, labels=None, attention_mask=None) -> ClassifierOutput:
-        """inputs: ids (b, l) or series (b, l, input_dim); attention_mask (b, l): 1 = real (right padding)."""
+        """inputs: ids (b, l) or series (b, l, input_dim); attention_mask (b, l): 1 = real (right padding).
+
+        A bidirectional model hands the mask to its mixers, so the backward direction skips the pads
+        too; causal layers never see right padding before a real token.
+        """
         self._check_inputs(inputs)
         b, L = inputs.shape[:2]
-        hidden = self.backbone(inputs)  # (b, l, d)
+        mixer_mask = attention_mask if self.config.bidirectional else None
+        hidden = self.backbone(inputs, attention_mask=mixer_mask)  # (b, l, d)
         mask = (
             torch.ones(b, L, device=hidden.device)
             if attention_mask is None

@@ -51,20 +51,12 @@ PROMPT = "def "
 
 
 def pick_ssm(name: str = "auto") -> dict:
-    """The SSM of the demo: `name` from SSM_MODELS, or the first whose layer is available."""
-    from ssmkit.models.backbone import mixer_class
-
-    names = list(SSM_MODELS) if name == "auto" else [name]
-    errors = []
-    for n in names:
-        if n not in SSM_MODELS:
-            raise ValueError(f"demo: --ssm must be one of {['auto', *SSM_MODELS]}, got {name!r}")
-        try:
-            mixer_class(n)
-            return dict(SSM_MODELS[n])
-        except ImportError as e:
-            errors.append(str(e))
-    raise ImportError(f"demo: no Mamba-family layer is available: {'; '.join(errors)}")
+    """The SSM of the demo: `name` from SSM_MODELS ("auto": the first, Mamba-2)."""
+    if name == "auto":
+        return dict(next(iter(SSM_MODELS.values())))
+    if name not in SSM_MODELS:
+        raise ValueError(f"demo: --ssm must be one of {['auto', *SSM_MODELS]}, got {name!r}")
+    return dict(SSM_MODELS[name])
 
 
 def match_transformer(ssm_params: int, base: dict, vocab_size: int) -> dict:
