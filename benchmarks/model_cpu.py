@@ -41,17 +41,17 @@ def patch_ssmkit() -> None:
     """Route transformers' Mamba CPU fallbacks to ssmkit's fused kernels (process-wide)."""
     from transformers.models.mamba import modeling_mamba as hf
 
-    from ssmkit.ops.causal_conv1d import cpu as conv
-    from ssmkit.ops.selective_scan import cpu as scan
+    from ssmkit.ops.causal_conv1d import numba as conv
+    from ssmkit.ops.selective_scan import numba as scan
 
     def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False, **_):
         # HF passes B, C as (b, n, l): one group
-        return scan.selective_scan(u, delta, A, B[:, None], C[:, None], D, z, delta_bias, delta_softplus,
-                                   None, return_last_state)
+        return scan.selective_scan(u, delta, A, B[:, None], C[:, None], D=D, z=z, delta_bias=delta_bias,
+                                   delta_softplus=delta_softplus, return_final_state=return_last_state)
 
     def causal_conv1d_fn(x, weight, bias=None, activation=None, **_):
-        return conv.causal_conv1d(x, weight, bias, None, activation, False)
+        return conv.causal_conv1d(x, weight, bias=bias, activation=activation)
 
     hf.mamba_selective_scan = selective_scan
     hf.causal_conv1d_fn = causal_conv1d_fn

@@ -7,13 +7,13 @@ the machine's own ceilings (fp32 matmul GFLOP/s, torch.exp G/s) measured in the 
     options: --cap SECONDS (per cell, default 60), --out PATH (default benchmarks/results/ops_cpu.md)
 
 Mamba-1 (selective scan, d=1536, n=16, float32, delta_softplus, D, z gate):
-    ssmkit cpu   ssmkit.ops.selective_scan.cpu (fused numba scan)
+    ssmkit numba ssmkit.ops.selective_scan.numba (fused numba scan)
     loop         ssmkit.ops.selective_scan.reference (the sequential oracle)
     hf loop      transformers' mamba_selective_scan CPU fallback (a Python loop over the sequence)
     pscan        the same HF function with use_mambapy=True: mamba.py's pscan on (b, l, d, n) tensors
 Mamba-2 (SSD, h=24, p=64, n=128, g=1, dt_softplus, D):
-    ssmkit cpu   ssmkit.ops.ssd.cpu (fused numba recurrence)
-    loop         ssmkit.ops.ssd.reference (when present)
+    ssmkit numba ssmkit.ops.ssd.numba (fused numba recurrence)
+    loop         ssmkit.ops.ssd.reference (the sequential oracle)
     hf chunked   transformers' mamba2_chunk_scan torch path (chunk 256), the Mamba2Mixer torch_forward scan
 Every cell runs in its own subprocess (time = median of up to 8 calls within 2 s, peak = the process's
 resident high-water mark added by the calls); a cell over --cap seconds prints "skipped (>Ns)".
@@ -21,7 +21,7 @@ Cells run under glibc's default allocator settings, as a user's process does (ex
 benchmarks/_cells.py): a fixed mmap threshold made every path page-fault all its temporaries on
 every call, which slowed the sequential loop 5x (27 s instead of 5.4 s at b=1, l=2048) and
 flattered every ratio against it. The peak then includes what glibc keeps of freed blocks.
-Ratios are peer time / ssmkit cpu time (higher = ssmkit faster) and peer memory / ssmkit memory.
+Ratios are peer time / ssmkit numba time (higher = ssmkit faster) and peer memory / ssmkit memory.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from benchmarks._cells import run_cell
 
 D_MODEL1, N1 = 1536, 16
 H2, P2, N2 = 24, 64, 128
-MAMBA1_PATHS = ("ssmkit cpu", "loop", "hf loop", "pscan")
-MAMBA2_PATHS = ("ssmkit cpu", "loop", "hf chunked")
+MAMBA1_PATHS = ("ssmkit numba", "loop", "hf loop", "pscan")
+MAMBA2_PATHS = ("ssmkit numba", "loop", "hf chunked")
 _HERE = "benchmarks.ops_cpu"  # the child processes import the cells from here
 
 
@@ -66,18 +66,15 @@ def _mamba1_inputs(b, L, grad):
 def mamba1_cell(path: str, b: int, L: int, backward: bool):
     def make(L):
         t = _mamba1_inputs(b, L, backward)
-        if path == "ssmkit cpu":
-            from ssmkit.ops.selective_scan import cpu
+        if path in ("ssmkit numba", "loop"):
+            from ssmkit.ops.selective_scan import numba, reference
+
+            tier = numba if path == "ssmkit numba" else reference
 
             def fwd():
-                return cpu.selective_scan(t["u"], t["delta"], t["A"], t["B"][:, None], t["C"][:, None],
-                                          t["D"], t["z"], t["delta_bias"], True, None, False)
-        elif path == "loop":
-            from ssmkit.ops.selective_scan import reference
-
-            def fwd():
-                return reference.selective_scan(t["u"], t["delta"], t["A"], t["B"][:, None], t["C"][:, None],
-                                                t["D"], t["z"], t["delta_bias"], True, None, False)
+                B, C = t["B"][:, None], t["C"][:, None]  # (b, 1, n, l): one group
+                return tier.selective_scan(t["u"], t["delta"], t["A"], B, C, D=t["D"], z=t["z"],
+                                           delta_bias=t["delta_bias"], delta_softplus=True)
         else:
             from transformers.models.mamba import modeling_mamba as hf
 
@@ -111,15 +108,14 @@ def mamba2_cell(path: str, b: int, L: int, backward: bool):
     def make(L):
         t = _mamba2_inputs(b, L, backward)
         lim = (0.0, float("inf"))
-        if path in ("ssmkit cpu", "loop"):
-            import importlib
+        if path in ("ssmkit numba", "loop"):
+            from ssmkit.ops.ssd import numba, reference
 
-            backend = "cpu" if path == "ssmkit cpu" else "reference"
-            mod = importlib.import_module(f"ssmkit.ops.ssd.{backend}")
+            tier = numba if path == "ssmkit numba" else reference
 
             def fwd():
-                return mod.ssd(t["x"], t["dt"], t["A"], t["B"], t["C"], 256, t["D"], None, t["dt_bias"], True,
-                               lim, None, None, False)
+                return tier.ssd(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=256, D=t["D"],
+                                dt_bias=t["dt_bias"], dt_softplus=True, dt_limit=lim)
         else:
             from transformers.models.mamba2 import modeling_mamba2 as hf
 
@@ -166,10 +162,10 @@ def ceilings() -> dict:
     texp = x.numel() / best(lambda: torch.exp(x, out=y)) / 1e9
     out = {"matmul_gflops": mm, "torch_exp_gps": texp}
     try:
-        from ssmkit.ops import _numba
+        from ssmkit.ops._numba.numerics import exp_array
 
         xn, yn = x.numpy(), y.numpy()
-        out["vexp_gps"] = xn.size / best(lambda: _numba.exp_array(xn, yn)) / 1e9
+        out["vexp_gps"] = xn.size / best(lambda: exp_array(xn, yn)) / 1e9
     except Exception:  # numba missing: no kernel ceiling to report
         pass
     return out

@@ -1,4 +1,4 @@
-"""parallel_scan forward+backward time: the numba CPU path and the chunked PyTorch scan against the
+"""parallel_scan forward+backward time: the numba tier and the chunked PyTorch scan against the
 sequential loop (the reference), side by side in one run, with the ratio to the loop.
 
     .venv/bin/python -m benchmarks.parallel_scan                          # DEFAULT_SHAPES below
@@ -10,10 +10,11 @@ warm-up run (which also compiles the numba kernels); the paths take turns within
 noisy neighbour on a shared machine slows all of them alike. `--threads` sets torch and numba threads.
 
 At the issue's shape every path is bound by memory traffic and by first-touch page faults of its
-512 MB buffers (h, grad a, grad b). The cpu path takes its outputs from ssmkit.ops._numba.out_tensor:
-advised onto huge pages, and kept when freed for the next call of the same shape, as a training loop
-makes them. "cpu (numba), cold" empties that cache before each call, so it pays the page faults of
-fresh memory (twice as many on 4 KiB pages, where THP refuses the advice). PyTorch's
+512 MB buffers (h, grad a, grad b). The numba tier takes its outputs from
+ssmkit.ops._numba.buffers.out_tensor: advised onto huge pages, and kept when freed for the next call
+of the same shape, as a training loop makes them. "numba, cold" empties that cache before each call,
+so it pays the page faults of fresh memory (twice as many on 4 KiB pages, where THP refuses the
+advice). PyTorch's
 THP_MEM_ALLOC_ENABLE=1 advises every tensor, the loop's included, and the header says whether it was
 set: run both to see each effect.
 """
@@ -28,26 +29,33 @@ import time
 import torch
 
 from ssmkit.ops import empty_cache
-from ssmkit.ops.parallel_scan import chunked, cpu, reference
+from ssmkit.ops._dispatch import available_backends
+from ssmkit.ops.parallel_scan import chunked, reference
 
 
-def _cold_cpu(a, b, h0):
+def _numba(a, b):
+    from ssmkit.ops.parallel_scan import numba
+
+    return numba.parallel_scan(a, b)
+
+
+def _numba_cold(a, b):
     empty_cache()
-    return cpu.parallel_scan(a, b, h0)
+    return _numba(a, b)
 
 
 PATHS = {
     "loop (reference)": reference.parallel_scan,
     "chunked": chunked.parallel_scan,
-    "cpu (numba)": cpu.parallel_scan,
-    "cpu (numba), cold": _cold_cpu,
+    "numba": _numba,
+    "numba, cold": _numba_cold,
 }
 
 
 def time_once(fn, a, b, w) -> float:
     a_, b_ = a.detach().requires_grad_(True), b.detach().requires_grad_(True)
     t0 = time.perf_counter()
-    h, _ = fn(a_, b_, None)
+    h = fn(a_, b_)
     h.backward(w)
     return time.perf_counter() - t0
 
@@ -93,9 +101,10 @@ def run_shape(shape, dtype, args) -> None:
     print(f"parallel_scan fwd+bwd, a, b {shape} {args.dtype}, threads={args.threads}, "
           f"median of {args.repeats}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}")
     paths = dict(PATHS)
-    if cpu.unsupported_reason(a, b) is not None:
-        print(f"{'cpu (numba)':18s} skipped: {cpu.unsupported_reason(a, b)}")
-        paths = {name: fn for name, fn in paths.items() if not name.startswith("cpu")}
+    why = available_backends("parallel_scan", a, b)["numba"]
+    if why is not None:
+        print(f"{'numba':18s} skipped: {why}")
+        paths = {name: fn for name, fn in paths.items() if not name.startswith("numba")}
     times = {name: [] for name in paths}
     for i in range(args.repeats + 1):
         for name, fn in paths.items():

@@ -26,11 +26,11 @@ from benchmarks._cells import PeakRSS
 def _run(path: str, b: int, d: int, n: int, l: int, repeats: int, threads: int, queue) -> None:
     import torch
 
-    from ssmkit.ops.selective_scan import selective_scan_chunked, selective_scan_ref
+    from ssmkit.ops.selective_scan import chunked, reference
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    fn = selective_scan_ref if path == "loop" else selective_scan_chunked
+    fn = reference.selective_scan if path == "loop" else chunked.selective_scan
     inputs = [
         torch.randn(b, d, l),
         torch.randn(b, d, l) * 0.5,
@@ -50,7 +50,8 @@ def _run(path: str, b: int, d: int, n: int, l: int, repeats: int, threads: int, 
                 t.grad = None
             start = time.perf_counter()
             u, delta, A, B, C, D, z, bias, h0 = inputs
-            out, h = fn(u, delta, A, B, C, D, z, bias, True, h0, True)
+            out, h = fn(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True, initial_state=h0,
+                        return_final_state=True)
             (out.sum() + h.sum()).backward()
             times.append(time.perf_counter() - start)
     queue.put((path, min(times), mem.mb))

@@ -36,7 +36,7 @@ class GatedS4D(Mixer):
         self._check_x(x)
         xs, z = self.in_proj(x).chunk(2, dim=-1)                              # (b, l, d_inner) each
         w = self.conv1d.weight[:, 0]                                          # (d_inner, d_conv)
-        xs = causal_conv1d(xs.transpose(1, 2), w, self.conv1d.bias, activation="silu")  # (b, d_inner, l)
+        xs = causal_conv1d(xs.transpose(1, 2), w, bias=self.conv1d.bias, activation="silu")  # (b, d_in, l)
         y = self.ssm(xs.transpose(1, 2)) * F.silu(z)                          # (b, l, d_inner)
         return self.out_proj(y)
 

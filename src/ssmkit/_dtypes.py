@@ -1,7 +1,7 @@
 """The dtypes that ssmkit computes in, given the dtype of the data (one definition for every module).
 
     acc_dtype(float16 | bfloat16 | float32) = float32, acc_dtype(float64) = float64
-    complex_of(float32) = complex64, complex_of(float64) = complex128
+    complex_of(float32) = complex64, complex_of(float64) = complex128, complex_of(complex) = itself
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ def acc_dtype(x: torch.Tensor | torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def complex_of(real: torch.dtype) -> torch.dtype:
-    """The complex dtype whose parts are `real` (float64 -> complex128, else complex64)."""
-    return torch.complex128 if real == torch.float64 else torch.complex64
+def complex_of(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype whose parts have `dtype`'s precision (float64 -> complex128, other reals ->
+    complex64); a complex dtype is returned unchanged."""
+    if dtype.is_complex:
+        return dtype
+    return torch.complex128 if dtype == torch.float64 else torch.complex64

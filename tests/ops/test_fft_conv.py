@@ -1,12 +1,14 @@
-"""ssmkit.ops.fft_conv: the FFT path against the direct causal convolution (the oracle)."""
+"""ssmkit.ops.fft_conv: every tier (the FFT path) against the direct causal convolution (the oracle)."""
 
 import numpy as np
 import pytest
 import torch
 
 from ssmkit.ops import fft_conv
-from ssmkit.ops.fft_conv import cpu, reference
+from ssmkit.ops._dispatch import resolve
+from ssmkit.ops.fft_conv import fft, reference
 from tests.helpers import TOL, assert_rel
+from tests.ops.harness import Case, check_tiers
 
 
 def _inputs(b, d, l, lk, dtype, channels=None, skip=True):
@@ -17,76 +19,87 @@ def _inputs(b, d, l, lk, dtype, channels=None, skip=True):
     return u, k, D
 
 
+def _case(b, d, l, lk, channels=None, skip=True):
+    def make(dtype, gen):
+        def r(*shape):
+            return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+        kshape = (d, lk) if channels is None else (channels, d, lk)
+        return (r(b, d, l), r(*kshape) / lk**0.5), {"D": r(*kshape[:-1]) if skip else None}
+
+    return Case("fft_conv", make, final_state=False, name=f"l={l} lk={lk} channels={channels} skip={skip}")
+
+
+CASES = [_case(2, 4, l, lk, channels) for l, lk in ((64, 64), (37, 37), (101, 13), (50, 80), (1, 1))
+         for channels in (None, 3)] + [_case(2, 3, 40, 40, skip=False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_every_tier_matches_the_oracle(case, dtype):
+    tol = 1e-10 if dtype == torch.float64 else None                # tighter than TOL: no recurrence here
+    assert set(check_tiers(case, dtype, tol=tol)) == {"reference", "fft"}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_tier_matches_the_oracle_half_precision(dtype):
+    assert set(check_tiers(_case(2, 3, 48, 48), dtype)) == {"reference", "fft"}
+
+
+def test_auto_runs_the_fft_on_any_device():
+    u = torch.randn(1, 2, 8)
+    assert resolve("fft_conv", "auto", u).name == "fft"
+    assert resolve("fft_conv", "auto", u.to("meta")).name == "fft"
+
+
 def test_reference_is_the_textbook_convolution():
     u, k, D = _inputs(1, 2, 23, 9, torch.float64)
-    y = reference.fft_conv(u, k[None], D[None])[:, 0]
+    y = reference.fft_conv(u, k[None], D=D[None])[:, 0]
     for ch in range(2):
         want = np.convolve(u[0, ch].numpy(), k[ch].numpy())[:23] + D[ch].item() * u[0, ch].numpy()
         np.testing.assert_allclose(y[0, ch].numpy(), want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("l,lk", [(64, 64), (37, 37), (101, 13), (50, 80), (1, 1)])
 @pytest.mark.parametrize("channels", [None, 3])
-def test_fft_matches_direct(dtype, l, lk, channels):
-    u, k, D = _inputs(2, 4, l, lk, dtype, channels)
-    y = fft_conv(u, k, D, backend="cpu")
-    y_ref = fft_conv(u, k, D, backend="reference")
-    assert y.dtype == dtype and y.shape == ((2, 4, l) if channels is None else (2, channels, 4, l))
-    assert_rel(y, y_ref, 1e-12 if dtype == torch.float64 else 1e-5, "fft vs direct")
-
-
-def test_no_skip_and_auto_backend():
-    u, k, _ = _inputs(2, 3, 40, 40, torch.float64, skip=False)
-    assert_rel(fft_conv(u, k), fft_conv(u, k, backend="reference"), 1e-12, "D=None")
+def test_output_shape(channels):
+    u, k, D = _inputs(2, 4, 37, 13, torch.float32, channels)
+    y = fft_conv(u, k, D=D)
+    assert y.dtype == torch.float32 and y.shape == ((2, 4, 37) if channels is None else (2, channels, 4, 37))
 
 
 def test_fft_is_causal():
     u, k, D = _inputs(1, 2, 33, 33, torch.float64)
     u2 = u.clone()
     u2[..., 20:] += torch.randn_like(u2[..., 20:])
-    y, y2 = fft_conv(u, k, D), fft_conv(u2, k, D)
+    y, y2 = fft_conv(u, k, D=D), fft_conv(u2, k, D=D)
     assert (y[..., :20] - y2[..., :20]).abs().max() < 1e-12
     assert (y[..., 20:] - y2[..., 20:]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("channels", [None, 2])
-def test_gradients_match_direct(channels):
-    u, k, D = _inputs(2, 3, 29, 17, torch.float64, channels)
-    grads = []
-    for backend in ("cpu", "reference"):
-        leaves = [t.clone().requires_grad_(True) for t in (u, k, D)]
-        y = fft_conv(*leaves, backend=backend)
-        (y * torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype)).pow(2).sum().backward()
-        grads.append([t.grad for t in leaves])
-    for name, g, g_ref in zip("ukD", *grads):
-        assert_rel(g, g_ref, 1e-10, f"grad {name}")
-
-
 def test_gradcheck_fft_path():
     u, k, D = (t.requires_grad_(True) for t in _inputs(1, 2, 7, 5, torch.float64))
-    assert torch.autograd.gradcheck(lambda u, k, D: fft_conv(u, k, D, backend="cpu"), (u, k, D))
+    assert torch.autograd.gradcheck(lambda u, k, D: fft_conv(u, k, D=D, backend="fft"), (u, k, D))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_is_upcast(dtype):
     u, k, D = _inputs(2, 3, 48, 48, torch.float32)
-    y = fft_conv(u.to(dtype), k.to(dtype), D.to(dtype))
+    y = fft_conv(u.to(dtype), k.to(dtype), D=D.to(dtype))
     assert y.dtype == dtype
-    y_ref = fft_conv(u.to(dtype).float(), k.to(dtype).float(), D.to(dtype).float(), backend="reference")
+    y_ref = fft_conv(u.to(dtype).float(), k.to(dtype).float(), D=D.to(dtype).float(), backend="reference")
     torch.testing.assert_close(y.float(), y_ref, rtol=TOL[dtype][0], atol=TOL[dtype][1])
 
 
 def test_fft_size_covers_linear_convolution():
     for l in (1, 2, 3, 7, 8, 9, 1000, 4096):
-        n = cpu.fft_size(l)
+        n = fft.fft_size(l)
         assert n >= 2 * l and n & (n - 1) == 0
 
 
 def test_long_input_length_4096():
     u, k, D = _inputs(1, 2, 4096, 4096, torch.float32)
-    assert_rel(fft_conv(u, k, D), fft_conv(u.double(), k.double(), D.double(), backend="reference"), 1e-5,
-               "l=4096")
+    want = fft_conv(u.double(), k.double(), D=D.double(), backend="reference")
+    assert_rel(fft_conv(u, k, D=D), want, 1e-5, "l=4096")
 
 
 @pytest.mark.parametrize(
@@ -104,7 +117,7 @@ def test_long_input_length_4096():
 def test_errors_name_the_argument(args, match):
     u, k, D = (None if s is None else torch.randn(s) for s in args)
     with pytest.raises(ValueError, match=match):
-        fft_conv(u, k, D)
+        fft_conv(u, k, D=D)
 
 
 def test_dtype_and_backend_errors():
@@ -112,3 +125,5 @@ def test_dtype_and_backend_errors():
         fft_conv(torch.zeros(1, 2, 4, dtype=torch.int64), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="backend must be one of"):
         fft_conv(torch.zeros(1, 2, 4), torch.zeros(2, 4), backend="fast")
+    with pytest.raises(TypeError, match="positional"):
+        fft_conv(torch.zeros(1, 2, 4), torch.zeros(2, 4), None)     # D is keyword-only

@@ -1,161 +1,186 @@
-"""selective_scan: the sequential loop (oracle) vs the chunked log-space path, gradients, errors."""
+"""selective_scan: every tier against the sequential oracle (tests.ops.harness); the oracle's own
+properties (chunks with the state carried, strong decay, gradcheck); the numba tier's inference kernel
+on every input layout; errors."""
+
+import importlib.util
 
 import pytest
 import torch
 
-from ssmkit.ops.selective_scan import selective_scan, selective_scan_chunked, selective_scan_ref
-from tests.helpers import assert_rel
+from ssmkit.ops import selective_scan
+from ssmkit.ops.selective_scan import chunked, reference
+from tests.helpers import TOL, assert_rel
+from tests.ops.harness import Case, check_tiers
+
+NUMBA = importlib.util.find_spec("numba") is not None
+F32, BF16 = TOL[torch.float32][0], TOL[torch.bfloat16][0]
 
 
-def make(b=2, d=6, n=4, l=50, g=2, dtype=torch.float32, options=True):
-    t = {
-        "u": torch.randn(b, d, l, dtype=dtype),
-        "delta": torch.randn(b, d, l, dtype=dtype) * 0.5,
-        "A": -torch.rand(d, n, dtype=torch.float64 if dtype == torch.float64 else torch.float32) * 2 - 0.1,
-        "B": torch.randn(b, g, n, l, dtype=dtype) if g else torch.randn(b, n, l, dtype=dtype),
-        "C": torch.randn(b, g, n, l, dtype=dtype) if g else torch.randn(b, n, l, dtype=dtype),
-    }
-    if options:
-        t.update(
-            D=torch.randn(d, dtype=dtype),
-            z=torch.randn(b, d, l, dtype=dtype),
-            delta_bias=torch.randn(d, dtype=dtype) * 0.3,
-            initial_state=torch.randn(b, d, n, dtype=t["A"].dtype),
-        )
-    return t
+def _case(b, d, L, n, g, *, full=True, softplus=True, layout="contiguous", name=""):
+    """g=0: B, C as (b, n, l) (one group, the 3-D form); layout: how u, delta and z lie in memory."""
+
+    def make(dtype, gen):
+        state = torch.float64 if dtype == torch.float64 else torch.float32
+
+        def r(*shape, dt=dtype):
+            return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dt)
+
+        positive = (torch.rand(b, d, L, generator=gen) * 0.3 + 0.01).to(dtype)
+        raw = r(b, d, L) * 0.5 - 1.0 if softplus else positive
+        u, delta = _layout(r(b, d, L), layout), _layout(raw, layout)
+        A = -torch.rand(d, n, generator=gen).to(state) * 2 - 0.1
+        B, C = (r(b, n, L), r(b, n, L)) if g == 0 else (r(b, g, n, L), r(b, g, n, L))
+        kw = {"delta_softplus": softplus}
+        if full:
+            kw.update(D=r(d), z=_layout(r(b, d, L), layout), delta_bias=r(d) * 0.5,
+                      initial_state=r(b, d, n, dt=state))
+        return (u, delta, A, B, C), kw
+
+    return Case("selective_scan", make, name=name or f"b={b} d={d} l={L} n={n} g={g} {layout}")
 
 
-def normalized(t, softplus):
-    B = t["B"] if t["B"].dim() == 4 else t["B"][:, None]
-    C = t["C"] if t["C"].dim() == 4 else t["C"][:, None]
-    return (
-        t["u"],
-        t["delta"],
-        t["A"],
-        B,
-        C,
-        t.get("D"),
-        t.get("z"),
-        t.get("delta_bias"),
-        softplus,
-        t.get("initial_state"),
-        True,
-    )
+def _layout(t, how):
+    """t (b, d, l) contiguous, channels-last, or the second half of a wider channels-last projection."""
+    if how == "contiguous":
+        return t.contiguous()
+    if how == "channels_last":
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+    b, d, L = t.shape
+    wide = torch.zeros(b, L, 2 * d, dtype=t.dtype)
+    wide[:, :, d:] = t.transpose(1, 2)
+    return wide.transpose(1, 2)[:, d:]
 
 
-def run_with_grads(fn, t, softplus, **kw):
-    t = {k: v.detach().clone().requires_grad_(True) for k, v in t.items()}
-    out, h = fn(*normalized(t, softplus), **kw)
-    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward(retain_graph=True)
-    (h.pow(2).sum()).backward()
-    return out.detach(), h.detach(), {k: v.grad for k, v in t.items()}
+# lengths off the chunk (64) and checkpoint (128) grids: partial chunks and segments
+CASES = [
+    _case(2, 6, 300, 5, 2),
+    _case(1, 4, 131, 16, 1, full=False, softplus=False),
+    _case(2, 4, 64, 3, 4),
+    _case(2, 6, 50, 4, 0),                                    # B, C (b, n, l)
+    _case(1, 130, 140, 5, 1, layout="slice"),                 # inference: blocks of 64, 64, 2 channels
+    _case(1, 70, 131, 16, 2, full=False, softplus=False, layout="channels_last"),
+]
 
 
-@pytest.mark.parametrize("g", [0, 1, 3])
-@pytest.mark.parametrize("options", [False, True])
-def test_chunked_matches_loop(g, options):
-    t = make(g=g, options=options)
-    softplus = options
-    o1, h1, g1 = run_with_grads(selective_scan_ref, t, softplus)
-    o2, h2, g2 = run_with_grads(selective_scan_chunked, t, softplus, chunk_size=16)
-    assert_rel(o2, o1, 1e-5, "out")
-    assert_rel(h2, h1, 1e-5, "final state")
-    for k in g1:
-        assert_rel(g2[k], g1[k], 1e-5, f"grad {k}")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_every_tier_matches_the_oracle_float32(case):
+    checked = check_tiers(case, torch.float32)
+    assert set(checked) == {"reference", "chunked"} | ({"numba"} if NUMBA else set())
 
 
-def test_public_op_dispatch_and_3d_B():
-    t = make(l=300, g=0)
-    ref = selective_scan_ref(*normalized(t, True))
-    out = selective_scan(
-        t["u"],
-        t["delta"],
-        t["A"],
-        t["B"],
-        t["C"],
-        D=t["D"],
-        z=t["z"],
-        delta_bias=t["delta_bias"],
-        delta_softplus=True,
-        initial_state=t["initial_state"],
-        return_final_state=True,
-        backend="reference",
-    )  # l > 256: the chunked path
-    assert_rel(out[0], ref[0], 1e-5, "out")
-    assert_rel(out[1], ref[1], 1e-5, "state")
-    assert out[0].dtype == t["u"].dtype and out[1].dtype == torch.float32
+def test_every_tier_matches_the_oracle_bfloat16():
+    checked = check_tiers(_case(2, 20, 90, 8, 2), torch.bfloat16)
+    assert set(checked) == {"reference", "chunked"} | ({"numba"} if NUMBA else set())
 
 
-def test_chunked_equals_one_call_with_state_carried():
-    t = make(options=False, l=40)
+def test_every_tier_matches_the_oracle_float64():
+    assert set(check_tiers(_case(2, 6, 70, 4, 3), torch.float64)) == {"reference", "chunked"}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_auto_takes_the_loop_up_to_chunked_above_and_chunks_beyond(monkeypatch):
+    """Where numba cannot run (float64), "auto" runs the loop on inputs of at most CHUNKED_ABOVE steps
+    and the chunked form on longer ones; both agree with the loop asked for by name."""
+    from ssmkit.ops.selective_scan import CHUNKED_ABOVE
+
+    loops = []
+    loop = reference.selective_scan
+    monkeypatch.setattr(reference, "selective_scan", lambda *a, **k: loops.append(1) or loop(*a, **k))
+    for L, ran_loop in ((CHUNKED_ABOVE, True), (CHUNKED_ABOVE + 1, False)):
+        (u, delta, A, B, C), kw = _case(1, 3, L, 4, 1).make(torch.float64, torch.Generator().manual_seed(0))
+        loops.clear()
+        got = selective_scan(u, delta, A, B, C, **kw)
+        assert bool(loops) == ran_loop, f"l={L}: the loop ran {len(loops)} times"
+        assert_rel(got, loop(u, delta, A, B, C, **kw), 1e-12, f"l={L}")
+
+
+# ---- the oracle and the chunked form ------------------------------------------------------------
+
+def _inputs(b=2, d=6, n=4, l=50, g=2, dtype=torch.float32):
+    state = torch.float64 if dtype == torch.float64 else torch.float32
+    u, delta = torch.randn(b, d, l, dtype=dtype), torch.randn(b, d, l, dtype=dtype) * 0.5
+    A = -torch.rand(d, n, dtype=state) * 2 - 0.1
+    return u, delta, A, torch.randn(b, g, n, l, dtype=dtype), torch.randn(b, g, n, l, dtype=dtype)
+
+
+def test_one_call_equals_chunks_with_state_carried():
+    u, delta, A, B, C = _inputs(l=40)
     h0 = torch.randn(2, 6, 4)
-    full, hf = selective_scan(
-        t["u"],
-        t["delta"],
-        t["A"],
-        t["B"],
-        t["C"],
-        initial_state=h0,
-        return_final_state=True,
-        backend="reference",
-    )
-    y1, h1 = selective_scan(
-        t["u"][..., :17],
-        t["delta"][..., :17],
-        t["A"],
-        t["B"][..., :17],
-        t["C"][..., :17],
-        initial_state=h0,
-        return_final_state=True,
-        backend="reference",
-    )
-    y2, h2 = selective_scan(
-        t["u"][..., 17:],
-        t["delta"][..., 17:],
-        t["A"],
-        t["B"][..., 17:],
-        t["C"][..., 17:],
-        initial_state=h1,
-        return_final_state=True,
-        backend="reference",
-    )
+    full, hf = selective_scan(u, delta, A, B, C, initial_state=h0, return_final_state=True,
+                              backend="reference")
+    y1, h1 = selective_scan(u[..., :17], delta[..., :17], A, B[..., :17], C[..., :17], initial_state=h0,
+                            return_final_state=True, backend="reference")
+    y2, h2 = selective_scan(u[..., 17:], delta[..., 17:], A, B[..., 17:], C[..., 17:], initial_state=h1,
+                            return_final_state=True, backend="reference")
     assert_rel(torch.cat([y1, y2], -1), full, 1e-6, "chunked outputs")
     assert_rel(h2, hf, 1e-6, "chunked state")
 
 
-def test_stable_with_strong_decay():
-    t = make(options=False, l=64)
-    t["A"] = t["A"] * 200  # exp(delta A) underflows to 0 within one step
-    t["delta"] = t["delta"].abs() * 20
-    o1, h1 = selective_scan_ref(*normalized(t, False))
-    o2, h2 = selective_scan_chunked(*normalized(t, False), chunk_size=32)
-    assert torch.isfinite(o2).all() and torch.isfinite(h2).all()
-    assert_rel(o2, o1, 1e-5, "out")
+def test_chunked_is_stable_with_strong_decay():
+    u, delta, A, B, C = _inputs(l=64)
+    A, delta = A * 200, delta.abs() * 20                          # exp(delta A) underflows within a step
+    y1, h1 = reference.selective_scan(u, delta, A, B, C, return_final_state=True)
+    y2, h2 = chunked.selective_scan(u, delta, A, B, C, return_final_state=True, chunk_size=32)
+    assert torch.isfinite(y2).all() and torch.isfinite(h2).all()
+    assert_rel(y2, y1, 1e-5, "out")
 
 
-def test_gradcheck_float64():
-    t = make(b=1, d=2, n=2, l=5, g=1, dtype=torch.float64)
-    names = list(t)
-    inputs = tuple(t[k].requires_grad_(True) for k in names)
+@pytest.mark.parametrize("tier", [reference, chunked])
+def test_gradcheck_float64(tier):
+    u, delta, A, B, C = _inputs(b=1, d=2, n=2, l=5, g=1, dtype=torch.float64)
+    D, z, bias, h0 = torch.randn(2), torch.randn(1, 2, 5), torch.randn(2), torch.randn(1, 2, 2)
+    inputs = tuple(t.double().requires_grad_(True) for t in (u, delta, A, B, C, D, z, bias, h0))
+    extra = {"chunk_size": 2} if tier is chunked else {}
 
-    def f(fn, *xs, **kw):
-        return fn(*normalized(dict(zip(names, xs)), True), **kw)
+    def f(u, delta, A, B, C, D, z, bias, h0):
+        return tier.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True,
+                                   initial_state=h0, return_final_state=True, **extra)
 
-    assert torch.autograd.gradcheck(lambda *xs: f(selective_scan_ref, *xs), inputs)
-    assert torch.autograd.gradcheck(lambda *xs: f(selective_scan_chunked, *xs, chunk_size=2), inputs)
+    assert torch.autograd.gradcheck(f, inputs)
 
 
-def test_dtypes_half_input_float32_state():
-    t = make(options=False, dtype=torch.bfloat16)
-    out, h = selective_scan(
-        t["u"], t["delta"], t["A"], t["B"], t["C"], return_final_state=True, backend="reference"
-    )
-    assert out.dtype == torch.bfloat16 and h.dtype == torch.float32
+def test_half_inputs_keep_their_dtype_and_the_state_is_float32():
+    u, delta, A, B, C = _inputs(dtype=torch.bfloat16)
+    for backend in ("auto", "reference", "chunked"):
+        out, h = selective_scan(u, delta, A, B, C, return_final_state=True, backend=backend)
+        assert out.dtype == torch.bfloat16 and h.dtype == torch.float32
 
+
+# ---- the numba tier's kernels ---------------------------------------------------------------------
+
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+def test_numba_inference_writes_channels_last():
+    """Without autograd the forward-only kernel runs and writes channels-last, as out_proj reads it."""
+    from ssmkit.ops.selective_scan import numba
+
+    (u, delta, A, B, C), kw = _case(2, 70, 131, 16, 2).make(torch.float32, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y, hT = numba.selective_scan(u, delta, A, B, C, **kw, return_final_state=True)
+    y_r, hT_r = reference.selective_scan(u, delta, A, B, C, **kw, return_final_state=True)
+    assert y.stride(1) == 1
+    assert_rel(y, y_r, F32, "inference output")
+    assert_rel(hT, hT_r, F32, "inference final state")
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+def test_numba_gradient_from_the_final_state_only():
+    """A loss on the final state alone (dout is None in the backward) still reaches u and h0."""
+    from ssmkit.ops.selective_scan import numba
+
+    (u, delta, A, B, C), kw = _case(1, 3, 70, 4, 1).make(torch.float32, torch.Generator().manual_seed(0))
+    u, h0 = u.requires_grad_(True), kw["initial_state"].requires_grad_(True)
+    _, hT = numba.selective_scan(u, delta, A, B, C, **kw, return_final_state=True)
+    _, hT_r = reference.selective_scan(u, delta, A, B, C, **kw, return_final_state=True)
+    g = torch.autograd.grad(hT.sum(), (u, h0))
+    g_r = torch.autograd.grad(hT_r.sum(), (u, h0))
+    for a, e, nm in zip(g, g_r, ("u", "initial_state")):
+        assert_rel(a, e, F32, f"d{nm} from the final state only")
+
+
+# ---- errors -------------------------------------------------------------------------------------
 
 def test_errors_name_arguments():
-    t = make(options=False)
-    u, dl, A, B, C = t["u"], t["delta"], t["A"], t["B"], t["C"]
+    u, dl, A, B, C = _inputs()
     with pytest.raises(TypeError, match="A must be real"):
         selective_scan(u, dl, A.to(torch.complex64), B, C)
     with pytest.raises(TypeError, match="A must have dtype"):
@@ -170,3 +195,5 @@ def test_errors_name_arguments():
         selective_scan(u, dl, A, B, C, initial_state=torch.zeros(2, 6, 3))
     with pytest.raises(ValueError, match="backend must be one of"):
         selective_scan(u, dl, A, B, C, backend="gpu")
+    with pytest.raises(TypeError, match="positional"):
+        selective_scan(u, dl, A, B, C, None)                      # everything after C is keyword-only

@@ -29,6 +29,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ssmkit._checks import check_choice, check_positive_int, check_tensor
+from ssmkit._dtypes import complex_of
 
 # Elements (of the complex dtype) in one chunk's Cauchy block (dplr_kernel): 2^21 = 32 MiB complex128.
 _CHUNK_ELEMENTS = 1 << 21
@@ -39,10 +40,6 @@ def _run(fn, *args):
     if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
-
-
-def _complex_of(dtype: torch.dtype) -> torch.dtype:
-    return {torch.float32: torch.complex64, torch.float64: torch.complex128}.get(dtype, dtype)
 
 
 # ---- the reference -------------------------------------------------------------------------------
@@ -112,7 +109,7 @@ def vandermonde_kernel(dtA: torch.Tensor, BC: torch.Tensor, L: int, *, conj_sym:
     T = min(chunk or math.isqrt(L - 1) + 1, L)
     n_blocks = -(-L // T)
     if dtA.is_complex() or BC.is_complex():
-        dtype = _complex_of(torch.promote_types(dtA.real.dtype, BC.real.dtype))
+        dtype = complex_of(torch.promote_types(dtA.real.dtype, BC.real.dtype))
     else:
         dtype = torch.promote_types(dtA.dtype, BC.dtype)
     dtA, BC = dtA.to(dtype), BC.to(dtype)
@@ -145,7 +142,7 @@ def diag_kernel(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, dt, L: int, *
         dt_t = torch.as_tensor(dt, dtype=A.real.dtype, device=A.device)
         dtA = dt_t.reshape(dt_t.shape + (1,)) * A
     else:
-        dtA = torch.log(Ad.to(_complex_of(Ad.dtype)))
+        dtA = torch.log(Ad.to(complex_of(Ad.dtype)))
     K = vandermonde_kernel(dtA, C * Bd, L, conj_sym=conj_sym, chunk=chunk)
     real_system = not (A.is_complex() or B.is_complex() or C.is_complex())
     return K.real if (real_system and K.is_complex()) else K
@@ -219,7 +216,7 @@ def dplr_kernel(Lambda: torch.Tensor, P: torch.Tensor, B: torch.Tensor, Ct: torc
     if chunk is not None:
         check_positive_int("chunk", chunk)
     real = torch.promote_types(dt.dtype, Lambda.real.dtype)
-    ctype = _complex_of(real)
+    ctype = complex_of(real)
     Lambda, P, B, Ct = (t.to(ctype) for t in (Lambda, P, B, Ct))
     dt = dt.to(real)
     Lambda = Lambda.expand(d, N2)

@@ -1,6 +1,8 @@
-"""Sequence primitives. Each op is a package: reference.py (the oracle, plain PyTorch), cpu.py (fused
-CPU kernels), triton/ (GPU kernels), and an __init__.py whose one public function validates input
-and dispatches through `ssmkit.ops._dispatch` (backend="auto" | "reference" | "cpu" | "triton")."""
+"""Sequence primitives. Each op is a package whose one public function validates its input and hands
+it to a tier chosen by `ssmkit.ops._dispatch`; the tiers are modules named by what they are:
+reference.py (the sequential oracle, plain PyTorch), chunked.py (a chunked/parallel PyTorch form, any
+device), numba.py (fused CPU kernels), fft.py (fft_conv's FFT path, any device). `backend="auto"`
+picks the best tier for the inputs; a tier's name asks for it ("cpu" is an alias of "numba")."""
 
 import sys
 
@@ -15,9 +17,9 @@ def empty_cache() -> None:
     """Release the freed large outputs that the CPU kernels keep for reuse (16 MiB and up, at most
     SSMKIT_CPU_CACHE_MB idle, default 2048; 0 turns the cache off), as torch.cuda.empty_cache does
     for PyTorch's GPU memory."""
-    kernels = sys.modules.get("ssmkit.ops._numba")                  # not imported: nothing cached
-    if kernels is not None:
-        kernels.empty_cache()
+    buffers = sys.modules.get("ssmkit.ops._numba.buffers")          # not imported: nothing cached
+    if buffers is not None:
+        buffers.empty_cache()
 
 
 __all__ = ["causal_conv1d", "empty_cache", "fft_conv", "parallel_scan", "selective_scan", "ssd"]

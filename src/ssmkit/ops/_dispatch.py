@@ -148,7 +148,9 @@ def _requested(op: str, backend: str) -> str:
         if name == "auto" or name in names:
             return name
         if name not in known_backends():
-            raise ValueError(f"environment variable {ENV} must be one of {_valid(known_backends())}, got {env!r}")
+            raise ValueError(
+                f"environment variable {ENV} must be one of {_valid(known_backends())}, got {env!r}"
+            )
         return "auto"                                   # a backend this op does not have
     name = ALIASES.get(backend, backend) if isinstance(backend, str) else backend
     if name not in names:
@@ -179,7 +181,8 @@ def resolve(op: str, backend: str, *tensors: torch.Tensor) -> Choice:
     device = next((t.device.type for t in tensors if isinstance(t, torch.Tensor)), "cpu")
     refused = []
     for tier in tiers(op):
-        if tier.backend is not None and tier.backend.devices is not None and device not in tier.backend.devices:
+        devices = tier.backend.devices if tier.backend is not None else None
+        if devices is not None and device not in devices:
             continue                                    # not a tier for this device
         reason = refusal(op, tier, tensors, explicit=False)
         if reason is None:

@@ -3,7 +3,12 @@
 The state is the last k-1 inputs (b, d, k-1), oldest first: an empty state is zeros, and
 `causal_conv1d(x, ..., initial_state=s, return_final_state=True)` continues exactly where the call
 that returned `s` stopped. `causal_conv1d_update` is the O(1) decoding step on the same state.
-`seq_idx` (packed sequences; taps never cross a boundary) runs on the reference backend only.
+`seq_idx` (packed sequences; taps never cross a boundary) runs on the reference tier only, and so
+does the update.
+
+Tiers (backends, chosen by `ssmkit.ops._dispatch` from their declarations):
+    reference  the sum over the k taps: the oracle.
+    numba      fused CPU kernels (float32/bfloat16), forward and backward.
 """
 
 from __future__ import annotations
@@ -12,10 +17,9 @@ import torch
 
 from ssmkit._checks import FLOAT_DTYPES, check_choice, check_same_device, check_tensor
 from ssmkit.ops._dispatch import resolve
-from ssmkit.ops.causal_conv1d.reference import causal_conv1d as causal_conv1d_ref
-from ssmkit.ops.causal_conv1d.reference import causal_conv1d_update as _update_ref
+from ssmkit.ops.causal_conv1d import reference
 
-__all__ = ["causal_conv1d", "causal_conv1d_update", "causal_conv1d_ref"]
+__all__ = ["causal_conv1d", "causal_conv1d_update"]
 
 _ACTIVATIONS = (None, "silu")
 
@@ -31,18 +35,19 @@ def _check_weight(weight, bias, d):
 def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,
+    *,
     bias: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     activation: str | None = None,
     return_final_state: bool = False,
-    backend: str = "auto",
-    *,
     seq_idx: torch.Tensor | None = None,
+    backend: str = "auto",
 ):
     """y[:, c, t] = act(bias[c] + sum_j weight[c, j] x[:, c, t - (k-1) + j]), earlier inputs from the state.
 
     Args: x (b, d, l); weight (d, k); bias (d,); initial_state (b, d, k-1) = the last k-1 inputs;
-    activation None or "silu"; seq_idx (b, l) int, nondecreasing (keyword only, reference backend).
+    activation None or "silu"; seq_idx (b, l) int, nondecreasing (reference tier only);
+    backend "auto", "reference" or "numba".
     Returns y (b, d, l) in x's dtype [, final state (b, d, k-1)].
     """
     check_tensor("x", x, ndim=3, dtypes=FLOAT_DTYPES, legend="(batch, d, length)")
@@ -65,19 +70,21 @@ def causal_conv1d(
         )
         if backend not in ("auto", "reference"):
             raise ValueError(
-                f"causal_conv1d: seq_idx runs on the reference backend only, got backend={backend!r}"
+                f"causal_conv1d: seq_idx runs on the reference tier only, got backend={backend!r}"
             )
-        return causal_conv1d_ref(
-            x, weight, bias, initial_state, activation, bool(return_final_state), seq_idx
-        )
-    _, fn = resolve("causal_conv1d", backend, x)
-    return fn(x, weight, bias, initial_state, activation, bool(return_final_state))
+        fn = reference.causal_conv1d
+        return fn(x, weight, bias=bias, initial_state=initial_state, activation=activation,
+                  return_final_state=bool(return_final_state), seq_idx=seq_idx)
+    fn = resolve("causal_conv1d", backend, x).fn
+    return fn(x, weight, bias=bias, initial_state=initial_state, activation=activation,
+              return_final_state=bool(return_final_state))
 
 
 def causal_conv1d_update(
     x_t: torch.Tensor,
     conv_state: torch.Tensor,
     weight: torch.Tensor,
+    *,
     bias: torch.Tensor | None = None,
     activation: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,4 +101,4 @@ def causal_conv1d_update(
         legend="(batch, d, kernel_size - 1)",
     )
     check_choice("activation", activation, _ACTIVATIONS)
-    return _update_ref(x_t, conv_state, weight, bias, activation)
+    return reference.causal_conv1d_update(x_t, conv_state, weight, bias=bias, activation=activation)

@@ -5,13 +5,14 @@ input with the carried state (the previous k-1 inputs, zeros when none) in front
 convolution before the activation; activation None | "silu".
     pre[t] = bias + sum_j w[j] xp[t + j]          (y = silu(pre) when activation == "silu")
 Backward (per channel, parallel over b x d):  dxp[t + j] += w[j] dpre[t];  dw[j] += dpre[t] xp[t + j].
-xp is built inside the autograd Function (x copied into it once: a transposed x by the blocked copy of
-ssmkit.ops._numba, 2x faster than torch.cat's strided gather). The final state (the last k-1 inputs),
-the bias and the activation are plain torch ops differentiated by autograd.
+xp is built inside the autograd Function (x copied into it once: a transposed x by the blocked copy
+of ssmkit.ops._numba.arrays, which reads whole cache lines where torch.cat gathers strided elements).
+The final state (the last k-1 inputs), the bias and the activation are plain torch ops differentiated
+by autograd.
 Without autograd (inference) `_conv_inference` fuses bias and activation, reads x where it lies
-(ssmkit.ops._numba.rows: in a Mamba layer the first half of in_proj's output, channels-last) and
+(ssmkit.ops._numba.arrays.rows: in a Mamba layer the first half of in_proj's output, channels-last) and
 writes channels-last, the layout x_proj reads: no copy on either side.
-Why numba: see ssmkit/ops/_numba.py.
+Why numba: see ssmkit/ops/_numba/__init__.py.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import _numba as nbk
-from .._numba import LANES, TILE, ZERO, load_tile, njit, prange, silu
+from ssmkit.ops._dispatch import Backend
+from ssmkit.ops._numba import njit, prange
+from ssmkit.ops._numba.arrays import LANES, TILE, as_array, copy_into, load_tile, rows
+from ssmkit.ops._numba.buffers import out_tensor, poison
+from ssmkit.ops._numba.numerics import ZERO, silu
 
-
-def unsupported_reason(*tensors: torch.Tensor) -> str | None:
-    return nbk.unsupported_reason(*tensors)
+BACKEND = Backend(devices=("cpu",), dtypes=(torch.float32, torch.bfloat16), priority=20)
 
 
 @njit(parallel=True, fastmath=True)
@@ -111,11 +113,11 @@ class _ConvFn(torch.autograd.Function):
     def forward(ctx, x0, x, w):
         b, d, L = x.shape
         k = w.shape[1]
-        xp = nbk.poison((b, d, k - 1 + L))
-        nbk.copy_into(xp[:, :, : k - 1], x0)
-        nbk.copy_into(xp[:, :, k - 1:], x)
-        w_np = nbk.as_array(w)
-        pre = nbk.poison((b, d, L))
+        xp = poison((b, d, k - 1 + L))
+        copy_into(xp[:, :, : k - 1], x0)
+        copy_into(xp[:, :, k - 1:], x)
+        w_np = as_array(w)
+        pre = poison((b, d, L))
         _conv_forward(xp, w_np, pre)
         ctx.arrs = (xp, w_np)
         return torch.from_numpy(pre)
@@ -124,13 +126,13 @@ class _ConvFn(torch.autograd.Function):
     def backward(ctx, dpre):
         xp, w = ctx.arrs
         k = w.shape[1]
-        dxp, dw = nbk.poison(xp.shape), nbk.poison((xp.shape[0],) + w.shape)
-        _conv_backward(xp, w, nbk.as_array(dpre), dxp, dw)
+        dxp, dw = poison(xp.shape), poison((xp.shape[0],) + w.shape)
+        _conv_backward(xp, w, as_array(dpre), dxp, dw)
         dxp = torch.from_numpy(dxp)
         return dxp[:, :, : k - 1], dxp[:, :, k - 1:], torch.from_numpy(dw).sum(0)
 
 
-def causal_conv1d(x, weight, bias=None, initial_state=None, activation=None, return_final_state=False):
+def causal_conv1d(x, weight, *, bias=None, initial_state=None, activation=None, return_final_state=False):
     """Fused numba causal conv; normalized arguments as in ssmkit.ops.causal_conv1d.reference."""
     f32 = torch.float32
     b, d, L = x.shape
@@ -161,11 +163,11 @@ def _inference(x, weight, bias, initial_state, activation):
     b, d, L = x.shape
     f32 = torch.float32
     bias = bias.detach().to(f32).contiguous() if bias is not None else torch.zeros(d)
-    y = nbk.out_tensor((b, L, d))
-    _conv_inference(*nbk.rows(x), initial_state.detach().to(f32).contiguous().numpy(),
+    y = out_tensor((b, L, d))
+    _conv_inference(*rows(x), initial_state.detach().to(f32).contiguous().numpy(),
                     weight.detach().to(f32).contiguous().numpy(), bias.numpy(), activation == "silu",
                     y.numpy().reshape(b * L, d))
     return y.transpose(1, 2)
 
 
-__all__ = ["causal_conv1d", "unsupported_reason"]
+__all__ = ["BACKEND", "causal_conv1d"]

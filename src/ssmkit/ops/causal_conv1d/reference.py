@@ -5,9 +5,11 @@ input; bias (d,); state (b, d, k-1) = the last k-1 inputs seen (zeros for an emp
     y[:, c, t] = bias[c] + sum_j weight[c, j] * xs[:, c, t + j],   xs = state ‖ x
 optionally followed by silu. The final state is the last k-1 columns of state ‖ x.
 
-Normalized backend signature: causal_conv1d(x, weight, bias, initial_state, activation,
-return_final_state) -> y | (y, final_state); y and the state have x's dtype, computed in float32
-(float64 for float64 inputs).
+Normalized tier signature (what `ssmkit.ops.causal_conv1d` calls on every tier):
+    causal_conv1d(x, weight, *, bias=None, initial_state=None, activation=None,
+                  return_final_state=False) -> y | (y, final_state)
+y and the state have x's dtype, computed in float32 (float64 for float64 inputs). This tier alone
+also takes seq_idx, and the one-token `causal_conv1d_update`.
 """
 
 from __future__ import annotations
@@ -15,17 +17,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssmkit._dtypes import acc_dtype
+from ssmkit.ops._dispatch import Backend
 
-def _acc(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+BACKEND = Backend(priority=0, fallback=True)
 
 
-def causal_conv1d(x, weight, bias, initial_state, activation, return_final_state, seq_idx=None):
+def causal_conv1d(x, weight, *, bias=None, initial_state=None, activation=None, return_final_state=False,
+                  seq_idx=None):
     """See the module docstring. `seq_idx` (b, l), reference only: taps never reach across a change
     of seq_idx (packed sequences), as if each sequence started from an empty state."""
     b, d, l = x.shape
     k = weight.shape[1]
-    acc = _acc(x)
+    acc = acc_dtype(x.dtype)
     if initial_state is None:
         initial_state = x.new_zeros(b, d, k - 1)
     xs = torch.cat([initial_state.to(acc), x.to(acc)], dim=-1)  # (b, d, k-1+l)
@@ -52,9 +56,9 @@ def causal_conv1d(x, weight, bias, initial_state, activation, return_final_state
     return y, xs[..., xs.shape[-1] - (k - 1) :].to(x.dtype)
 
 
-def causal_conv1d_update(x_t, conv_state, weight, bias, activation):
+def causal_conv1d_update(x_t, conv_state, weight, *, bias=None, activation=None):
     """One token: x_t (b, d), conv_state (b, d, k-1) -> y_t (b, d), new state (b, d, k-1)."""
-    acc = _acc(x_t)
+    acc = acc_dtype(x_t.dtype)
     window = torch.cat([conv_state.to(acc), x_t.to(acc)[..., None]], dim=-1)  # (b, d, k)
     y = (window * weight.to(acc)).sum(-1)
     if bias is not None:

@@ -1,15 +1,12 @@
 """`fft_conv`: a long causal convolution y = u * k + D u (S4/S4D, H3, Hyena), by FFT.
 
-Backends (chosen by `ssmkit.ops._dispatch`):
+Tiers (backends, chosen by `ssmkit.ops._dispatch` from their declarations):
     reference  the direct causal convolution (conv1d over every tap), O(l * l_k): the oracle.
-    cpu        rfft/irfft with zero padding to n >= 2l, O(l log l). It is plain torch.fft, so it also
-               runs on CUDA tensors; with no triton kernel for this op, backend="auto" picks it on
-               every device (SSMKIT_BACKEND still overrides).
+    fft        rfft/irfft with zero padding to n >= 2l, O(l log l), plain torch.fft on any device:
+               what "auto" takes.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -19,7 +16,7 @@ from ssmkit.ops._dispatch import resolve
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def fft_conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, backend: str = "auto"):
+def fft_conv(u: torch.Tensor, k: torch.Tensor, *, D: torch.Tensor | None = None, backend: str = "auto"):
     """Causal convolution of each channel of u with its kernel: y_t = sum_{s<=t} k_s u_{t-s} + D u_t.
 
     Args:
@@ -28,7 +25,7 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, ba
            channel (S4's `channels`). l_k < l is zero-padded (taps beyond l_k are zero); l_k > l is
            truncated to l (later taps never reach a causal output).
         D: (d,) skip for (d, l_k) kernels, (c, d) for (c, d, l_k) kernels; or None.
-        backend: "auto" | "reference" | "cpu" (see module doc).
+        backend: "auto", or a tier: "reference", "fft" (see the module docstring).
     Returns:
         y: (b, d, l) for a (d, l_k) kernel, (b, c, d, l) for a (c, d, l_k) kernel; u's dtype. The
         arithmetic runs in float32 at least (half precision is upcast). Differentiable in u, k, D.
@@ -51,10 +48,8 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, ba
 
     k3 = (k if multi else k[None])[..., :l]                               # (c, d, l_k <= l)
     D2 = None if D is None else (D if multi else D[None])                 # (c, d)
-    if backend == "auto" and u.device.type != "cpu" and not os.environ.get("SSMKIT_BACKEND"):
-        backend = "cpu"                                                   # the FFT path is device-agnostic
-    _, fn = resolve("fft_conv", backend, u, k3, *(() if D2 is None else (D2,)))
-    y = fn(u, k3, D2)                                                     # (b, c, d, l)
+    fn = resolve("fft_conv", backend, u, k3, D2).fn
+    y = fn(u, k3, D=D2)                                                   # (b, c, d, l)
     return y if multi else y[:, 0]
 
 

@@ -3,24 +3,17 @@
 Zero padding to n >= l + l_k - 1 (we take the next power of two >= 2l) makes the circular
 convolution of the FFT equal the linear one on the first l outputs, so nothing wraps around into
 the causal part. Runs in float32 at least (half precision is upcast, the result cast back). Plain
-torch.fft, so it runs on any device and autograd differentiates it; "cpu" names the dispatch slot.
-Arguments as in reference.py.
+torch.fft, so it runs on any device and autograd differentiates it. Arguments as in reference.py.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ssmkit.ops.fft_conv.reference import compute_dtype
+from ssmkit._dtypes import acc_dtype
+from ssmkit.ops._dispatch import Backend
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def unsupported_reason(*tensors: torch.Tensor) -> str | None:
-    for t in tensors:
-        if t is not None and t.dtype not in _DTYPES:
-            return f"fft_conv supports float16/bfloat16/float32/float64, got {t.dtype}"
-    return None
+BACKEND = Backend(dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64), priority=10)
 
 
 def fft_size(l: int) -> int:
@@ -28,9 +21,9 @@ def fft_size(l: int) -> int:
     return 1 << (2 * l - 1).bit_length()
 
 
-def fft_conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
+def fft_conv(u: torch.Tensor, k: torch.Tensor, *, D: torch.Tensor | None = None) -> torch.Tensor:
     l = u.shape[-1]
-    real = compute_dtype(u.dtype)
+    real = acc_dtype(u.dtype)
     n = fft_size(l)
     u_f = torch.fft.rfft(u.to(real), n=n)                                 # (b, d, n//2+1)
     k_f = torch.fft.rfft(k.to(real), n=n)                                 # (c, d, n//2+1)

@@ -1,11 +1,12 @@
 """`parallel_scan`: the diagonal linear recurrence h_t = a_t * h_{t-1} + b_t over time, all h_t at once.
 
-Backends (chosen by `ssmkit.ops._dispatch`):
-    reference  plain PyTorch. The oracle is the loop in reference.py (L Python steps); for inputs
-               longer than chunked.CHUNK the public function runs the two-level chunked scan of
-               chunked.py instead (~2 sqrt(L) Python steps; same recurrence, no division; its
-               temporaries are about twice the output; its backward is the same scan reversed).
-    cpu        fused numba kernels, forward and backward (cpu.py).
+Tiers (backends, chosen by `ssmkit.ops._dispatch` from their declarations):
+    reference  the sequential loop (L Python steps): the oracle.
+    chunked    the two-level chunked scan, any device (~2 sqrt(L) Python steps; same recurrence, no
+               division; temporaries about twice the output; its backward is the same scan reversed).
+    numba      fused CPU kernels, forward and backward.
+"auto" takes numba on CPU; where it cannot run, chunked, except that sequences of at most
+chunked.CHUNK steps run the loop, which has less to set up.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from ssmkit._checks import check_same_device, check_tensor
 from ssmkit.ops._dispatch import resolve
+from ssmkit.ops.parallel_scan import chunked, reference
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
 
@@ -21,6 +23,7 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.co
 def parallel_scan(
     a: torch.Tensor,
     b: torch.Tensor,
+    *,
     initial_state: torch.Tensor | None = None,
     return_final_state: bool = False,
     backend: str = "auto",
@@ -34,7 +37,7 @@ def parallel_scan(
         b: (batch, length, ...) input; float or complex.
         initial_state: (batch, ...) = b.shape without the length dim, or None.
         return_final_state: also return h_{length-1}, shape (batch, ...).
-        backend: "auto" | "reference" | "cpu" | "triton" (see ssmkit.ops._dispatch).
+        backend: "auto", or a tier: "reference", "chunked", "numba" (see the module docstring).
     Returns:
         h: (batch, length, ...) every state, same shape and dtype as b; and h_last if asked.
     Gradients flow to a, b and initial_state.
@@ -56,17 +59,11 @@ def parallel_scan(
     if b.shape[1] == 0:
         raise ValueError(f"b must have length >= 1 (dim 1), got shape {tuple(b.shape)}")
 
-    name, fn = resolve("parallel_scan", backend, b, a, *(() if initial_state is None else (initial_state,)))
-    if name == "reference" and b.shape[1] > _chunk():
-        from ssmkit.ops.parallel_scan.chunked import parallel_scan as fn
-    h, h_last = fn(a, b, initial_state)
-    return (h, h_last) if return_final_state else h
-
-
-def _chunk() -> int:
-    from ssmkit.ops.parallel_scan.chunked import CHUNK
-
-    return CHUNK
+    choice = resolve("parallel_scan", backend, b, a, initial_state)
+    fn = choice.fn
+    if choice.auto and choice.name == "chunked" and b.shape[1] <= chunked.CHUNK:
+        fn = reference.parallel_scan
+    return fn(a, b, initial_state=initial_state, return_final_state=bool(return_final_state))
 
 
 __all__ = ["parallel_scan"]

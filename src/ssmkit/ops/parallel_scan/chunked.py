@@ -13,7 +13,7 @@ Autograd does not record the steps: the backward is itself a linear recurrence r
     g_t = dL/dh_t + conj(a_{t+1}) g_{t+1},   dL/db_t = g_t,   dL/da_t = g_t conj(h_{t-1}),
     dL/dh_{-1} = conj(a_0) g_0,
 so it reuses the same chunked scan on the time-reversed sequence and only a, h are saved.
-Arguments and returns as in reference.py; `chunk` = T (None: ceil(sqrt(L))).
+Arguments and returns as in reference.py; `chunk` = T (None: about sqrt(L), `_chunk_for`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ import math
 
 import torch
 
-CHUNK = 64  # the public function uses this path above this length
+from ssmkit.ops._dispatch import Backend
+
+BACKEND = Backend(priority=10, fallback=True)
+CHUNK = 64  # backend="auto" runs the loop of reference.py up to this length, this path above it
 
 
 def _chunk_for(L: int) -> int:
@@ -94,8 +97,7 @@ class _ChunkedScan(torch.autograd.Function):
         return da, g if ctx.needs_input_grad[1] else None, dh0, None
 
 
-def parallel_scan(
-    a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None = None, chunk: int | None = None
-):
+def parallel_scan(a: torch.Tensor, b: torch.Tensor, *, initial_state: torch.Tensor | None = None,
+                  return_final_state: bool = False, chunk: int | None = None):
     h = _ChunkedScan.apply(a, b, initial_state, chunk)
-    return h, h[:, -1]
+    return (h, h[:, -1]) if return_final_state else h

@@ -1,9 +1,11 @@
 """`ssmkit.ops.selective_scan`: Mamba-1's selective scan, validated once, then dispatched.
 
-Backends (see `ssmkit.ops._dispatch`): "cpu" (fused kernel), "triton", "reference". When the
-reference tier is chosen, sequences longer than `CHUNKED_ABOVE` steps run the chunked parallel path
-(`chunked.selective_scan_chunked`, same results, bounded memory) and shorter ones the sequential loop.
-`selective_scan_ref` is the loop itself: the oracle that tests compare everything against.
+Tiers (backends, chosen by `ssmkit.ops._dispatch` from their declarations):
+    reference  the sequential loop, one step at a time: the oracle.
+    chunked    chunks scanned in parallel in log space, any device, bounded memory.
+    numba      fused CPU kernels (float32/bfloat16), forward and backward.
+"auto" takes numba on CPU; where it cannot run, chunked, except that sequences of at most
+`CHUNKED_ABOVE` steps run the loop, which has less to set up.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ import torch
 
 from ssmkit._checks import FLOAT_DTYPES, check_same_device, check_tensor
 from ssmkit.ops._dispatch import resolve
-from ssmkit.ops.selective_scan.chunked import selective_scan_chunked
-from ssmkit.ops.selective_scan.reference import selective_scan as selective_scan_ref
+from ssmkit.ops.selective_scan import reference
 
 CHUNKED_ABOVE = 256
 _STATE_DTYPES = (torch.float32, torch.float64)
 
-__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked"]
+__all__ = ["selective_scan"]
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias, initial_state):
@@ -68,6 +69,7 @@ def selective_scan(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
+    *,
     D: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
@@ -82,11 +84,13 @@ def selective_scan(
         u, delta: (b, d, l) float; A: (d, n) real float32; B, C: (b, n, l) or (b, g, n, l), d % g == 0;
         D, delta_bias: (d,); z: (b, d, l); initial_state: (b, d, n) float32, differentiable.
         delta_softplus: delta <- softplus(delta + delta_bias) before use.
+        backend: "auto", or a tier: "reference", "chunked", "numba" (see the module docstring).
     Returns out (b, d, l) in u's dtype, and the final state (b, d, n) float32 if return_final_state.
     """
     B4, C4 = _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    name, fn = resolve("selective_scan", backend, u)
-    if name == "reference" and u.shape[-1] > CHUNKED_ABOVE:
-        fn = selective_scan_chunked
-    softplus, want_state = bool(delta_softplus), bool(return_final_state)
-    return fn(u, delta, A, B4, C4, D, z, delta_bias, softplus, initial_state, want_state)
+    choice = resolve("selective_scan", backend, u)
+    fn = choice.fn
+    if choice.auto and choice.name == "chunked" and u.shape[-1] <= CHUNKED_ABOVE:
+        fn = reference.selective_scan
+    return fn(u, delta, A, B4, C4, D=D, z=z, delta_bias=delta_bias, delta_softplus=bool(delta_softplus),
+              initial_state=initial_state, return_final_state=bool(return_final_state))

@@ -1,4 +1,4 @@
-"""Selective scan by chunks: a parallel pure-PyTorch path that never holds (b, d, l, n) at once.
+"""Selective scan by chunks: a parallel pure-PyTorch path, any device, never holding (b, d, l, n) at once.
 
 Same recurrence, names and normalized signature as `reference.py` (read its glossary). The sequence
 is cut into chunks of T steps; the state h (b, d, n) is carried from chunk to chunk. Inside a chunk:
@@ -18,8 +18,10 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ssmkit.ops._dispatch import Backend
 from ssmkit.ops.selective_scan.reference import expand_groups, finish, prepare
 
+BACKEND = Backend(priority=10, fallback=True)
 CHUNK = 64
 
 
@@ -42,9 +44,8 @@ def _chunk(h0, u, delta, A, B, C):
     return y, h[:, :, -1]
 
 
-def selective_scan_chunked(
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state, chunk_size=CHUNK
-):
+def selective_scan(u, delta, A, B, C, *, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   initial_state=None, return_final_state=False, chunk_size=CHUNK):
     """Chunked selective scan (normalized signature of `reference.selective_scan`, plus chunk_size)."""
     out_dtype = u.dtype
     u_, delta_, A_, B_, C_ = prepare(u, delta, A, B, C, delta_bias, delta_softplus)

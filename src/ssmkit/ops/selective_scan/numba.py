@@ -15,15 +15,15 @@ dt and the checkpoints for `_scan_backward`, which ends with d delta = d dt sigm
 and d delta_bias (the torch softplus, its backward and the bias add are passes over (b, d, l) saved).
 Without it (inference, torch.no_grad, nothing requires grad):
 `_scan_inference` reads delta, u and z where they lie (contiguous or channels-last, also a half of
-in_proj's output: ssmkit.ops._numba.rows), fuses the bias, softplus (vectorized, no libm), D and the
+in_proj's output: ssmkit.ops._numba.arrays.rows), fuses the bias, softplus (vectorized, no libm), D and the
 gate, keeps nothing, and writes its output channels-last for out_proj. It vectorizes across LANES
 channels (a state (n, LANES) per job), so the output dot product needs no horizontal sum; time is
-staged in tiles (ssmkit.ops._numba.load_tile). No kernel calls libm inside (vexp, softplus).
+staged in tiles (ssmkit.ops._numba.arrays.load_tile). No kernel calls libm inside (vexp, softplus).
 
 Forward, per channel (parallel over b x d with prange):
     h_t = exp(dt_t A) * h_{t-1} + dt_t B_t u_t;  y_t = <C_t, h_t> + D u_t;  out_t = y_t silu(z_t)
-The gate is applied after the scan, in its own loop over t (it vectorizes there; inside the serial
-loop it was a scalar exp per step); y before the gate is kept (b, d, l) for the backward.
+The gate is applied after the scan, in its own loop over t, where it vectorizes (inside the serial
+loop it would be a scalar exp per step); y before the gate is kept (b, d, l) for the backward.
 Backward, per channel: first, over t, dz_t = dout_t y_t silu'(z_t), dy_t = dout_t silu(z_t) and
 dD = sum dy_t u_t; then segment by segment from the end: recompute the K states of the segment (and
 their exp(dt A)) from its checkpoint into (K, n) buffers, and walk backwards with g = dL/dh_t:
@@ -31,7 +31,7 @@ their exp(dt A)) from its checkpoint into (K, n) buffers, and walk backwards wit
     d dt_t = <g, A exp(dt_t A) h_{t-1}> + u_t <g, B_t>;  dA += g dt_t exp(dt_t A) h_{t-1};  g *= exp(dt_t A)
 dB and dC are shared by the d/g channels of a group, so each worker adds into its own slice of a
 partial buffer (workers, b, g, l, n), summed afterwards: no races, no atomics.
-Why numba: see ssmkit/ops/_numba.py.
+Why numba: see ssmkit/ops/_numba/__init__.py.
 """
 
 from __future__ import annotations
@@ -39,22 +39,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import _numba as nbk
-from .._numba import LANES as CB
-from .._numba import ONE, TILE, ZERO, load_tile, njit, prange, sigmoid, silu, softplus, vexp
+from ssmkit.ops._dispatch import Backend
+from ssmkit.ops._numba import njit, num_threads, prange
+from ssmkit.ops._numba.arrays import LANES as CB
+from ssmkit.ops._numba.arrays import TILE, as_array, load_tile, rows
+from ssmkit.ops._numba.buffers import out_tensor, poison
+from ssmkit.ops._numba.numerics import ONE, ZERO, sigmoid, silu, softplus, vexp
 
+BACKEND = Backend(devices=("cpu",), dtypes=(torch.float32, torch.bfloat16), priority=20)
 K_CHECKPOINT = 128
-
-
-def unsupported_reason(*tensors: torch.Tensor) -> str | None:
-    return nbk.unsupported_reason(*tensors)
 
 
 @njit(parallel=True, fastmath=True)
 def _dt_rows(delta, bias, do_softplus, dt):
     """dt = softplus(delta + bias) (or delta + bias), (b, d, l), once per forward; the backward reuses
-    it. (Computed per channel into a row of its own inside the scan kernels instead, the backward
-    ran 25 ms slower at d=1536, l=2048: LLVM's alias checks, one array more.)"""
+    it. A pass of its own: inside the scan kernels it would add an array to LLVM's alias checks."""
     b, d, L = delta.shape
     for job in prange(b * d):
         x, out, bc = delta[job // d, job % d], dt[job // d, job % d], bias[job % d]
@@ -213,8 +212,7 @@ def _scan_backward(u, delta, bias, do_softplus, dt, A, Bt, Ct, D, z, has_z, K, y
                     ut = u[i, c, t]
                     dyt = dy[t]
                     # one store target per loop and few arrays in each: LLVM vectorizes a loop only
-                    # when its runtime alias checks (store targets x other arrays) stay few, and it
-                    # left a loop storing to gh and dA while reading five arrays scalar (2.2x slower)
+                    # when its runtime alias checks (store targets x other arrays) stay few
                     for s in range(n):
                         gsv[s] = gh[s] + dyt * Ct[i, gi, t, s]
                     dut = ZERO  # <g, B_t>
@@ -259,15 +257,15 @@ class _ScanFn(torch.autograd.Function):
         n = A.shape[1]
         K = K_CHECKPOINT
         Bt, Ct = B.transpose(-1, -2), C.transpose(-1, -2)  # (b, g, l, n): n contiguous
-        u_, delta_, bias_, A_, Bt_, Ct_, D_ = (nbk.as_array(t) for t in (u, delta, bias, A, Bt, Ct, D))
-        dt = nbk.poison((b, d, L))
+        u_, delta_, bias_, A_, Bt_, Ct_, D_ = (as_array(t) for t in (u, delta, bias, A, Bt, Ct, D))
+        dt = poison((b, d, L))
         _dt_rows(delta_, bias_, do_softplus, dt)
-        z_np = nbk.as_array(z) if z is not None else np.zeros((1, 1, 1), np.float32)
-        y = nbk.poison((b, d, L))
-        yp = nbk.poison((b, d, L)) if z is not None else y  # y before the gate, for dz
-        hk = nbk.poison((b, d, (L + K - 1) // K, n))
-        hT = nbk.poison((b, d, n))
-        _scan_forward(u_, dt, A_, Bt_, Ct_, D_, z_np, z is not None, nbk.as_array(h0), K, y, yp, hk, hT)
+        z_np = as_array(z) if z is not None else np.zeros((1, 1, 1), np.float32)
+        y = poison((b, d, L))
+        yp = poison((b, d, L)) if z is not None else y  # y before the gate, for dz
+        hk = poison((b, d, (L + K - 1) // K, n))
+        hT = poison((b, d, n))
+        _scan_forward(u_, dt, A_, Bt_, Ct_, D_, z_np, z is not None, as_array(h0), K, y, yp, hk, hT)
         ctx.arrs = (u_, delta_, bias_, dt, A_, Bt_, Ct_, D_)
         ctx.z, ctx.yp, ctx.hk, ctx.do_softplus = (z_np if z is not None else None), yp, hk, do_softplus
         return torch.from_numpy(y), torch.from_numpy(hT)
@@ -279,13 +277,13 @@ class _ScanFn(torch.autograd.Function):
         g, n = Bt.shape[1], Bt.shape[3]
         has_z = ctx.z is not None
         z = ctx.z if has_z else np.zeros((1, 1, 1), np.float32)
-        nwork = max(1, min(d, -(-2 * nbk.num_threads() // b)))  # >= 2 jobs per thread in all
-        dout_np = nbk.as_array(dout) if dout is not None else np.zeros((b, d, L), np.float32)
-        dhT_np = nbk.as_array(dhT) if dhT is not None else np.zeros((b, d, n), np.float32)
-        du, ddelta = nbk.poison((b, d, L)), nbk.poison((b, d, L))
-        dz = nbk.poison((b, d, L)) if has_z else z
-        dA, dh0, dD = nbk.poison((b, d, n)), nbk.poison((b, d, n)), nbk.poison((b, d))
-        dbias = nbk.poison((b, d))
+        nwork = max(1, min(d, -(-2 * num_threads() // b)))  # >= 2 jobs per thread in all
+        dout_np = as_array(dout) if dout is not None else np.zeros((b, d, L), np.float32)
+        dhT_np = as_array(dhT) if dhT is not None else np.zeros((b, d, n), np.float32)
+        du, ddelta = poison((b, d, L)), poison((b, d, L))
+        dz = poison((b, d, L)) if has_z else z
+        dA, dh0, dD = poison((b, d, n)), poison((b, d, n)), poison((b, d))
+        dbias = poison((b, d))
         dBp = np.zeros((nwork, b, g, L, n), np.float32)
         dCp = np.zeros((nwork, b, g, L, n), np.float32)
         _scan_backward(u, delta, bias, ctx.do_softplus, dt, A, Bt, Ct, D, z, has_z, K_CHECKPOINT, ctx.yp,
@@ -297,7 +295,7 @@ class _ScanFn(torch.autograd.Function):
                 T(dz) if has_z else None, T(dh0), None)
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+def selective_scan(u, delta, A, B, C, *, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None, return_final_state=False):
     """Fused numba selective scan; normalized arguments as in ssmkit.ops.selective_scan.reference."""
     f32 = torch.float32
@@ -324,13 +322,13 @@ def _inference(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplu
     h0 = initial_state.to(f32).contiguous() if initial_state is not None else torch.zeros(b, d, n)
     D32 = D.to(f32).contiguous() if D is not None else torch.zeros(d)
     bias = delta_bias.to(f32).contiguous() if delta_bias is not None else torch.zeros(d)
-    zr = nbk.rows(z) if z is not None else (np.zeros((1, 1), np.float32), 0, False)
-    y = nbk.out_tensor((b, L, d))
+    zr = rows(z) if z is not None else (np.zeros((1, 1), np.float32), 0, False)
+    y = out_tensor((b, L, d))
     hT = torch.empty(b, d, n)
-    _scan_inference(*nbk.rows(u), *nbk.rows(delta), A.to(f32).contiguous().numpy(),
+    _scan_inference(*rows(u), *rows(delta), A.to(f32).contiguous().numpy(),
                     B.detach().to(f32).numpy(), C.detach().to(f32).numpy(), D32.numpy(), *zr, z is not None,
                     bias.numpy(), bool(delta_softplus), h0.numpy(), y.numpy().reshape(b * L, d), hT.numpy())
     return y.transpose(1, 2).to(u.dtype), hT
 
 
-__all__ = ["selective_scan", "unsupported_reason"]
+__all__ = ["BACKEND", "selective_scan"]

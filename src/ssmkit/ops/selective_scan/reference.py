@@ -13,9 +13,9 @@ Glossary (code name: paper symbol, Mamba paper Algorithm 2):
 Discretization, as in the Mamba reference: ZOH for A (dA = exp(delta * A)) and Euler for B
 (dB u = delta * B * u). Then h_t = dA_t h_{t-1} + dB_t u_t and y_t = C_t h_t + D u_t.
 
-Normalized backend signature (what `ssmkit.ops._dispatch` calls, every argument present):
-    selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                   return_final_state) -> out | (out, final_state)
+Normalized tier signature (what `ssmkit.ops.selective_scan` calls on every tier):
+    selective_scan(u, delta, A, B, C, *, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   initial_state=None, return_final_state=False) -> out | (out, final_state)
 with B, C always (b, g, n, l), d % g == 0; out has u's dtype; final_state is float32 (float64 when u is).
 Accumulation is float32, or float64 for float64 inputs (so the oracle can be gradchecked).
 """
@@ -25,10 +25,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssmkit._dtypes import acc_dtype
+from ssmkit.ops._dispatch import Backend
 
-def acc_dtype(t: torch.Tensor) -> torch.dtype:
-    """float64 inputs accumulate in float64, everything else in float32."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+BACKEND = Backend(priority=0, fallback=True)
 
 
 def prepare(u, delta, A, B, C, delta_bias, delta_softplus):
@@ -36,7 +36,7 @@ def prepare(u, delta, A, B, C, delta_bias, delta_softplus):
 
     Returns u, delta (b, d, l), A (d, n), B, C (b, g, n, l), all in the accumulation dtype.
     """
-    acc = acc_dtype(u)
+    acc = acc_dtype(u.dtype)
     u, delta, A = u.to(acc), delta.to(acc), A.to(acc)
     if delta_bias is not None:
         delta = delta + delta_bias.to(acc)[:, None]
@@ -59,7 +59,8 @@ def finish(y, u, D, z, out_dtype):
     return y.to(out_dtype)
 
 
-def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state):
+def selective_scan(u, delta, A, B, C, *, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   initial_state=None, return_final_state=False):
     """The sequential recurrence, one time step at a time (see the module docstring)."""
     out_dtype = u.dtype
     u_, delta_, A_, B_, C_ = prepare(u, delta, A, B, C, delta_bias, delta_softplus)

@@ -1,7 +1,10 @@
-"""`ssmkit.ops.ssd`: Mamba-2's chunked scan (structured state space duality), validated, then dispatched.
+"""`ssmkit.ops.ssd`: Mamba-2's scan (structured state space duality), validated once, then dispatched.
 
-Backends (see `ssmkit.ops._dispatch`): "cpu", "triton", "reference" (the chunked algorithm of
-`reference.ssd`). `ssd_recurrent` is the step-by-step oracle, exported for tests.
+Tiers (backends, chosen by `ssmkit.ops._dispatch` from their declarations):
+    reference  the recurrence, one step at a time: the oracle.
+    chunked    Mamba-2's chunked algorithm in PyTorch, any device.
+    numba      fused CPU kernels (float32/bfloat16), forward and backward.
+"auto" takes numba on CPU and chunked where numba cannot run.
 """
 
 from __future__ import annotations
@@ -12,9 +15,8 @@ import torch
 
 from ssmkit._checks import FLOAT_DTYPES, check_positive_int, check_same_device, check_tensor
 from ssmkit.ops._dispatch import resolve
-from ssmkit.ops.ssd.reference import ssd_recurrent
 
-__all__ = ["ssd", "ssd_recurrent"]
+__all__ = ["ssd"]
 
 _STATE_DTYPES = (torch.float32, torch.float64)
 
@@ -71,6 +73,7 @@ def ssd(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
+    *,
     chunk_size: int = 64,
     D: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
@@ -90,24 +93,12 @@ def ssd(
         dt_limit: dt is clamped to [low, high]; initial_state: (b, h, p, n) float32, differentiable;
         seq_idx: (b, l) int, nondecreasing: the state restarts from zero where it changes (packed
         sequences), so initial_state only reaches each row's first sequence.
+        chunk_size: the chunked tier's chunk length (the others ignore it).
+        backend: "auto", or a tier: "reference", "chunked", "numba" (see the module docstring).
     Returns out (b, l, h, p) in x's dtype, and the final state (b, h, p, n) float32 if asked.
     """
     _check(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial_state, seq_idx)
-    _, fn = resolve("ssd", backend, x)
-    limit = (float(dt_limit[0]), float(dt_limit[1]))
-    return fn(
-        x,
-        dt,
-        A,
-        B,
-        C,
-        chunk_size,
-        D,
-        z,
-        dt_bias,
-        bool(dt_softplus),
-        limit,
-        initial_state,
-        seq_idx,
-        bool(return_final_state),
-    )
+    fn = resolve("ssd", backend, x).fn
+    return fn(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=bool(dt_softplus),
+              dt_limit=(float(dt_limit[0]), float(dt_limit[1])), initial_state=initial_state, seq_idx=seq_idx,
+              return_final_state=bool(return_final_state))

@@ -1,107 +1,22 @@
-"""SSD (Mamba-2's structured state space duality): the chunked algorithm and the plain recurrence.
+"""SSD by chunks (Mamba-2's algorithm, "Transformers are SSMs", Listing 1), any device.
 
-Glossary (code name: paper symbol, "Transformers are SSMs", Listing 1):
-    x      : X, the input, per head                      (b, l, h, p)
-    dt     : Delta, the step size per head               (b, l, h)
-    A      : A, one scalar per head (A = a I)            (h,)
-    B, C   : B, C, shared by the heads of a group        (b, l, g, n)
-    D      : D, the skip connection                      (h,) or (h, p)
-    z      : the gate, out = y * silu(z)                 (b, l, h, p)
-    state  : the hidden state per head                   (b, h, p, n)
-    seq_idx: which packed sequence each step belongs to  (b, l), nondecreasing per row
-    h = heads, p = head dim, g = groups (h % g == 0), n = d_state, T = chunk_size.
-
-Semantics: dt <- clamp(softplus(dt + dt_bias), *dt_limit) (softplus if dt_softplus; the clamp always);
-state_t = exp(dt_t A) state_{t-1} + dt_t x_t B_t^T; y_t = state_t C_t + D x_t; out = y * silu(z).
-Where seq_idx changes (t > 0 and seq_idx[t] != seq_idx[t-1]) the state restarts from zero, so no state
-crosses a packed sequence boundary; `initial_state` therefore only reaches the first sequence of a row.
-
-Normalized backend signature (what `ssmkit.ops._dispatch` calls, every argument present):
-    ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_state, seq_idx,
-        return_final_state) -> out | (out, final_state)
-out has x's dtype; the final state is float32 (float64 for float64 inputs); accumulation likewise.
-
-`ssd` is the reference tier's algorithm (chunked: a masked quadratic form inside each chunk, the
-states passed between chunks); `ssd_recurrent` is the step-by-step oracle it is tested against.
+Names, semantics and the normalized signature as in reference.py (read its glossary). The sequence
+is cut into chunks of T = chunk_size steps: inside a chunk, a masked quadratic (attention-like) form;
+between chunks, a recurrence on the chunk states. Every decay is exp of a segment sum (`segsum`),
+never a ratio of cumulative products, so strong decay and resets (seq_idx) stay finite.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from ssmkit.ops._dispatch import Backend
+from ssmkit.ops.ssd.reference import finish, prepare, resets
 
-def _acc(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _prepare(x, dt, A, B, C, dt_bias, dt_softplus, dt_limit):
-    """Accumulation dtype, dt transform, B and C from groups to heads: B, C (b, l, h, n)."""
-    acc = _acc(x)
-    h = x.shape[2]
-    x, dt, A = x.to(acc), dt.to(acc), A.to(acc)
-    if dt_bias is not None:
-        dt = dt + dt_bias.to(acc)
-    if dt_softplus:
-        dt = F.softplus(dt)
-    dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
-    # head i reads group i // (h // g)
-    B = B.to(acc).repeat_interleave(h // B.shape[2], dim=2)  # (b, l, h, n)
-    C = C.to(acc).repeat_interleave(h // C.shape[2], dim=2)  # (b, l, h, n)
-    return x, dt, A, B, C
-
-
-def _finish(y, x, D, z, out_dtype):
-    if D is not None:
-        Dp = D.to(y.dtype)
-        y = y + x * (Dp[:, None] if Dp.dim() == 1 else Dp)  # D: (h,) or (h, p)
-    if z is not None:
-        y = y * F.silu(z.to(y.dtype))
-    return y.to(out_dtype)
-
-
-def _resets(seq_idx, l):
-    """(b, l) bool: True where a new packed sequence starts (never at t = 0)."""
-    r = torch.zeros_like(seq_idx, dtype=torch.bool)
-    if l > 1:
-        r[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
-    return r
-
-
-def ssd_recurrent(
-    x,
-    dt,
-    A,
-    B,
-    C,
-    chunk_size,
-    D,
-    z,
-    dt_bias,
-    dt_softplus,
-    dt_limit,
-    initial_state,
-    seq_idx,
-    return_final_state,
-):
-    """The oracle: one time step at a time (chunk_size is ignored)."""
-    out_dtype = x.dtype
-    x_, dt_, A_, B_, C_ = _prepare(x, dt, A, B, C, dt_bias, dt_softplus, dt_limit)
-    b, l, h, p = x_.shape
-    n = B_.shape[-1]
-    s = x_.new_zeros(b, h, p, n) if initial_state is None else initial_state.to(x_.dtype)
-    resets = _resets(seq_idx, l) if seq_idx is not None else None
-    ys = []
-    for t in range(l):
-        if resets is not None:
-            s = torch.where(resets[:, t, None, None, None], torch.zeros_like(s), s)
-        decay = torch.exp(dt_[:, t] * A_)  # (b, h)  ZOH for the scalar A
-        dBx = torch.einsum("bh,bhp,bhn->bhpn", dt_[:, t], x_[:, t], B_[:, t])  # Euler for B
-        s = decay[..., None, None] * s + dBx
-        ys.append(torch.einsum("bhpn,bhn->bhp", s, C_[:, t]))
-    y = torch.stack(ys, dim=1) if ys else x_.new_zeros(b, 0, h, p)  # (b, l, h, p)
-    out = _finish(y, x_, D, z, out_dtype)
-    return (out, s) if return_final_state else out
+BACKEND = Backend(priority=10, fallback=True)
 
 
 def segsum(a: torch.Tensor) -> torch.Tensor:
@@ -117,32 +32,18 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device)), -torch.inf)
 
 
-def ssd(
-    x,
-    dt,
-    A,
-    B,
-    C,
-    chunk_size,
-    D,
-    z,
-    dt_bias,
-    dt_softplus,
-    dt_limit,
-    initial_state,
-    seq_idx,
-    return_final_state,
-):
+def ssd(x, dt, A, B, C, *, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
+        dt_limit=(0.0, math.inf), initial_state=None, seq_idx=None, return_final_state=False):
     """Chunked SSD: quadratic (attention-like) form inside chunks, recurrence on chunk states between."""
     out_dtype = x.dtype
-    x_, dt_, A_, B_, C_ = _prepare(x, dt, A, B, C, dt_bias, dt_softplus, dt_limit)
+    x_, dt_, A_, B_, C_ = prepare(x, dt, A, B, C, dt_bias, dt_softplus, dt_limit)
     b, l, h, p = x_.shape
     n = B_.shape[-1]
     T = chunk_size
     logA = dt_ * A_  # (b, l, h)  log of each step's decay
     if seq_idx is not None:
         # a reset is a step whose decay is exactly zero: log decay -inf
-        logA = logA.masked_fill(_resets(seq_idx, l)[..., None], -torch.inf)
+        logA = logA.masked_fill(resets(seq_idx, l)[..., None], -torch.inf)
     X = x_ * dt_[..., None]  # (b, l, h, p)  Euler for B: dt x
     pad = (-l) % T
     if pad:
@@ -172,5 +73,5 @@ def ssd(
     decay_in = torch.exp(torch.cumsum(logA, dim=-1))  # (b, h, c, T)
     y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, prev, decay_in)
     y = (y_diag + y_off).reshape(b, c * T, h, p)[:, :l]  # (b, l, h, p)
-    out = _finish(y, x_, D, z, out_dtype)
+    out = finish(y, x_, D, z, out_dtype)
     return (out, final) if return_final_state else out

@@ -16,7 +16,7 @@ with G = dL/dS_t[r]:
 dt's bias, softplus and clamp, D x and the silu(z) gate are plain torch ops (autograd); exp here is
 one per head and step, so libm's scalar exp is no bottleneck; the inner loops run over n (SIMD).
 Row blocks share dB, dC, d dt, dA: each worker adds into its own partial buffer, summed afterwards.
-Why numba: see ssmkit/ops/_numba.py.
+Why numba: see ssmkit/ops/_numba/__init__.py.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import _numba as nbk
-from .._numba import ZERO, f32, njit, prange
+from ssmkit.ops._dispatch import Backend
+from ssmkit.ops._numba import njit, num_threads, prange
+from ssmkit.ops._numba.arrays import as_array
+from ssmkit.ops._numba.buffers import poison
+from ssmkit.ops._numba.numerics import ZERO, f32
 
+BACKEND = Backend(devices=("cpu",), dtypes=(torch.float32, torch.bfloat16), priority=20)
 K_CHECKPOINT = 64
-
-
-def unsupported_reason(*tensors: torch.Tensor) -> str | None:
-    return nbk.unsupported_reason(*tensors)
 
 
 @njit(parallel=True, fastmath=True)
@@ -147,14 +147,14 @@ class _SSDScanFn(torch.autograd.Function):
         b, L, h, p = x.shape
         n = B.shape[-1]
         K = K_CHECKPOINT
-        arrs = tuple(nbk.as_array(t) for t in (x, dt, A, B, C))
-        keep_np = nbk.as_array(keep)
+        arrs = tuple(as_array(t) for t in (x, dt, A, B, C))
+        keep_np = as_array(keep)
         # forward jobs: b x h x row blocks, at least ~2 per thread
-        nblk_f = max(1, min(p, -(-2 * nbk.num_threads() // (b * h))))
-        y = nbk.poison((b, L, h, p))
-        Sk = nbk.poison((b, h, (L + K - 1) // K, p, n))
-        ST = nbk.poison((b, h, p, n))
-        _ssd_forward(*arrs, nbk.as_array(S0), keep_np, nblk_f, K, y, Sk, ST)
+        nblk_f = max(1, min(p, -(-2 * num_threads() // (b * h))))
+        y = poison((b, L, h, p))
+        Sk = poison((b, h, (L + K - 1) // K, p, n))
+        ST = poison((b, h, p, n))
+        _ssd_forward(*arrs, as_array(S0), keep_np, nblk_f, K, y, Sk, ST)
         ctx.arrs, ctx.keep, ctx.Sk = arrs, keep_np, Sk
         return torch.from_numpy(y), torch.from_numpy(ST)
 
@@ -163,10 +163,10 @@ class _SSDScanFn(torch.autograd.Function):
         x, dt, A, B, C = ctx.arrs
         b, L, h, p = x.shape
         g, n = B.shape[2], B.shape[3]
-        nblk = max(1, min(p, -(-2 * nbk.num_threads() // b)))
-        dy_np = nbk.as_array(dy) if dy is not None else np.zeros(x.shape, np.float32)
-        dST_np = nbk.as_array(dST) if dST is not None else np.zeros((b, h, p, n), np.float32)
-        dx, dS0 = nbk.poison(x.shape), nbk.poison((b, h, p, n))
+        nblk = max(1, min(p, -(-2 * num_threads() // b)))
+        dy_np = as_array(dy) if dy is not None else np.zeros(x.shape, np.float32)
+        dST_np = as_array(dST) if dST is not None else np.zeros((b, h, p, n), np.float32)
+        dx, dS0 = poison(x.shape), poison((b, h, p, n))
         ddtp = np.zeros((nblk, b, L, h), np.float32)
         dAp = np.zeros((nblk, b, h), np.float32)
         dBp = np.zeros((nblk, b, L, g, n), np.float32)
@@ -177,7 +177,7 @@ class _SSDScanFn(torch.autograd.Function):
         return (T(dx), T(ddtp).sum(0), T(dAp).sum((0, 1)), T(dBp).sum(0), T(dCp).sum(0), T(dS0), None)
 
 
-def ssd(x, dt, A, B, C, chunk_size=None, D=None, z=None, dt_bias=None, dt_softplus=False,
+def ssd(x, dt, A, B, C, *, chunk_size=None, D=None, z=None, dt_bias=None, dt_softplus=False,
         dt_limit=(0.0, float("inf")), initial_state=None, seq_idx=None, return_final_state=False):
     """Fused numba SSD recurrence; normalized arguments as in ssmkit.ops.ssd.reference.
     chunk_size is ignored: the fused recurrence walks the sequence step by step."""
@@ -206,4 +206,4 @@ def ssd(x, dt, A, B, C, chunk_size=None, D=None, z=None, dt_bias=None, dt_softpl
     return (y, ST) if return_final_state else y
 
 
-__all__ = ["ssd", "unsupported_reason"]
+__all__ = ["BACKEND", "ssd"]

@@ -1,0 +1,56 @@
+"""ssmkit.ops._numba, what the numba tiers share: the vectorizable exp and softplus against numpy and
+torch, and the tensor -> array views and copies the kernels read. (The output buffers are tested with
+the scan that needs them most, in test_parallel_scan.py.)"""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("numba")
+
+from ssmkit.ops._numba import arrays, njit, numerics  # noqa: E402
+
+
+def test_vexp_matches_exp():
+    x = np.concatenate([np.linspace(-87, 88, 100_001), np.random.default_rng(0).normal(0, 3, 10_000)])
+    x = x.astype(np.float32)
+    got = numerics.exp_array(x).astype(np.float64)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got - want) / want) < 4e-7  # fastmath-compiled; 1.2e-7 compiled strictly
+
+
+def test_softplus_matches_torch():
+    """The vectorizable softplus (vexp + a log1p polynomial) the inference kernel fuses in."""
+
+    @njit(fastmath=True)
+    def run(x, out):
+        for i in range(x.size):
+            out[i] = numerics.softplus(x[i])
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-80, 80, 100_001), rng.normal(0, 4, 10_000),
+                        -np.logspace(-8, 1.5, 2_000), np.logspace(-8, 1.5, 2_000)]).astype(np.float32)
+    got = np.empty_like(x)
+    run(x, got)
+    want = torch.nn.functional.softplus(torch.from_numpy(x).double(), threshold=1e4).numpy()
+    assert np.max(np.abs(got - want) / want) < 5e-7
+
+
+def test_rows_views_every_projection_layout():
+    """`rows` maps (b, d, l) tensors onto 2-D arrays without a copy where it can, and exactly."""
+    proj = torch.randn(2, 9, 10)                                     # (b, l, 2d), d = 5
+    for t in proj.transpose(1, 2).chunk(2, dim=1) + (torch.randn(2, 5, 9), torch.randn(2, 9, 5).mT[:, :, 2:]):
+        arr, col0, cl = arrays.rows(t)
+        b, d, L = t.shape
+        got = (torch.from_numpy(arr[:, col0:col0 + d]).reshape(b, L, d).transpose(1, 2) if cl
+               else torch.from_numpy(arr).reshape(b, d, L))
+        assert torch.equal(got, t)
+    assert np.shares_memory(arrays.rows(proj.transpose(1, 2)[:, 5:])[0], proj.numpy())  # the gate half
+
+
+def test_as_array_copies_transposed_inputs_exactly():
+    x = torch.randn(2, 37, 21).transpose(1, 2)                       # (2, 21, 37), stride 1 along 21
+    a = arrays.as_array(x)
+    assert a.flags["C_CONTIGUOUS"] and np.array_equal(a, x.contiguous().numpy())
+    y = torch.randn(3, 4, 5)
+    assert np.shares_memory(arrays.as_array(y), y.numpy())            # contiguous: a view, no copy
