@@ -46,12 +46,12 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_every_tier_matches_the_oracle_float32(case):
     checked = check_tiers(case, torch.float32)
-    assert set(checked) == {"reference"} | ({"numba"} if NUMBA else set())
+    assert set(checked) >= {"reference"} | ({"numba"} if NUMBA else set())
 
 
 def test_every_tier_matches_the_oracle_bfloat16():
     checked = check_tiers(_case(2, 20, 90, 4), torch.bfloat16)
-    assert set(checked) == {"reference"} | ({"numba"} if NUMBA else set())
+    assert set(checked) >= {"reference"} | ({"numba"} if NUMBA else set())
 
 
 def _torch_conv(x, w, bias, activation):

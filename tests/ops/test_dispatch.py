@@ -171,7 +171,7 @@ OPS = {
 @pytest.mark.parametrize("op", list(OPS))
 def test_each_op_has_its_tiers_and_auto_picks_the_fast_one_on_cpu(op, monkeypatch):
     x = torch.randn(2, 3)
-    assert set(_dispatch.available_backends(op, x)) == OPS[op]
+    assert set(_dispatch.available_backends(op, x)) >= OPS[op]
     without_numba = "chunked" if "chunked" in OPS[op] else "reference"
     fast = "fft" if op == "fft_conv" else "numba" if NUMBA else without_numba
     assert _dispatch.resolve(op, "auto", x).name == fast

@@ -38,12 +38,12 @@ CASES = [_case(2, 4, l, lk, channels) for l, lk in ((64, 64), (37, 37), (101, 13
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_every_tier_matches_the_oracle(case, dtype):
     tol = 1e-10 if dtype == torch.float64 else None                # tighter than TOL: no recurrence here
-    assert set(check_tiers(case, dtype, tol=tol)) == {"reference", "fft"}
+    assert set(check_tiers(case, dtype, tol=tol)) >= {"reference", "fft"}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_every_tier_matches_the_oracle_half_precision(dtype):
-    assert set(check_tiers(_case(2, 3, 48, 48), dtype)) == {"reference", "fft"}
+    assert set(check_tiers(_case(2, 3, 48, 48), dtype)) >= {"reference", "fft"}
 
 
 def test_auto_runs_the_fft_on_any_device():

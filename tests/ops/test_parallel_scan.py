@@ -58,12 +58,12 @@ CASES = [_case((2, 75, 3, 5), (2, 75, 3, 5)), _case((1, 1, 3, 5), (2, 75, 3, 5))
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_every_tier_matches_the_oracle(case, dtype):
     checked = check_tiers(case, dtype, tol=TOL[dtype])
-    assert set(checked) == {"reference", "chunked"} | ({"numba"} if HAS_NUMBA else set())
+    assert set(checked) >= {"reference", "chunked"} | ({"numba"} if HAS_NUMBA else set())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_runs_on_the_pytorch_tiers(dtype):
-    assert set(check_tiers(_case((2, 40, 3), (2, 40, 3)), dtype)) == {"reference", "chunked"}
+    assert set(check_tiers(_case((2, 40, 3), (2, 40, 3)), dtype)) >= {"reference", "chunked"}
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 16, 75, 100])

@@ -65,16 +65,16 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_every_tier_matches_the_oracle_float32(case):
     checked = check_tiers(case, torch.float32)
-    assert set(checked) == {"reference", "chunked"} | ({"numba"} if NUMBA else set())
+    assert set(checked) >= {"reference", "chunked"} | ({"numba"} if NUMBA else set())
 
 
 def test_every_tier_matches_the_oracle_bfloat16():
     checked = check_tiers(_case(2, 20, 90, 8, 2), torch.bfloat16)
-    assert set(checked) == {"reference", "chunked"} | ({"numba"} if NUMBA else set())
+    assert set(checked) >= {"reference", "chunked"} | ({"numba"} if NUMBA else set())
 
 
 def test_every_tier_matches_the_oracle_float64():
-    assert set(check_tiers(_case(2, 6, 70, 4, 3), torch.float64)) == {"reference", "chunked"}
+    assert set(check_tiers(_case(2, 6, 70, 4, 3), torch.float64)) >= {"reference", "chunked"}
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

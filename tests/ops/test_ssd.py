@@ -54,17 +54,17 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_every_tier_matches_the_oracle_float32(case):
     checked = check_tiers(case, torch.float32)
-    assert set(checked) == {"reference", "chunked"} | ({"numba"} if NUMBA else set())
+    assert set(checked) >= {"reference", "chunked"} | ({"numba"} if NUMBA else set())
 
 
 def test_every_tier_matches_the_oracle_bfloat16():
     checked = check_tiers(_case(1, 90, 2, 4, 8, 1, full=False), torch.bfloat16)
-    assert set(checked) == {"reference", "chunked"} | ({"numba"} if NUMBA else set())
+    assert set(checked) >= {"reference", "chunked"} | ({"numba"} if NUMBA else set())
 
 
 def test_every_tier_matches_the_oracle_float64():
     checked = check_tiers(_case(2, 37, 4, 3, 5, 2, chunk=8, seq_idx=SEQ), torch.float64)
-    assert set(checked) == {"reference", "chunked"}
+    assert set(checked) >= {"reference", "chunked"}
 
 
 def _inputs(b=2, l=37, h=4, p=3, g=2, n=5, dtype=torch.float32, D_hdim=False):
