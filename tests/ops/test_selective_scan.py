@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import torch
 
+from ssmkit._dtypes import acc_dtype
 from ssmkit.ops import selective_scan
 from ssmkit.ops.selective_scan import chunked, reference
 from tests.helpers import TOL, assert_rel
@@ -20,7 +21,7 @@ def _case(b, d, L, n, g, *, full=True, softplus=True, layout="contiguous", name=
     """g=0: B, C as (b, n, l) (one group, the 3-D form); layout: how u, delta and z lie in memory."""
 
     def make(dtype, gen):
-        state = torch.float64 if dtype == torch.float64 else torch.float32
+        state = acc_dtype(dtype)
 
         def r(*shape, dt=dtype):
             return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dt)
@@ -97,7 +98,7 @@ def test_auto_takes_the_loop_up_to_chunked_above_and_chunks_beyond(monkeypatch):
 # ---- the oracle and the chunked form ------------------------------------------------------------
 
 def _inputs(b=2, d=6, n=4, l=50, g=2, dtype=torch.float32):
-    state = torch.float64 if dtype == torch.float64 else torch.float32
+    state = acc_dtype(dtype)
     u, delta = torch.randn(b, d, l, dtype=dtype), torch.randn(b, d, l, dtype=dtype) * 0.5
     A = -torch.rand(d, n, dtype=state) * 2 - 0.1
     return u, delta, A, torch.randn(b, g, n, l, dtype=dtype), torch.randn(b, g, n, l, dtype=dtype)

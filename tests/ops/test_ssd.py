@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from ssmkit._dtypes import acc_dtype
 from ssmkit.ops import ssd
 from ssmkit.ops.selective_scan import reference as selective_scan_reference
 from ssmkit.ops.ssd import chunked, reference
@@ -22,7 +23,7 @@ SEQ = torch.tensor([[0] * 10 + [1] * 3 + [2] * 24, [5] * 20 + [6] * 17])        
 def _case(b, L, h, p, n, g, *, D_hdim=False, seq_idx=None, limit=(0.0, INF), softplus=True, chunk=64,
           full=True):
     def make(dtype, gen):
-        state = torch.float64 if dtype == torch.float64 else torch.float32
+        state = acc_dtype(dtype)
 
         def r(*shape, dt=dtype):
             return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dt)
@@ -68,7 +69,7 @@ def test_every_tier_matches_the_oracle_float64():
 
 
 def _inputs(b=2, l=37, h=4, p=3, g=2, n=5, dtype=torch.float32, D_hdim=False):
-    state = torch.float64 if dtype == torch.float64 else torch.float32
+    state = acc_dtype(dtype)
     return {
         "x": torch.randn(b, l, h, p, dtype=dtype),
         "dt": torch.randn(b, l, h, dtype=dtype) * 0.5,
