@@ -174,6 +174,12 @@ def test_truncated_or_mismatched_checkpoint_is_a_clear_error(tmp_path):
         SSMConfig(d_model=16, n_layer=2, vocab_size=37, layers="attention", n_head=4)
     ).save_pretrained(tmp_path / "other")
     os.replace(tmp_path / "other" / "model.safetensors", path)
+    with pytest.raises(ValueError, match="come from different saves"):
+        SSMForCausalLM.from_pretrained(tmp_path)
+    # a directory from before the pair was recorded: the names and shapes still catch it
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["ssmkit_weights_sha256"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="wrong shapes.*backbone"):
         SSMForCausalLM.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="SSMForCausalLM"):

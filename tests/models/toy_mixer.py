@@ -29,7 +29,8 @@ class ToyRecurrence(Mixer):
         return {"h": z, "x_prev": z.clone()}
 
     def forward(self, x, state=None, return_state=False):
-        self._check_x(x)
+        if (empty := self._empty_forward(x, state, return_state)) is not None:
+            return empty
         if state is not None:
             self._check_state(state, x.shape[0])
         state = self.init_state(x.shape[0], x.device, x.dtype) if state is None else state
@@ -41,8 +42,8 @@ class ToyRecurrence(Mixer):
         return (y, state) if return_state else y
 
     def step(self, x_t, state):
-        self._check_x_t(x_t)
-        self._check_state(state, x_t.shape[0])
+        if (empty := self._empty_step(x_t, state)) is not None:
+            return empty
         return self._step(x_t, state)
 
     def _step(self, x_t, state):

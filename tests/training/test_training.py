@@ -363,3 +363,22 @@ def test_time_schedule_follows_the_clock():
     )
     assert res.stopped == "max_time" and res.step > 5
     assert res.train_losses[-1][1] < res.train_losses[0][1]
+
+
+def test_non_finite_loss_stops_training_naming_the_step(tmp_path):
+    """A loss that turns NaN stops the run before the update, with the step in the message; the last
+    checkpoint holds finite weights."""
+    from ssmkit.training.loop import TrainingDiverged
+
+    model = TinyLM()
+
+    def poison(step, loss):
+        if step == 5:  # after step 5's update, after the checkpoint of step 4
+            with torch.no_grad():
+                model.head.weight[0, 0] = float("nan")
+
+    cfg = tiny_cfg(max_steps=8, save_every=2)
+    with pytest.raises(TrainingDiverged, match="the loss is nan at step 6"):
+        train(model, LMBatches(periodic_tokens(), 16, 4), cfg, out_dir=str(tmp_path), on_step=poison)
+    ckpt = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values())

@@ -126,6 +126,9 @@ def generate(
         generator=generator,
     )
 
+    if b == 0:  # no sequences: nothing to run, the (empty) rows still have the requested width
+        empty = input_ids.new_zeros(0, L + max_new_tokens)
+        return iter(()) if stream else empty
     tokens = _decode(
         model,
         input_ids,

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ssmkit._files import check_readable, loads_safetensors, safetensors_bytes, write_bytes_atomic
+
 StateDict = dict[str, torch.Tensor]
 _FORMAT = "ssmkit.State"
 _VERSION = "1"
@@ -153,61 +155,35 @@ class State:
     # ---- files ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write `to_bytes()` to a file (atomic: a temporary name, then renamed)."""
-        data = self.to_bytes()
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_bytes_atomic(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> State:
-        """Read a State written by `save`; a truncated or foreign file raises a clear error."""
+        """Read a State written by `save`; a missing, unreadable, truncated, corrupt or foreign file
+        raises a clear error naming it."""
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no State file at {path}")
+        check_readable(path, "State file")
         with open(path, "rb") as f:
             return cls.from_bytes(f.read(), device=device, source=f"State file {path}")
 
     # ---- bytes ------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        """A safetensors file's bytes whose JSON header carries the config hash and the layout."""
-        from safetensors.torch import save
-
-        tensors = {
-            f"layers.{i}.{k}": v.detach().contiguous().cpu()
-            for i, d in enumerate(self.layers)
-            for k, v in d.items()
-        }
+        """A safetensors file's bytes whose header carries the config hash, the layout and a checksum."""
+        tensors = {f"layers.{i}.{k}": v for i, d in enumerate(self.layers) for k, v in d.items()}
         header = {
             "config_hash": self.config_hash,
             "layout": self.layout,
             "keys": [list(d) for d in self.layers],
         }
-        return save(tensors, metadata={"format": _FORMAT, "version": _VERSION, "state": json.dumps(header)})
+        meta = {"format": _FORMAT, "version": _VERSION, "state": json.dumps(header)}
+        return safetensors_bytes(tensors, meta)
 
     @classmethod
     def from_bytes(
         cls, data: bytes, device: str | torch.device = "cpu", source: str = "State bytes"
     ) -> State:
-        """The State whose `to_bytes()` gave `data`; truncated or foreign bytes raise a ValueError."""
-        from safetensors.torch import load
-
-        try:
-            n = int.from_bytes(data[:8], "little")
-            meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
-        except Exception as e:  # too short, or not JSON after the length
-            raise ValueError(f"cannot read {source} (truncated or not a safetensors file?): {e}") from e
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{source} is a safetensors file but not an ssmkit State (no State header)")
-        try:
-            tensors = load(data)
-        except Exception as e:  # safetensors raises its own error type on damaged bytes
-            raise ValueError(f"cannot read {source} (truncated or not a safetensors file?): {e}") from e
+        """The State whose `to_bytes()` gave `data`; truncated, corrupt or foreign bytes: a ValueError."""
+        tensors, meta = loads_safetensors(data, source, fmt=_FORMAT)
         header = json.loads(meta["state"])
         layers = [
             {k: tensors[f"layers.{i}.{k}"].to(device) for k in keys} for i, keys in enumerate(header["keys"])

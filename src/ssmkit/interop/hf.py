@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssmkit.models.checkpoint import load_checked, write_checkpoint
 from ssmkit.models.config import SSMConfig
-from ssmkit.models.heads import SSMForCausalLM, load_checked, write_checkpoint
+from ssmkit.models.heads import SSMForCausalLM
 
 HF_EMBED, OUR_EMBED = "backbone.embeddings.weight", "backbone.embedding.weight"
 HEAD = "lm_head.weight"

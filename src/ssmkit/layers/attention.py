@@ -115,7 +115,8 @@ class Attention(Mixer):
         """x (b, l, d_model) -> y [, state]. attention_mask (b, l), 1 = token, 0 = pad: no query attends
         to a pad (a pad attends to itself only), so with rotary's relative positions each row's tokens
         are computed as if the row had no pads (calls without a carried state)."""
-        self._check_x(x)
+        if (empty := self._empty_forward(x, state, return_state)) is not None:
+            return empty
         if state is not None or return_state:
             self._check_causal("a state")
         if state is not None:
@@ -159,7 +160,8 @@ class Attention(Mixer):
 
     def step(self, x_t: torch.Tensor, state: StateDict) -> tuple[torch.Tensor, StateDict]:
         """One token; the cost grows with the cache length (at most `window` with a window)."""
-        self._check_x_t(x_t)
+        if (empty := self._empty_step(x_t, state)) is not None:
+            return empty
         y, state = self.forward(x_t[:, None], state=state, return_state=True)
         return y[:, 0], state
 

@@ -18,6 +18,12 @@ Batching: `cat_states` joins the states of several sequences along the batch and
 takes rows; the defaults concatenate and index every tensor, and a layer whose state grows with the
 context (attention's KV cache, Hyena's history) pads rows of different lengths in `cat_states`.
 
+Empty inputs: a batch of 0 sequences or a length of 0 gives an empty output (and the state it was
+given, or the empty state); layers call `_empty_forward` / `_empty_step` first. Inputs of another
+floating dtype than the layer's parameters raise up front (cast the input or the layer; under
+torch.autocast the cast is autocast's), except in layers that compute in the input's precision
+(`any_input_dtype = True`: S4, S4D, S5).
+
 A mixer registers itself under a pattern name with `ssmkit.layers.registry.register` and lists the
 parameters trained without weight decay in `no_weight_decay`.
 """
@@ -39,6 +45,8 @@ class Mixer(nn.Module):
     bidirectional: bool = False
     no_weight_decay: tuple[str, ...] = ()
     """Names of this module's own parameters that the optimizer must not decay (A_log, D, ...)."""
+    any_input_dtype: bool = False
+    """True when the layer computes in the input's precision whatever its parameters' dtype."""
 
     def forward(self, x: torch.Tensor, state: StateDict | None = None, return_state: bool = False):
         raise NotImplementedError
@@ -57,6 +65,7 @@ class Mixer(nn.Module):
                 f"{type(self).__name__}: {name} must have last dimension d_model={self.d_model}, "
                 f"got shape {tuple(x.shape)}"
             )
+        self._check_dtype(x, name)
 
     def _check_x_t(self, x_t: torch.Tensor) -> None:
         check_tensor("x_t", x_t, ndim=2, dtypes=FLOAT_DTYPES, legend="(batch, d_model)")
@@ -64,6 +73,33 @@ class Mixer(nn.Module):
             raise ValueError(
                 f"{type(self).__name__}: x_t must have shape (batch, {self.d_model}), got {tuple(x_t.shape)}"
             )
+        self._check_dtype(x_t, "x_t")
+
+    def _check_dtype(self, x: torch.Tensor, name: str) -> None:
+        if self.any_input_dtype or torch.is_autocast_enabled(x.device.type):
+            return
+        check_param_dtype(self, x, name)
+
+    def _empty_forward(self, x: torch.Tensor, state: StateDict | None, return_state: bool):
+        """The result of forward() when x has no batch or no length, else None (go on computing)."""
+        self._check_x(x)
+        if x.shape[0] and x.shape[1]:
+            return None
+        if state is not None or return_state:
+            self._check_causal("a state")
+        if state is not None:
+            self._check_state(state, x.shape[0])
+        y = x.new_zeros(x.shape)
+        if not return_state:
+            return y
+        return y, state if state is not None else self.init_state(x.shape[0], device=x.device)
+
+    def _empty_step(self, x_t: torch.Tensor, state: StateDict):
+        """The result of step() for a batch of 0 sequences, else None."""
+        self._check_causal("step")
+        self._check_x_t(x_t)
+        self._check_state(state, x_t.shape[0])
+        return None if x_t.shape[0] else (x_t.new_zeros(x_t.shape), state)
 
     def _padding_mask(self, attention_mask, x: torch.Tensor, stateful: bool) -> torch.Tensor | None:
         """attention_mask (b, l), 1 = token, 0 = pad -> (b, l) in x's dtype, or None when it has no pad.
@@ -145,6 +181,18 @@ class Mixer(nn.Module):
         if isinstance(idx, torch.Tensor):
             return {k: v[idx.to(v.device)] for k, v in state.items()}
         return {k: v[idx] for k, v in state.items()}
+
+
+def check_param_dtype(module: nn.Module, x: torch.Tensor, name: str = "x") -> None:
+    """Raise a clear error when x's floating dtype differs from the module's parameters'."""
+    param = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if param is not None and x.dtype != param.dtype:
+        dt = lambda d: str(d).replace("torch.", "")  # noqa: E731
+        raise TypeError(
+            f"{type(module).__name__}: {name} has dtype {dt(x.dtype)} but the layer's parameters are "
+            f"{dt(param.dtype)}; cast the input (x.to({param.dtype})) or the layer (layer.to({x.dtype})), "
+            "or run under torch.autocast"
+        )
 
 
 def state_nbytes(state: StateDict) -> int:

@@ -51,6 +51,7 @@ class ConvSSM(Mixer):
 
     _ssm_names: tuple[str, ...] = ()
     state_key = "x"
+    any_input_dtype = True  # the SSM runs in float32 (float64 for float64 input) whatever the weights
 
     def _setup_block(self, d_model, discretization, dt_min, dt_max, bidirectional, activation, output,
                      dropout, lr, kernel_dtype, factory):
@@ -139,7 +140,8 @@ class ConvSSM(Mixer):
     ):
         """x (b, l, d_model) -> y [, state]. attention_mask (b, l), 1 = token, 0 = pad: pads enter the
         convolution as zeros, so each row's tokens are computed as if the row had no pads (no state)."""
-        self._check_x(x)
+        if (empty := self._empty_forward(x, state, return_state)) is not None:
+            return empty
         if self.bidirectional and (state is not None or return_state):
             self._check_causal("a state")
         mask = self._padding_mask(attention_mask, x, stateful=state is not None or return_state)
@@ -178,9 +180,8 @@ class ConvSSM(Mixer):
 
     def step(self, x_t: torch.Tensor, state: StateDict) -> tuple[torch.Tensor, StateDict]:
         """One token: x_t (batch, d_model) -> y_t (batch, d_model), the new state. O(H N) work."""
-        self._check_causal("step")
-        self._check_x_t(x_t)
-        self._check_state(state, x_t.shape[0])
+        if (empty := self._empty_step(x_t, state)) is not None:
+            return empty
         x0 = state[self.state_key]
         real = acc_dtype(x_t.dtype)
         rec = self._cached_recurrence(real)

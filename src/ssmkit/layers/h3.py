@@ -138,7 +138,8 @@ class H3(Mixer):
 
     # ---- the protocol ------------------------------------------------------------------------
     def forward(self, x, state: StateDict | None = None, return_state: bool = False):
-        self._check_x(x)
+        if (empty := self._empty_forward(x, state, return_state)) is not None:
+            return empty
         b, L, _ = x.shape
         H, p = self.n_heads, self.head_dim
         if state is not None:
@@ -177,8 +178,8 @@ class H3(Mixer):
         }
 
     def step(self, x_t, state: StateDict):
-        self._check_x_t(x_t)
-        self._check_state(state, x_t.shape[0])
+        if (empty := self._empty_step(x_t, state)) is not None:
+            return empty
         b = x_t.shape[0]
         H, p = self.n_heads, self.head_dim
         real = acc_dtype(x_t.dtype)

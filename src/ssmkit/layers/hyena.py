@@ -149,7 +149,8 @@ class Hyena(Mixer):
 
     # ---- the protocol ------------------------------------------------------------------------
     def forward(self, x, state: StateDict | None = None, return_state: bool = False):
-        self._check_x(x)
+        if (empty := self._empty_forward(x, state, return_state)) is not None:
+            return empty
         b, L, d = x.shape
         if state is not None:
             self._check_state(state, b)
@@ -189,8 +190,8 @@ class Hyena(Mixer):
 
     def step(self, x_t, state: StateDict):
         """One token; O(t) time: the long convolutions read the whole history (see the module doc)."""
-        self._check_x_t(x_t)
-        self._check_state(state, x_t.shape[0])
+        if (empty := self._empty_step(x_t, state)) is not None:
+            return empty
         d = self.d_model
         T = state["history"].shape[-1]
         self._check_length(T + 1)

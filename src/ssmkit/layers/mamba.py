@@ -110,9 +110,8 @@ class Mamba(VarlenMixer):
 
     def step(self, x_t: torch.Tensor, state: StateDict) -> tuple[torch.Tensor, StateDict]:
         """One token x_t (b, d_model) -> y_t (b, d_model), new state; O(1) in time and memory."""
-        self._check_causal("step")
-        self._check_x_t(x_t)
-        self._check_state(state, x_t.shape[0])
+        if (empty := self._empty_step(x_t, state)) is not None:
+            return empty
         u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (b, d_inner) each
         u, conv = causal_conv1d_update(
             u, state["conv"].to(u.dtype), self._conv_weight(), bias=self.conv1d.bias, activation="silu"

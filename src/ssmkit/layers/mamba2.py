@@ -137,9 +137,8 @@ class Mamba2(VarlenMixer):
 
     def step(self, x_t: torch.Tensor, state: StateDict) -> tuple[torch.Tensor, StateDict]:
         """One token x_t (b, d_model) -> y_t (b, d_model), new state; O(1) in time and memory."""
-        self._check_causal("step")
-        self._check_x_t(x_t)
-        self._check_state(state, x_t.shape[0])
+        if (empty := self._empty_step(x_t, state)) is not None:
+            return empty
         z, xBC, dt = self.in_proj(x_t).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         xBC, conv = causal_conv1d_update(
             xBC,

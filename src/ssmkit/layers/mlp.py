@@ -20,12 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmkit._checks import check_positive_int
+from ssmkit.layers.base import check_param_dtype
 
 
 def _check_last_dim(module: nn.Module, x: torch.Tensor, d_model: int) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != d_model:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{type(module).__name__}: x must have shape (..., d_model={d_model}), got {shape}")
+    if not torch.is_autocast_enabled(x.device.type):
+        check_param_dtype(module, x)
 
 
 class MLP(nn.Module):

@@ -6,9 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmkit._dtypes import acc_dtype
+
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm over the last dimension, computed in float32.
+    """Root-mean-square norm over the last dimension, computed in float32 (float64 for float64 input).
+
+    The mean square is formed from x / max|x| (and eps scaled to match), so inputs far beyond the
+    range where x^2 overflows (1e20 in float32) still normalize to their direction instead of to 0.
 
     With `group_size` < `d`, the mean square is taken within consecutive groups of `group_size`
     channels (Mamba-2 normalizes each of `ngroups` groups separately). `forward(x, z)` gates first:
@@ -26,12 +31,22 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         dtype = x.dtype
-        x = x.float()
+        x = x.to(acc_dtype(dtype))
         if z is not None:
-            x = x * F.silu(z.float())
+            x = x * F.silu(z.to(x.dtype))
         *lead, d = x.shape
         xg = x.view(*lead, d // self.group_size, self.group_size)
-        xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)
+        # x rsqrt(mean(x^2) + eps) with x = s y, s = max|x|, so mean(y^2) is in [1/g, 1]:
+        #   = y rsqrt(mean(y^2) + eps / s^2)      for s > 1 (eps / s^2 cannot overflow)
+        #   = y s rsqrt(s^2 mean(y^2) + eps)      for s <= 1 (s^2 cannot overflow; tiny x stays x / sqrt(eps))
+        s = xg.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        y = xg / s
+        ms = y.pow(2).mean(-1, keepdim=True)
+        big, small = s.clamp_min(1.0), s.clamp_max(1.0)
+        inv = torch.where(
+            s > 1, torch.rsqrt(ms + self.eps / big.pow(2)), small * torch.rsqrt(small.pow(2) * ms + self.eps)
+        )
+        xg = y * inv
         return self.weight * xg.view(*lead, d).to(dtype)
 
     def extra_repr(self) -> str:

@@ -92,6 +92,7 @@ class S5(Mixer):
     """
 
     no_weight_decay = ("Lambda_re", "Lambda_im", "log_dt", "D")
+    any_input_dtype = True  # the SSM runs in float32 (float64 for float64 input) whatever the weights
 
     def __init__(
         self,
@@ -186,7 +187,8 @@ class S5(Mixer):
         """x (b, l, d_model) -> y [, state]. dt: see the module docstring. attention_mask (b, l), 1 = token,
         0 = pad: pads get a step of 0 (Lambda_bar = 1, B_bar = 0), so the state passes through them
         unchanged and each row is computed as if it had no pads, carried states included."""
-        self._check_x(x)
+        if (empty := self._empty_forward(x, state, return_state)) is not None:
+            return empty
         batch, length = x.shape[:2]
         real = acc_dtype(x.dtype)
         if dt is not None:
@@ -226,9 +228,8 @@ class S5(Mixer):
 
     def step(self, x_t, state: StateDict, *, dt=None):
         """One token: x_t (batch, d_model), optional dt (batch,) or (batch, 1) -> y_t, new state."""
-        self._check_causal("step")
-        self._check_x_t(x_t)
-        self._check_state(state, x_t.shape[0])
+        if (empty := self._empty_step(x_t, state)) is not None:
+            return empty
         if dt is not None:
             check_tensor("dt", dt, ndim=(1, 2), dtypes=FLOAT_DTYPES, legend="(batch,) or (batch, 1)")
             dt = dt.reshape(-1, 1)

@@ -100,7 +100,8 @@ class VarlenMixer(Mixer):
         attention_mask: torch.Tensor | None = None,
     ):
         """x (b, l, d_model) -> y (b, l, d_model) [, state after x]."""
-        self._check_x(x)
+        if (empty := self._empty_forward(x, state, return_state)) is not None:
+            return empty
         seq_idx, mask = varlen_args(x, seq_idx, cu_seqlens, attention_mask)
         if self.bidirectional:
             if state is not None or return_state:

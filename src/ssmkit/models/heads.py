@@ -9,15 +9,11 @@ exactly as if it were alone: rows are grouped by their number of real tokens and
 only its real tokens. Recurrent layers have no notion of a masked token, so this is the one way to
 keep padding out of their states. Padded positions get zero logits.
 
-Checkpoints: `save_pretrained(dir)` writes config.json and model.safetensors (each to a temporary
-name, then renamed: a crash never leaves half a file); `from_pretrained(dir)` checks every tensor's
-name and shape before building anything, and a truncated file raises a clear error.
+Checkpoints: `save_pretrained(dir)` / `from_pretrained(dir)` (see `ssmkit.models.checkpoint`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 
 import torch
@@ -26,10 +22,9 @@ from torch import nn
 
 from ssmkit._checks import FLOAT_DTYPES, check_tensor
 from ssmkit.models.backbone import Backbone
+from ssmkit.models.checkpoint import PretrainedMixin
 from ssmkit.models.config import SSMConfig
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 INT_DTYPES = (torch.int64, torch.int32)
 
 
@@ -57,94 +52,6 @@ class ForecastOutput:
 
 def _with_aux(loss: torch.Tensor, aux: torch.Tensor | None, weight: float) -> torch.Tensor:
     return loss if aux is None else loss + weight * aux
-
-
-def write_checkpoint(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor],
-                     metadata: dict[str, str] | None = None) -> None:
-    """config.json and model.safetensors in `directory`, each written under a temporary name and then
-    renamed, so a crash or a full disk never leaves half a file (the previous checkpoint stays)."""
-    from safetensors.torch import save_file
-
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    tmp_cfg, tmp_w = (os.path.join(directory, f".{n}.tmp-{os.getpid()}") for n in (CONFIG_NAME, WEIGHTS_NAME))
-    try:
-        with open(tmp_cfg, "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-        save_file(tensors, tmp_w, metadata={"format": "pt", **(metadata or {})})
-        os.replace(tmp_w, os.path.join(directory, WEIGHTS_NAME))
-        os.replace(tmp_cfg, os.path.join(directory, CONFIG_NAME))
-    finally:
-        for t in (tmp_cfg, tmp_w):
-            if os.path.exists(t):
-                os.remove(t)
-
-
-def load_checked(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Load `tensors` into `model` after checking every name and shape (a tied lm_head is not expected);
-    a mismatch raises a ValueError naming `source` and the keys, and loads nothing."""
-    tied = model._tied_keys()
-    expected = {k: v.shape for k, v in model.state_dict().items() if k not in tied}
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    wrong = [
-        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(s)}"
-        for k, s in expected.items()
-        if k in tensors and tensors[k].shape != s
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{source} does not match the model its config describes: missing {missing[:8]}, "
-            f"unexpected {unexpected[:8]}, wrong shapes {wrong[:8]}"
-        )
-    model.load_state_dict(tensors, strict=not tied)
-
-
-class PretrainedMixin:
-    """save_pretrained / from_pretrained for any head whose only constructor argument is the config."""
-
-    config: SSMConfig
-
-    def _tied_keys(self) -> set[str]:
-        return (
-            {"lm_head.weight"}
-            if getattr(self.config, "tie_embeddings", False) and hasattr(self, "lm_head")
-            else set()
-        )
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        tied = self._tied_keys()
-        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items() if k not in tied}
-        config = {"ssmkit_class": type(self).__name__, **self.config.to_dict()}
-        write_checkpoint(directory, config, tensors, {"config_hash": self.config.config_hash()})
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None):
-        from safetensors import safe_open
-
-        directory = os.fspath(directory)
-        cfg_path, w_path = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
-        for p in (cfg_path, w_path):
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"{cls.__name__}.from_pretrained: missing {p}")
-        try:
-            with open(cfg_path) as f:
-                raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
-        saved_class = raw.pop("ssmkit_class", cls.__name__)
-        if saved_class != cls.__name__:
-            raise ValueError(f"{directory} holds a {saved_class}, not a {cls.__name__}")
-        cfg = SSMConfig.from_dict(raw)
-        try:
-            with safe_open(w_path, framework="pt", device="cpu") as f:
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors' own error type on a damaged file
-            raise ValueError(f"cannot read {w_path} (truncated or corrupt safetensors file?): {e}") from e
-        model = cls(cfg)
-        load_checked(model, tensors, f"{w_path} (config {cfg_path})")
-        if device is not None or dtype is not None:
-            model = model.to(device=device, dtype=dtype)
-        return model
 
 
 class SSMForCausalLM(PretrainedMixin, nn.Module):

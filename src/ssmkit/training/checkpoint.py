@@ -1,17 +1,19 @@
 """Training checkpoints: model, optimizer, scheduler, data position (the step) and every RNG.
 
-Written atomically: the file goes to a temporary name in the same directory, is flushed to disk,
-then renamed over the old one (os.replace is atomic on POSIX), so a crash at any moment leaves
-either the previous checkpoint or the new one, never half a file.
+Written atomically (`ssmkit._files.write_atomic`: a temporary name in the same directory, flushed,
+renamed over the old one), so a crash at any moment leaves the previous checkpoint or the new one,
+never half a file. The file carries a checksum of its content, checked on load: a damaged checkpoint
+is one clear error naming it, not a run resumed from garbage.
 """
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
 import torch
+
+from ssmkit._files import check_digest, check_readable, digest, write_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -50,20 +52,21 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj, path: str) -> None:
-    """torch.save to `path` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+def atomic_save(obj: dict, path: str) -> None:
+    """torch.save of {**obj, "sha256": digest(obj)} to `path` through a temporary file and a rename."""
+    write_atomic(path, lambda tmp: torch.save({**obj, "sha256": digest(obj)}, tmp))
+
+
+def read_checkpoint(path: str, map_location="cpu") -> dict:
+    """The checkpoint dict at `path`, its checksum verified; clear errors naming the file."""
+    check_readable(path, "training checkpoint")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read training checkpoint {path} (truncated or corrupt?): {e}") from e
+    stored = ckpt.pop("sha256", None)
+    check_digest(stored, ckpt, f"training checkpoint {path}")
+    return ckpt
 
 
 def save_state(
@@ -89,10 +92,7 @@ def save_checkpoint(path: str, model, optimizer, scheduler, step: int, extra: di
 
 def load_checkpoint(path: str, model, optimizer=None, scheduler=None, map_location="cpu") -> dict:
     """Restore into the given objects; returns the checkpoint dict (step, extra, ...)."""
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path} (truncated or corrupt?): {e}") from e
+    ckpt = read_checkpoint(path, map_location)
     model.load_state_dict(ckpt["model"])
     if optimizer is not None:
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ssmkit._files import write_atomic, write_bytes_atomic
+
 META_SUFFIX = ".json"
 
 
@@ -50,24 +52,23 @@ def write_tokens(files: list[str], tokenizer, path: str, fingerprint: str = "") 
         if all(meta.get(k) == v for k, v in key.items()):
             return meta
     dtype = token_dtype(tokenizer.vocab_size)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    n_tokens = n_bytes = 0
-    with open(tmp, "wb") as out:
-        for file in files:
-            with open(file, encoding="utf-8", errors="replace") as fh:
-                text = fh.read()
-            raw = text.encode("utf-8")
-            ids = np.frombuffer(raw, np.uint8) if tokenizer.kind == "bytes" else tokenizer.encode(text)
-            arr = np.asarray(ids, dtype=dtype)
-            out.write(arr.tobytes())
-            n_tokens += arr.size
-            n_bytes += len(raw)
-    meta = {**key, "n_tokens": n_tokens, "n_bytes": n_bytes, "dtype": dtype.name}
-    os.replace(tmp, path)
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta, f)
-    os.replace(meta_path + ".tmp", meta_path)
+    counts = {"n_tokens": 0, "n_bytes": 0}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as out:
+            for file in files:
+                with open(file, encoding="utf-8", errors="replace") as fh:
+                    text = fh.read()
+                raw = text.encode("utf-8")
+                ids = np.frombuffer(raw, np.uint8) if tokenizer.kind == "bytes" else tokenizer.encode(text)
+                arr = np.asarray(ids, dtype=dtype)
+                out.write(arr.tobytes())
+                counts["n_tokens"] += arr.size
+                counts["n_bytes"] += len(raw)
+
+    write_atomic(path, write)  # a killed run's temporary file is removed by the next one
+    meta = {**key, **counts, "dtype": dtype.name}
+    write_bytes_atomic(meta_path, json.dumps(meta).encode())
     return meta
 
 

@@ -135,6 +135,24 @@ def evaluate(
     return result
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: training stops before the update that would spread it."""
+
+
+def check_finite(out, step: int, desc: str) -> None:
+    """Raise TrainingDiverged, naming the step and the loss, unless the step's loss is finite."""
+    if bool(torch.isfinite(out.loss).all()):
+        return
+    aux = getattr(out, "aux_loss", None)
+    bad_aux = aux is not None and not bool(torch.isfinite(aux).all())
+    which = "the MoE load-balancing loss" if bad_aux else "the loss"
+    raise TrainingDiverged(
+        f"{desc}: {which} is {float(out.loss.detach().float().mean())} at step {step} (non-finite); training "
+        "stopped before this update, so the last checkpoint holds finite weights. Lower the learning "
+        "rate, set grad_clip, or train in float32."
+    )
+
+
 def train(
     model: nn.Module,
     batches,
@@ -239,6 +257,7 @@ def train(
                 with ctx:
                     with _autocast(device, amp):
                         out = wrapped(**batch)
+                    check_finite(out, step, desc)
                     loss = out.loss.float() / cfg.grad_accum
                     loss.backward()
                 loss_sum += loss.detach()
