@@ -79,11 +79,8 @@ def test_streamed_accuracy_equals_one_pass():
     from ssmkit import SSMConfig, SSMForCausalLM
     from ssmkit.training.tasks import induction_heads
 
-    try:
-        torch.manual_seed(0)
-        model = SSMForCausalLM(SSMConfig(d_model=16, n_layer=2, vocab_size=16, layers="mamba"))
-    except ImportError as e:
-        pytest.skip(f"Mamba not available yet: {e}")
+    torch.manual_seed(0)
+    model = SSMForCausalLM(SSMConfig(d_model=16, n_layer=2, vocab_size=16, layers="mamba"))
     x, y = induction_heads(6, seq_len=40, vocab_size=16, seed=1)
     y[:, 10:20] = x[:, 11:21]                                         # also ask mid-sequence positions
     one = H.lm_accuracy(model, x, y)
@@ -94,13 +91,10 @@ def test_streamed_accuracy_equals_one_pass():
 def test_gated_s4d_is_causal():
     from benchmarks.reproduce.gated_s4d import GatedS4D
 
-    try:
-        torch.manual_seed(0)
-        layer = GatedS4D(8, d_state=4)
-        x = torch.randn(2, 12, 8, requires_grad=True)
-        y = layer(x)
-    except ImportError as e:
-        pytest.skip(f"S4D not available yet: {e}")
+    torch.manual_seed(0)
+    layer = GatedS4D(8, d_state=4)
+    x = torch.randn(2, 12, 8, requires_grad=True)
+    y = layer(x)
     y[:, 5].sum().backward()
     past = x.grad[:, :6].abs().max()
     assert past > 0 and x.grad[:, 6:].abs().max() <= 1e-6 * past      # FFT rounding only
