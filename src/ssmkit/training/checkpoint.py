@@ -54,7 +54,13 @@ def set_rng_state(state: dict) -> None:
 
 def atomic_save(obj: dict, path: str) -> None:
     """torch.save of {**obj, "sha256": digest(obj)} to `path` through a temporary file and a rename."""
-    write_atomic(path, lambda tmp: torch.save({**obj, "sha256": digest(obj)}, tmp))
+    payload = {**obj, "sha256": digest(obj)}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+
+    write_atomic(path, write)
 
 
 def read_checkpoint(path: str, map_location="cpu") -> dict:
