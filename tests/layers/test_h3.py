@@ -1,21 +1,12 @@
 """H3: the five laws (head_dim 1 and 2, zoh and bilinear), the shift SSM as an FIR, the diagonal SSM
 against its own recurrence, errors."""
 
-import importlib.util
 
 import pytest
 import torch
 
 from ssmkit.layers import H3
 from tests.helpers import assert_rel, check_laws
-
-# S5/H3 use ssmkit.math (being written by another engineer), H3/Hyena use ssmkit.ops.fft_conv: until
-# those land the tests skip, saying so, instead of failing on a placeholder.
-_NEEDS = [
-    "ssmkit.math.hippo", "ssmkit.math.discretize", "ssmkit.math.kernels", "ssmkit.ops.fft_conv.reference"
-]
-_MISSING = [m for m in _NEEDS if importlib.util.find_spec(m) is None]
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"not there yet: {_MISSING}")
 
 
 @pytest.fixture

@@ -1,18 +1,11 @@
 """Hyena: the five laws (order 2 and 3), the filter's prefix property, the state's growth, l_max errors."""
 
-import importlib.util
 
 import pytest
 import torch
 
 from ssmkit.layers import Hyena
 from tests.helpers import assert_rel, check_laws
-
-# S5/H3 use ssmkit.math (being written by another engineer), H3/Hyena use ssmkit.ops.fft_conv: until
-# those land the tests skip, saying so, instead of failing on a placeholder.
-_NEEDS = ["ssmkit.ops.fft_conv.reference"]
-_MISSING = [m for m in _NEEDS if importlib.util.find_spec(m) is None]
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"not there yet: {_MISSING}")
 
 
 @pytest.fixture

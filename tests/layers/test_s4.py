@@ -1,7 +1,6 @@
 """S4 and S4D: the five laws for every init and discretization, convolution == step == chunked at
 length 4096, bidirectional, the eval-mode kernel cache, optimizer groups, errors."""
 
-import importlib.util
 import time
 
 import pytest
@@ -10,11 +9,6 @@ import torch
 from ssmkit.layers import S4, S4D
 from ssmkit.math import dplr
 from tests.helpers import TOL, assert_rel, check_laws, rel_err
-
-# The layers build on ssmkit.math (another engineer's module): skip, saying so, until it lands.
-_NEEDS = ["ssmkit.math.hippo", "ssmkit.math.discretize", "ssmkit.math.kernels"]
-_MISSING = [m for m in _NEEDS if importlib.util.find_spec(m) is None]
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"not there yet: {_MISSING}")
 
 S4D_INITS = ["legs", "lin", "inv", "real"]
 MEASURES = ["legs", "legt", "lagt", "fout"]

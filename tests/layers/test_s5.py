@@ -1,6 +1,5 @@
 """S5: the five laws (zoh/bilinear, conj_sym on/off, blocks), bidirectional, irregular dt, HiPPO-N init."""
 
-import importlib.util
 import math
 
 import pytest
@@ -9,12 +8,6 @@ import torch
 from ssmkit.layers import S5
 from ssmkit.layers.s5 import hippo_n
 from tests.helpers import assert_rel, check_chunking, check_laws, check_stepping
-
-# S5/H3 use ssmkit.math (being written by another engineer), H3/Hyena use ssmkit.ops.fft_conv: until
-# those land the tests skip, saying so, instead of failing on a placeholder.
-_NEEDS = ["ssmkit.math.hippo", "ssmkit.math.discretize"]
-_MISSING = [m for m in _NEEDS if importlib.util.find_spec(m) is None]
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"not there yet: {_MISSING}")
 
 
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])

@@ -1,4 +1,8 @@
-"""nn.Modules on the mixer protocol (see base.py)."""
+"""nn.Modules on the mixer protocol (see base.py).
+
+`ssmkit.layers.<Class>` imports the built-in layers below on first use; any other registered mixer
+(ssmkit.layers.registry) is found by its class name.
+"""
 
 from ssmkit._lazy import lazy_exports
 from ssmkit.layers.base import Mixer, state_nbytes  # noqa: F401  (re-exported, see __all__)
@@ -17,5 +21,18 @@ _EXPORTS = {
     "GatedMLP": "ssmkit.layers.mlp",
     "MoE": "ssmkit.layers.mlp",
 }
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+_builtin = lazy_exports(__name__, _EXPORTS)
+
+
+def __getattr__(name: str):
+    try:
+        return _builtin(name)
+    except AttributeError:
+        import importlib
+
+        registry = importlib.import_module("ssmkit.layers.registry")
+        for mixer in registry.names():
+            if registry.get(mixer).cls.__name__ == name:
+                return registry.get(mixer).cls
+        raise
 __all__ = sorted([*_EXPORTS, "Mixer", "RMSNorm", "state_nbytes"])
