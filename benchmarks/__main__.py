@@ -19,6 +19,7 @@ SUITE = {
     "parallel_scan": "benchmarks.parallel_scan",
     "decode": "benchmarks.decode",
     "kernel_memory": "benchmarks.kernel_memory",  # S4D Vandermonde kernel vs the one-shot (d, n, L) einsum
+    "serve_load": "benchmarks.serve_load",  # ssmkit serve on loopback: batching, prefix cache, 1,000 sessions, SIGKILL
 }
 
 

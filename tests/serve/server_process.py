@@ -19,8 +19,10 @@ KEYS = ("key-one", "key-two")
 PRINTABLE = list(range(32, 127))
 
 
-def tiny_model(seed: int = 0, dtype=torch.float32, layers: str = "mamba2") -> ssmkit.SSMForCausalLM:
-    """A random 2-layer model whose greedy replies are printable ASCII (readable test failures): the
+def tiny_model(
+    seed: int = 0, dtype=torch.float32, layers: str = "mamba2", d_model: int = 32, n_layer: int = 2
+) -> ssmkit.SSMForCausalLM:
+    """A random model (2 layers of width 32 by default) whose greedy replies are printable ASCII: the
     head's rows for other bytes are zero, so one of 95 random printable logits is the largest. Slow
     decay (small A) and large steps (dt) give it a long memory, so earlier turns change later replies."""
     torch.manual_seed(seed)
@@ -33,8 +35,8 @@ def tiny_model(seed: int = 0, dtype=torch.float32, layers: str = "mamba2") -> ss
         "dt_max": 0.5,
     }
     cfg = ssmkit.SSMConfig(
-        d_model=32,
-        n_layer=2,
+        d_model=d_model,
+        n_layer=n_layer,
         vocab_size=256,
         layers=layers,
         tie_embeddings=False,
@@ -49,9 +51,10 @@ def tiny_model(seed: int = 0, dtype=torch.float32, layers: str = "mamba2") -> ss
     return model
 
 
-def make_model_dir(path, seed: int = 0) -> str:
+def make_model_dir(path, seed: int = 0, **model_kw) -> str:
+    """A model directory as `ssmkit serve` takes it: `tiny_model(seed, **model_kw)` and a byte tokenizer."""
     path = os.fspath(path)
-    tiny_model(seed).save_pretrained(path)
+    tiny_model(seed, **model_kw).save_pretrained(path)
     ByteTokenizer().save(path)
     return path
 

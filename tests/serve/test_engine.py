@@ -198,3 +198,18 @@ def test_text_stream_holds_back_partial_characters_and_stops():
     t.push(ord("q"))
     t.push(ord("z"))
     assert t.flush() == "z" and t.text == "qz"
+
+
+def test_persisted_prefixes_outlive_the_process(model, tmp_path):
+    from ssmkit.serve.store import SQLiteStore
+
+    tokens = torch.randint(0, 256, (40,)).tolist()
+    first = PrefixCache(16, 1 << 24, salt="m", store=SQLiteStore(tmp_path / "s.db"))
+    keys = first.keys(tokens)
+    st = model.init_state(1, dtype=torch.float64)
+    model(torch.tensor([tokens[:32]]), state=st)
+    first.insert(keys[1], st)
+    restarted = PrefixCache(16, 1 << 24, salt="m", store=SQLiteStore(tmp_path / "s.db"))
+    n, got = restarted.lookup(tokens, keys)
+    assert n == 32 and all(torch.equal(a[k], b[k]) for a, b in zip(got.layers, st.layers) for k in a)
+    assert len(restarted) == 1  # now in memory too

@@ -196,7 +196,7 @@ def test_400_on_bad_json_and_bad_fields(server):
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
-def test_disconnect_mid_stream_frees_the_slot_and_leaves_the_session(server):
+def test_one_turn_at_a_time_and_a_disconnect_frees_the_slot_and_leaves_the_session(server):
     c = server.client()
     sid = c.post("/sessions", cast_to=object, body={})["id"]
     chat(c, "hello", sid)
@@ -213,6 +213,8 @@ def test_disconnect_mid_stream_frees_the_slot_and_leaves_the_session(server):
         with h.stream("POST", "/v1/chat/completions", json=body) as r:
             lines = r.iter_lines()
             got = [next(lines) for _ in range(6)]
+            again = h.post("/v1/chat/completions", json={**body, "stream": False})
+            assert again.status_code == 409 and again.json()["error"]["code"] == "session_busy"
         assert any('"content"' in line for line in got)
         deadline = time.monotonic() + 20
         while (engine := h.get("/health").json()["engine"])["decoding"] and time.monotonic() < deadline:

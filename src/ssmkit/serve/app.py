@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from ssmkit.serve.config import ServeConfig
 from ssmkit.serve.store import SessionRecord
@@ -75,12 +76,15 @@ class Server:
             max_queue=cfg.max_queue,
             prefill_budget=cfg.prefill_budget,
             stop_ids=self.stop_ids,
+            threads=cfg.threads or max(1, (os.cpu_count() or 2) // 2),
         )
         c = model.config
         # a Transformer as wide and as deep, keeping float32 keys and values for every token
         self.kv_bytes_per_token = 2 * c.n_layer * c.d_model * 4
         self.empty_state_nbytes = model.init_state(1).nbytes
         self.owners = {k: owner_of(k) for k in cfg.api_keys}
+        # store calls run here: few threads (SQLite writes one at a time anyway), so few malloc arenas
+        self.store_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ssmkit-store")
 
     def describe(self, record: SessionRecord, messages: bool = False) -> dict:
         """A session as the API shows it."""
@@ -103,6 +107,7 @@ class Server:
 
     def close(self) -> None:
         self.engine.stop()
+        self.store_threads.shutdown(wait=True)
         self.store.close()
 
 

@@ -47,6 +47,9 @@ class ServeConfig:
     """Most sessions `GET /v1/sessions` returns."""
     model_name: str = ""
     """Id served in /v1/models (default: the model directory's name)."""
+    threads: int = 0
+    """CPU threads of the engine's kernels (torch and numba); 0 = half the cores, at least 1 (the
+    other half serve HTTP; many threads on tiny per-token ops mostly wait for each other)."""
     sqlite_synchronous: str = "FULL"
     """SQLite `synchronous` pragma: FULL survives power loss; NORMAL survives a killed process."""
 
@@ -65,6 +68,8 @@ class ServeConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"ServeConfig.{name} must be a positive int, got {v!r}")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError(f"ServeConfig.threads must be an int >= 0, got {self.threads!r}")
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
             raise ValueError(f"ServeConfig.port must be an int in [0, 65536), got {self.port!r}")
         for name in ("prefix_cache_mb", "session_cache_mb"):

@@ -42,6 +42,15 @@ from ssmkit.serve.textstream import TextStream
 log = logging.getLogger("ssmkit.serve")
 
 
+def use_threads(n: int) -> None:
+    """Kernel threads of the calling thread: torch's (process-wide) and numba's (per thread)."""
+    from ssmkit.ops import _numba
+
+    torch.set_num_threads(n)
+    if _numba.HAVE_NUMBA:
+        _numba.set_threads(min(n, _numba.nb.config.NUMBA_NUM_THREADS))
+
+
 class EngineBusy(Exception):
     """Too many requests are waiting; try again later."""
 
@@ -111,10 +120,12 @@ class Engine:
         max_queue: int = 512,
         prefill_budget: int = 256,
         stop_ids: tuple[int, ...] = (),
+        threads: int | None = None,
     ):
         self.model, self.tokenizer, self.cache = model.eval(), tokenizer, prefix_cache
         self.max_batch, self.max_queue, self.prefill_budget = max_batch, max_queue, prefill_budget
         self.stop_ids = frozenset(stop_ids)
+        self.threads = threads
         self._cv = threading.Condition()
         self._inbox: collections.deque[Job] = collections.deque()
         self._prefilling: collections.deque[Job] = collections.deque()
@@ -151,6 +162,8 @@ class Engine:
 
     # ---- the engine thread --------------------------------------------------------------------
     def _run(self) -> None:
+        if self.threads:
+            use_threads(self.threads)
         while True:
             with self._cv:
                 while not (self._stopping or self._inbox or self._prefilling or self._rows):

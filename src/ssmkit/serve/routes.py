@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, StreamingResponse
@@ -47,6 +46,11 @@ def _server(request: Request):
 
 def _owner(request: Request) -> str:
     return request.state.owner
+
+
+async def in_store_thread(server, fn, *args):
+    """Run a store call (SQLite, state <-> bytes) on the server's few store threads, off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(server.store_threads, fn, *args)
 
 
 async def read_json(request: Request, limit: int) -> dict:
@@ -118,7 +122,8 @@ class Run:
             messages = (
                 (self.req.messages + [{"role": "assistant", "content": done.text}]) if self.chat else []
             )
-            await run_in_threadpool(
+            await in_store_thread(
+                srv,
                 srv.sessions.commit,
                 self.turn,
                 done.state,
@@ -153,33 +158,38 @@ class Run:
 
     async def stream(self):
         """Server-sent events: deltas, a last chunk with finish_reason (after the turn is stored),
-        usage if asked for, then [DONE]."""
+        usage if asked for, then [DONE]. Events that queued up while the client was being written to
+        go out in one write (each still its own event)."""
         try:
             if self.chat:
                 yield sse(self._envelope([choice(True, "", None, delta=True, first=True)], stream=True))
             while True:
-                event = await self.queue.get()
-                if isinstance(event, Token):
-                    yield sse(self._envelope([choice(self.chat, event.text, None, delta=True)], stream=True))
-                elif isinstance(event, Failed):
-                    yield sse(APIError(500, event.message, type="server_error").body())
-                    return
-                elif isinstance(event, Done):
-                    try:
-                        use = await self._finish(event)
-                    except (Conflict, ChecksumError) as e:
-                        yield sse(
-                            APIError(409, f"the turn was not stored: {e}", code="session_conflict").body()
-                        )
+                events = [await self.queue.get()]
+                while not self.queue.empty():
+                    events.append(self.queue.get_nowait())
+                out = b""
+                for event in events:
+                    if not isinstance(event, Token):
+                        yield out + await self._closing(event)
                         return
-                    last = choice(self.chat, None if self.chat else "", event.finish_reason, delta=True)
-                    yield sse(self._envelope([last], stream=True))
-                    if self.req.include_usage:
-                        yield sse(self._envelope([], stream=True, usage=use))
-                    yield b"data: [DONE]\n\n"
-                    return
+                    out += sse(self._envelope([choice(self.chat, event.text, None, delta=True)], stream=True))
+                yield out
         finally:
             self.close()
+
+    async def _closing(self, event: Done | Failed) -> bytes:
+        """A stream's last events: an error, or (once the turn is stored) finish_reason, usage, [DONE]."""
+        if isinstance(event, Failed):
+            return sse(APIError(500, event.message, type="server_error").body())
+        try:
+            use = await self._finish(event)
+        except (Conflict, ChecksumError) as e:
+            return sse(APIError(409, f"the turn was not stored: {e}", code="session_conflict").body())
+        last = choice(self.chat, None if self.chat else "", event.finish_reason, delta=True)
+        out = sse(self._envelope([last], stream=True))
+        if self.req.include_usage:
+            out += sse(self._envelope([], stream=True, usage=use))
+        return out + b"data: [DONE]\n\n"
 
 
 async def _complete(request: Request, chat: bool):
@@ -196,7 +206,7 @@ async def _complete(request: Request, chat: bool):
             code="model_not_found",
         )
     turn = (
-        await run_in_threadpool(srv.sessions.begin, req.session_id, _owner(request))
+        await in_store_thread(srv, srv.sessions.begin, req.session_id, _owner(request))
         if req.session_id
         else None
     )
@@ -239,13 +249,13 @@ async def chat_completions(request: Request):
 # ---- sessions, models, health ---------------------------------------------------------------------
 async def create_session(request: Request):
     srv = _server(request)
-    record = await run_in_threadpool(srv.sessions.create, _owner(request))
+    record = await in_store_thread(srv, srv.sessions.create, _owner(request))
     return JSONResponse(srv.describe(record, messages=True))
 
 
 async def list_sessions(request: Request):
     srv = _server(request)
-    records = await run_in_threadpool(srv.sessions.list, _owner(request), srv.cfg.max_sessions_listed)
+    records = await in_store_thread(srv, srv.sessions.list, _owner(request), srv.cfg.max_sessions_listed)
     return JSONResponse({"object": "list", "data": [srv.describe(r) for r in records]})
 
 
@@ -253,7 +263,7 @@ async def _session_reply(request: Request, action: str):
     """Run Sessions.<action>(id, owner) in a thread; answer with the session it returns."""
     srv = _server(request)
     method = getattr(srv.sessions, action)
-    record = await run_in_threadpool(method, request.path_params["sid"], _owner(request))
+    record = await in_store_thread(srv, method, request.path_params["sid"], _owner(request))
     return JSONResponse(srv.describe(record, messages=True))
 
 
@@ -264,7 +274,7 @@ async def get_session(request: Request):
 async def delete_session(request: Request):
     srv = _server(request)
     sid = request.path_params["sid"]
-    await run_in_threadpool(srv.sessions.delete, sid, _owner(request))
+    await in_store_thread(srv, srv.sessions.delete, sid, _owner(request))
     return JSONResponse({"id": sid, "object": "session.deleted", "deleted": True})
 
 

@@ -59,7 +59,7 @@ async function refreshList() {
     if (s.id === current) li.className = "current";
     const title = document.createElement("div");
     title.className = "title";
-    title.textContent = (s.parent ? "⑂ " : "") + (s.title || "(new chat)");
+    title.textContent = (s.parent ? "fork: " : "") + (s.title || "(new chat)");
     const info = document.createElement("div");
     info.className = "sizes";
     info.innerHTML = sizes(s);
