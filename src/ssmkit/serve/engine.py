@@ -26,6 +26,7 @@ a cache hit, so a cache hit changes the time to the first token and nothing else
 from __future__ import annotations
 
 import collections
+import importlib.util
 import logging
 import secrets
 import threading
@@ -44,10 +45,10 @@ log = logging.getLogger("ssmkit.serve")
 
 def use_threads(n: int) -> None:
     """Kernel threads of the calling thread: torch's (process-wide) and numba's (per thread)."""
-    from ssmkit.ops import _numba
-
     torch.set_num_threads(n)
-    if _numba.HAVE_NUMBA:
+    if importlib.util.find_spec("numba") is not None:  # the fused CPU kernels have their own pool
+        from ssmkit.ops import _numba
+
         _numba.set_threads(min(n, _numba.nb.config.NUMBA_NUM_THREADS))
 
 
