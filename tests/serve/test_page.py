@@ -47,13 +47,13 @@ def browser():
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(find("chromedriver")), options=options)
-    driver.set_page_load_timeout(30)
+    driver.set_page_load_timeout(120)
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def wait_for(driver, script: str, *args, timeout: float = 30.0):
+def wait_for(driver, script: str, *args, timeout: float = 120.0):  # generous: a loaded 2-core machine
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
