@@ -74,6 +74,7 @@ def generate(
     prefill_chunk_size: int | None = None,
     state=None,
     stream: bool = False,
+    cuda_graphs: bool | None = None,
 ):
     """Generate up to `max_new_tokens` after `input_ids` (b, l) with an SSMForCausalLM.
 
@@ -84,6 +85,8 @@ def generate(
     prefill_chunk_size: read the prompt in chunks of this many tokens (bounded memory).
     state: an `ssmkit.State` (batch b) to continue; it is updated in place (see the module docstring).
     stream: return an iterator yielding the new tokens, one (b,) tensor per step.
+    cuda_graphs: decode through a CUDA graph of the model's step, captured once per batch size
+        (ssmkit.inference.graphs); None: when input_ids are on CUDA and the state has a fixed size.
     Returns prompt and new tokens, (b, l + n_new), unless stream=True.
     """
     check_tensor("input_ids", input_ids, ndim=2, dtypes=(torch.int64, torch.int32), legend="(batch, length)")
@@ -98,6 +101,8 @@ def generate(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k < 0 or repetition_penalty <= 0:
         raise ValueError(f"top_k must be >= 0 and repetition_penalty > 0, got {top_k}, {repetition_penalty}")
+    if cuda_graphs and input_ids.device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs input_ids on a CUDA device, got {input_ids.device}")
     if prefill_chunk_size is not None and (
         not isinstance(prefill_chunk_size, int) or prefill_chunk_size <= 0
     ):
@@ -139,6 +144,7 @@ def generate(
         stops,
         pad_token_id,
         sampling,
+        input_ids.device.type == "cuda" if cuda_graphs is None else cuda_graphs,
     )
     if stream:
         return tokens
@@ -148,9 +154,13 @@ def generate(
     return torch.cat([input_ids, torch.stack(new, 1).to(input_ids.dtype)], dim=1)
 
 
-def _decode(model, input_ids, max_new_tokens, mask, chunk, state, stops, pad_token_id, sampling) -> Iterator:
+def _decode(
+    model, input_ids, max_new_tokens, mask, chunk, state, stops, pad_token_id, sampling, graphs
+) -> Iterator:
     """The generator behind `generate`: prefill, then sample / step / yield. Grad mode is switched
-    off around each model call, never across a `yield` (it is thread-wide state)."""
+    off around each model call, never across a `yield` (it is thread-wide state). With `graphs`, the
+    steps after the first run through a captured CUDA graph whose state buffers the State points to
+    while decoding; it gets tensors of its own back when decoding ends."""
     b, L = input_ids.shape
     own_state = state is None
     if max_new_tokens == 0 and own_state:
@@ -173,16 +183,39 @@ def _decode(model, input_ids, max_new_tokens, mask, chunk, state, stops, pad_tok
         seen = counts.scatter_add_(1, input_ids, weight) > 0  # (b, V)
     finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     rows = torch.arange(b, device=input_ids.device)
-    for i in range(max_new_tokens):
-        tok = sample_next(logits, seen, **sampling)  # (b,)
-        if stops is not None:
-            tok = torch.where(finished, torch.full_like(tok, pad_token_id), tok)
-            finished = finished | torch.isin(tok, stops)
-        if seen is not None:
-            seen[rows, tok] = True
-        last = i == max_new_tokens - 1 or bool(finished.all())
-        if not (last and own_state):
-            logits = model.step(tok, state)  # state consumes tok
-        yield tok
-        if last:
-            return
+    runner = None
+    try:
+        for i in range(max_new_tokens):
+            tok = sample_next(logits, seen, **sampling)  # (b,)
+            if stops is not None:
+                tok = torch.where(finished, torch.full_like(tok, pad_token_id), tok)
+                finished = finished | torch.isin(tok, stops)
+            if seen is not None:
+                seen[rows, tok] = True
+            last = i == max_new_tokens - 1 or bool(finished.all())
+            if not (last and own_state):
+                runner, logits = _step(model, tok, state, runner, graphs)  # state consumes tok
+            yield tok
+            if last:
+                return
+    finally:
+        if runner is not None:
+            if not own_state:
+                state.layers = [{k: v.clone() for k, v in d.items()} for d in runner.layers]
+            runner.release()
+
+
+def _step(model, tok, state, runner, graphs):
+    """One decoding step; the first with `graphs` decides (on the state's shapes) whether a graph follows."""
+    if runner is not None:
+        return runner, runner(tok)
+    before = state.layers
+    logits = model.step(tok, state)
+    if graphs:
+        from ssmkit.inference.graphs import fixed_size, static_step
+
+        if fixed_size(before, state.layers):
+            runner = static_step(model, state, capture=tok.device.type == "cuda")
+            if runner is not None:
+                state.layers = [dict(d) for d in runner.layers]
+    return runner, logits

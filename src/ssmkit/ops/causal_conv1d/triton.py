@@ -14,9 +14,12 @@ from __future__ import annotations
 import torch
 
 from ssmkit.ops import _triton
+from ssmkit.ops._dispatch import Backend
 from ssmkit.ops._triton import empty, pow2
 
 BD, BL = 16, 64                      # channels x positions per program
+
+BACKEND = Backend(devices=("cuda",), dtypes=_triton.DTYPES, priority=30)
 
 
 def unsupported_reason(*tensors: torch.Tensor) -> str | None:

@@ -15,9 +15,12 @@ from __future__ import annotations
 import torch
 
 from ssmkit.ops import _triton
+from ssmkit.ops._dispatch import Backend
 from ssmkit.ops._triton import empty, pow2
 
 T_CHUNK = 32          # steps per chunk: the scan's parallel width
+
+BACKEND = Backend(devices=("cuda",), dtypes=_triton.DTYPES, priority=30)
 
 
 def unsupported_reason(*tensors: torch.Tensor) -> str | None:

@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.ops import _triton
+from ssmkit.ops._dispatch import Backend
 from ssmkit.ops._triton import dot_upcast, empty, pow2
+
+BACKEND = Backend(devices=("cuda",), dtypes=_triton.DTYPES, priority=30)
 
 
 def unsupported_reason(*tensors: torch.Tensor) -> str | None:
