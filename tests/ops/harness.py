@@ -113,8 +113,10 @@ def runnable_tiers(op: str, tensors) -> list[str]:
     return [name for name, why in _dispatch.available_backends(op, *tensors).items() if why is None]
 
 
-def check_tiers(case: Case, dtype: torch.dtype, *, seed: int = 0, tol: float | None = None) -> list[str]:
-    """Check every tier that can run `case` in `dtype` against the oracle; return the tiers checked."""
+def check_tiers(case: Case, dtype: torch.dtype, *, seed: int = 0, tol: float | None = None,
+                backends: tuple[str, ...] | None = None) -> list[str]:
+    """Check every tier that can run `case` in `dtype` against the oracle (or just `backends`, each of
+    which must be able to); return the tiers checked."""
     fn = op_function(case.op)
     gen = torch.Generator().manual_seed(seed)
     args, kwargs = case.make(dtype, gen)
@@ -123,6 +125,11 @@ def check_tiers(case: Case, dtype: torch.dtype, *, seed: int = 0, tol: float | N
     want, want_grads, _ = _run(fn, o_args, o_kwargs, "reference", case.final_state)
     tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
     checked = runnable_tiers(case.op, tensors)
+    if backends is not None:
+        missing = [b for b in backends if b not in checked]
+        why = _dispatch.available_backends(case.op, *tensors)
+        assert not missing, f"{case.op}: {missing} cannot run {case.name}: {why}"
+        checked = list(backends)
     with _poisoned():
         for backend in checked:
             what = f"{case.op}[{backend}] {case.name} {str(dtype).replace('torch.', '')}"

@@ -29,6 +29,7 @@ from ssmkit.layers.base import StateDict
 from ssmkit.layers.registry import register
 from ssmkit.layers.varlen import VarlenMixer
 from ssmkit.math.init import inverse_softplus_dt
+from ssmkit.ops._triton import decode
 from ssmkit.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from ssmkit.ops.selective_scan import selective_scan
 
@@ -113,11 +114,16 @@ class Mamba(VarlenMixer):
         if (empty := self._empty_step(x_t, state)) is not None:
             return empty
         u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (b, d_inner) each
-        u, conv = causal_conv1d_update(
+        fused = decode.fused_step("selective_scan", self.backend, u)  # Triton's decode kernels
+        u, conv = (decode.causal_conv1d_update if fused else causal_conv1d_update)(
             u, state["conv"].to(u.dtype), self._conv_weight(), bias=self.conv1d.bias, activation="silu"
         )
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = dt @ self.dt_proj.weight.t()  # (b, d_inner), bias and softplus inside the scan
+        if fused:
+            y, ssm = decode.selective_state_update(state["ssm"], u, delta, self._A(), B, C, D=self.D, z=z,
+                                                   delta_bias=self.dt_proj.bias, delta_softplus=True)
+            return self.out_proj(y), {"conv": conv, "ssm": ssm}
         y, ssm = selective_scan(
             u[..., None],
             delta[..., None],

@@ -29,6 +29,7 @@ from ssmkit.layers.norm import RMSNorm
 from ssmkit.layers.registry import register
 from ssmkit.layers.varlen import VarlenMixer, mask_conv_state
 from ssmkit.math.init import inverse_softplus_dt
+from ssmkit.ops._triton import decode
 from ssmkit.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from ssmkit.ops.ssd import ssd
 
@@ -140,6 +141,13 @@ class Mamba2(VarlenMixer):
         if (empty := self._empty_step(x_t, state)) is not None:
             return empty
         z, xBC, dt = self.in_proj(x_t).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        if decode.fused_step("ssd", self.backend, xBC):  # conv, dt, state, output, gate: one Triton kernel
+            D = self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
+            y, conv, ssm = decode.mamba2_step(
+                xBC, dt, state["conv"].to(xBC.dtype), state["ssm"], self.conv1d.weight[:, 0, :],
+                self.conv1d.bias, self.dt_bias, -torch.exp(self.A_log.float()), D,
+                None if self.rmsnorm else z, ngroups=self.ngroups, dt_limit=self.dt_limit)
+            return self.out_proj(self.norm(y, z) if self.rmsnorm else y), {"conv": conv, "ssm": ssm}
         xBC, conv = causal_conv1d_update(
             xBC,
             state["conv"].to(xBC.dtype),

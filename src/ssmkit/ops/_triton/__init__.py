@@ -42,7 +42,8 @@ def unsupported_reason(*tensors: torch.Tensor) -> str | None:
         if t.device.type not in ("cuda", "cpu"):
             return f"the triton backend runs on cuda tensors, got {t.device}"
         if t.is_floating_point() and t.dtype not in DTYPES:
-            return f"the triton backend supports float32, float16, bfloat16, got {str(t.dtype).replace('torch.', '')}"
+            got = str(t.dtype).replace("torch.", "")
+            return f"the triton backend supports float32, float16, bfloat16, got {got}"
     return None
 
 

@@ -15,6 +15,9 @@ from __future__ import annotations
 import torch
 
 from ssmkit.ops._triton import empty, pow2
+from ssmkit.ops.causal_conv1d.triton import causal_conv1d_update
+
+__all__ = ["causal_conv1d_update", "fused_step", "mamba2_step", "selective_state_update"]
 
 
 def fused_step(op: str, backend: str, x: torch.Tensor) -> bool:
@@ -31,6 +34,7 @@ def selective_state_update(h, u, delta, A, B, C, *, D=None, z=None, delta_bias=N
 
     b, d = u.shape
     n = A.shape[1]
+    D, delta_bias = (t.contiguous() if t is not None else None for t in (D, delta_bias))
     B3, C3 = (B[:, None] if B.dim() == 2 else B), (C[:, None] if C.dim() == 2 else C)
     y = empty(b, d, dtype=u.dtype, device=u.device)
     new = empty(b, d, n, dtype=torch.float32, device=u.device)
@@ -54,6 +58,7 @@ def mamba2_step(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias,
 
     b, conv_dim = xBC.shape
     _, H, P, N = ssm_state.shape
+    conv_bias, dt_bias, A, D = (t.contiguous() if t is not None else None for t in (conv_bias, dt_bias, A, D))
     k = conv_weight.shape[1]
     d_inner = H * P
     y = empty(b, d_inner, dtype=xBC.dtype, device=xBC.device)
@@ -62,8 +67,9 @@ def mamba2_step(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias,
     zz = z if z is not None else xBC
     kern.mamba2_step[(b, H)](
         xBC, conv_state, conv_weight, conv_bias, dt, dt_bias, A, D, zz, ssm_state, y, new_conv, new_ssm,
-        H, P, ngroups, N, d_inner, float(dt_limit[0]), float(dt_limit[1]), *xBC.stride(), *conv_state.stride(),
-        *conv_weight.stride(), *dt.stride(), *zz.stride(), *ssm_state.stride(), *y.stride(), *new_conv.stride(),
+        H, P, ngroups, N, d_inner, float(dt_limit[0]), float(dt_limit[1]), *xBC.stride(),
+        *conv_state.stride(), *conv_weight.stride(), *dt.stride(), *zz.stride(), *ssm_state.stride(),
+        *y.stride(), *new_conv.stride(),
         K=k, HAS_CBIAS=conv_bias is not None, HAS_DT_BIAS=dt_bias is not None, HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, BP=pow2(P), BN=pow2(N))
     return y, new_conv, new_ssm

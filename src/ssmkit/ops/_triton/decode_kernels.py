@@ -9,9 +9,9 @@ from ssmkit.ops._triton.common import silu, softplus
 
 
 @triton.jit
-def selective_state_update(h_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, new_ptr,
-                           d, n, chans_per_group, shb, shd, shn, sub, sud, sdb, sdd, sad, san, sbb, sbg, sbn,
-                           scb, scg, scn, szb, szd, syb, syd,
+def selective_state_update(h_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
+                           new_ptr, d, n, chans_per_group, shb, shd, shn, sub, sud, sdb, sdd, sad, san,
+                           sbb, sbg, sbn, scb, scg, scn, szb, szd, syb, syd,
                            HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                            SOFTPLUS: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
     """Mamba's scan for one token: h' = exp(delta A) h + delta B u; y = (C h' + D u) silu(z).
@@ -80,8 +80,8 @@ def mamba2_step(xbc_ptr, cs_ptr, w_ptr, cbias_ptr, dt_ptr, dt_bias_ptr, A_ptr, D
     cs_ptr += pb * scb
     new_cs_ptr += pb * snb
     cx = ph * P + p
-    x = _conv_channels(xbc_ptr, cs_ptr, w_ptr, cbias_ptr, new_cs_ptr, cx, pm, pm, sxd, scd, sck, swd, swk, snd,
-                       snk, K, HAS_CBIAS)
+    x = _conv_channels(xbc_ptr, cs_ptr, w_ptr, cbias_ptr, new_cs_ptr, cx, pm, pm, sxd, scd, sck, swd, swk,
+                       snd, snk, K, HAS_CBIAS)
     own = sm & ((s * 0 + ph % hpg) == 0)               # B, C: computed by every head, stored by the first
     cb = d_inner + g * N + s
     Bv = _conv_channels(xbc_ptr, cs_ptr, w_ptr, cbias_ptr, new_cs_ptr, cb, sm, own, sxd, scd, sck, swd, swk,

@@ -96,7 +96,7 @@ def conv_bwd(x_ptr, w_ptr, init_ptr, seq_ptr, dpre_ptr, dx_ptr, dinit_ptr, dw_pt
         seq_m = _seq_at(seq_ptr, m, ssl, l, K)
     dxs = tl.zeros((BD, BL), dtype=tl.float32)
     for j in tl.static_range(K):
-        t = m - j                                                   # the output that reads xs[m] through tap j
+        t = m - j                                           # the output that reads xs[m] through tap j
         g = tl.load(dpre_ptr + c[:, None] * spd + t[None, :] * spl,
                     mask=cm[:, None] & (mm & (t >= 0) & (t < l))[None, :], other=0.0)
         if HAS_SEQ:

@@ -32,9 +32,10 @@ def _strides(t: torch.Tensor | None, n: int) -> tuple[int, ...]:
 
 class _Conv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, init, seq_idx, silu):
+    def forward(ctx, x, weight, bias, state, seq_idx, silu):
         from ssmkit.ops.causal_conv1d import _triton_kernels as kern
 
+        init = state if state is not None and state.shape[-1] > 0 else None     # k = 1: no state to read
         b, d, l = x.shape
         k = weight.shape[1]
         y = empty(b, d, l, dtype=x.dtype, device=x.device)
@@ -45,6 +46,7 @@ class _Conv(torch.autograd.Function):
                             HAS_SEQ=seq_idx is not None, SILU=silu, GRAD=False, BD=BD, BL=BL)
         ctx.save_for_backward(x, weight, bias, init, seq_idx)
         ctx.silu = silu
+        ctx.empty_state = None if state is None or init is not None else (state.shape, state.dtype)
         return y
 
     @staticmethod
@@ -72,6 +74,8 @@ class _Conv(torch.autograd.Function):
                             *dpre.stride(), *dx.stride(), *_strides(dinit, 3),
                             HAS_BIAS=bias is not None, **common)
         dbias = None if bias is None else dbias.to(bias.dtype)
+        if ctx.empty_state is not None:
+            dinit = torch.zeros(ctx.empty_state[0], dtype=ctx.empty_state[1], device=x.device)
         return dx, dw.to(weight.dtype), dbias, dinit, None, None
 
 
@@ -80,8 +84,8 @@ def causal_conv1d(x, weight, *, bias=None, initial_state=None, activation=None, 
     """Normalized arguments as in ssmkit.ops.causal_conv1d.reference; y and the state in x's dtype."""
     b, d, l = x.shape
     k = weight.shape[1]
-    init = initial_state if initial_state is not None and k > 1 else None
-    y = _Conv.apply(x, weight, bias, init, seq_idx, activation == "silu")
+    bias = bias.contiguous() if bias is not None else None
+    y = _Conv.apply(x, weight, bias, initial_state, seq_idx, activation == "silu")
     if not return_final_state:
         return y
     # the last k-1 columns of state ‖ x
@@ -99,6 +103,7 @@ def causal_conv1d_update(x_t, conv_state, weight, bias=None, activation=None):
 
     b, d = x_t.shape
     k = weight.shape[1]
+    bias = bias.contiguous() if bias is not None else None
     y = empty(b, d, dtype=x_t.dtype, device=x_t.device)
     new = empty(b, d, k - 1, dtype=conv_state.dtype, device=x_t.device)
     block = min(pow2(d), 256)

@@ -105,5 +105,6 @@ def selective_scan(u, delta, A, B, C, *, D=None, z=None, delta_bias=None, delta_
         return reference.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                         delta_softplus=delta_softplus, initial_state=initial_state,
                                         return_final_state=return_final_state)
+    D, delta_bias = (t.contiguous() if t is not None else None for t in (D, delta_bias))
     out, hT = _Scan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus))
     return (out, hT) if return_final_state else out

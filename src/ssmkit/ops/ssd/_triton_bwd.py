@@ -171,10 +171,12 @@ def chunk_dcb(x_ptr, dt_ptr, cs_ptr, CB_ptr, seq_ptr, dy_ptr, dCB_ptr, dcs_ptr, 
 @triton.jit
 def chunk_dbc(dCB_ptr, BC_ptr, C_ptr, x_ptr, dt_ptr, cs_ptr, S_ptr, seq_ptr, dy_ptr, out_ptr, dcs_ptr,
               l, h, T, nc, hpg, P, N, sbb, sbl, sbg, sbn, scb, scl, scg, scn, sxb, sxl, sxh, sxp, ssb, ssl,
-              syb, syl, syh, syp, IS_C: tl.constexpr, HAS_SEQ: tl.constexpr, DTYPE: tl.constexpr, UPCAST: tl.constexpr,
+              syb, syl, syh, syp, IS_C: tl.constexpr, HAS_SEQ: tl.constexpr, DTYPE: tl.constexpr,
+              UPCAST: tl.constexpr,
               BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """IS_C: dC_t = sum_s dCB[t, s] B_s + sum_heads exp(cs_t) dy_t S_in (BC = B, S = S_in), and the
-    off-diagonal dcs (C_ptr: C); else dB_s = sum_t dCB[t, s] C_t + sum_heads w_s X_s dS_end (BC = C, S = dS_end).
+    off-diagonal dcs (C_ptr: C); else dB_s = sum_t dCB[t, s] C_t + sum_heads w_s X_s dS_end (BC = C,
+    S = dS_end).
     out: float32 (b, l, g, N) contiguous."""
     pid, pg, pq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     pb, pc = pid // nc, pid % nc

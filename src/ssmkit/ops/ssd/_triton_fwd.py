@@ -35,7 +35,8 @@ def dt_cumsum(dt_ptr, A_ptr, bias_ptr, dt_out_ptr, cs_ptr, l, h, T, nc, sdb, sdl
     t = pc * T + i
     hm, im = hh < h, (i < T) & (t < l)
     mask = hm[:, None] & im[None, :]
-    dt = tl.load(dt_ptr + pb * sdb + t[None, :] * sdl + hh[:, None] * sdh, mask=mask, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + pb * sdb + t[None, :] * sdl + hh[:, None] * sdh, mask=mask, other=0.0)
+    dt = dt.to(tl.float32)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + hh, mask=hm, other=0.0).to(tl.float32)[:, None]
     if SOFTPLUS:
@@ -148,9 +149,9 @@ def state_pass(Sc_ptr, cs_ptr, seq_ptr, h0_ptr, Sin_ptr, final_ptr, l, h, T, nc,
 
 
 @triton.jit
-def chunk_scan(CB_ptr, x_ptr, dt_ptr, cs_ptr, C_ptr, Sin_ptr, D_ptr, z_ptr, seq_ptr, dout_ptr, out_ptr, dz_ptr,
-               l, h, T, nc, hpg, P, N, sxb, sxl, sxh, sxp, scb, scl, scg, scn, szb, szl, szh, szp, ssb, ssl,
-               sob, sol, soh, sop,
+def chunk_scan(CB_ptr, x_ptr, dt_ptr, cs_ptr, C_ptr, Sin_ptr, D_ptr, z_ptr, seq_ptr, dout_ptr, out_ptr,
+               dz_ptr, l, h, T, nc, hpg, P, N, sxb, sxl, sxh, sxp, scb, scl, scg, scn, szb, szl, szh, szp,
+               ssb, ssl, sob, sol, soh, sop,
                HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
                GRAD: tl.constexpr, DTYPE: tl.constexpr, UPCAST: tl.constexpr,
                BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
