@@ -37,6 +37,21 @@ def _delta(delta_ptr, bias, c, t, cm, tm, sdd, sdl, HAS_BIAS: tl.constexpr, SOFT
 
 
 @triton.jit
+def _channel_params(A_ptr, bias_ptr, D_ptr, c, s, cm, sm, sad, san,
+                    HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """A (BD, BN), delta_bias and D (BD,) of channels c, float32 (zeros where absent)."""
+    A = tl.load(A_ptr + c[:, None] * sad + s[None, :] * san, mask=cm[:, None] & sm[None, :],
+                other=0.0).to(tl.float32)
+    bias = tl.zeros(c.shape, dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    Dv = tl.zeros(c.shape, dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    return A, bias, Dv
+
+
+@triton.jit
 def _last(x, T: tl.constexpr):
     """x[..., T-1] of a (BD, N, T) tile."""
     return tl.sum(tl.where(tl.arange(0, T)[None, None, :] == T - 1, x, 0.0), axis=2)
@@ -68,13 +83,7 @@ def scan_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_p
     out_ptr += pb * sob
     B_ptr += pb * sbb + grp * sbg
     C_ptr += pb * scb + grp * scg
-    A = tl.load(A_ptr + c[:, None] * sad + s[None, :] * san, mask=cm[:, None] & sm[None, :],
-                other=0.0).to(tl.float32)                                                   # (BD, BN)
-    bias = tl.zeros((BD,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + c, mask=cm, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    A, bias, Dv = _channel_params(A_ptr, bias_ptr, D_ptr, c, s, cm, sm, sad, san, HAS_BIAS, HAS_D)
     h = tl.zeros((BD, BN), dtype=tl.float32)
     if HAS_H0:
         h = tl.load(h0_ptr + pb * s0b + c[:, None] * s0d + s[None, :] * s0n,
@@ -137,12 +146,7 @@ def scan_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, hs_p
     C_ptr += pb * scb + grp * scg
     dB_ptr += (pb * n_groups + grp) * n * l
     dC_ptr += (pb * n_groups + grp) * n * l
-    A = tl.load(A_ptr + c[:, None] * sad + s[None, :] * san, mask=cs_mask, other=0.0).to(tl.float32)
-    bias = tl.zeros((BD,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + c, mask=cm, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    A, bias, Dv = _channel_params(A_ptr, bias_ptr, D_ptr, c, s, cm, sm, sad, san, HAS_BIAS, HAS_D)
     g_next = tl.zeros((BD, BN), dtype=tl.float32)                # g at the first step of the next chunk
     if HAS_DHT:
         g_next = tl.load(dhT_ptr + (pb * d + c[:, None]) * n + s[None, :], mask=cs_mask, other=0.0)

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ssmkit.ops._triton.common import dot
-from ssmkit.ops.ssd._triton_fwd import _seq
+from ssmkit.ops.ssd._triton_fwd import _seq, chunk_tile, pair_tile, rows_by_state
 
 
 @triton.jit
@@ -57,14 +57,8 @@ def chunk_dx(CB_ptr, x_ptr, dt_ptr, cs_ptr, B_ptr, dS_ptr, D_ptr, seq_ptr, dy_pt
              HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_SEQ: tl.constexpr, DTYPE: tl.constexpr,
              UPCAST: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """dx (x's strides), and atomically: ddt += dX . x, dD, and the state term's dcs."""
-    pid, ph, pq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    pb, pc = pid // nc, pid % nc
-    n_pb = tl.cdiv(P, BP)
-    mi = pq // n_pb
-    i = mi * BM + tl.arange(0, BM)
-    p = (pq % n_pb) * BP + tl.arange(0, BP)
-    s = pc * T + i
-    im, pm = (i < T) & (s < l), p < P
+    ph = tl.program_id(1)
+    pb, pc, mi, i, p, s, im, pm = chunk_tile(nc, T, l, P, BM, BP)
     g = ph // hpg
     cbase = ((pb * h + ph) * nc + pc) * T
     cs_s = tl.load(cs_ptr + cbase + i, mask=i < T, other=0.0)
@@ -76,15 +70,8 @@ def chunk_dx(CB_ptr, x_ptr, dt_ptr, cs_ptr, B_ptr, dS_ptr, D_ptr, seq_ptr, dy_pt
         w = tl.where(seq_s == _seq(seq_ptr, pc * T + T - 1, l, ssl), w, 0.0)
     w = tl.where(im, w, 0.0)
     # 1. through the chunk's end state: w_s B_s dS_end^T
-    d_state = tl.zeros((BM, BP), dtype=tl.float32)
     dS = dS_ptr + ((pb * nc + pc) * h + ph) * P * N
-    for n0 in range(0, N, BN):
-        nn = n0 + tl.arange(0, BN)
-        nm = nn < N
-        Bt = tl.load(B_ptr + pb * sbb + s[:, None] * sbl + g * sbg + nn[None, :] * sbn,
-                     mask=im[:, None] & nm[None, :], other=0.0)
-        dSt = tl.load(dS + p[None, :] * N + nn[:, None], mask=nm[:, None] & pm[None, :], other=0.0)
-        d_state += dot(Bt, dSt, DTYPE, UPCAST)
+    d_state = rows_by_state(B_ptr, dS, pb, g, s, im, p, pm, N, sbb, sbl, sbg, sbn, DTYPE, UPCAST, BM, BP, BN)
     d_state *= w[:, None]
     # 2. through the later outputs of the chunk: sum_{t>=s} CB[t, s] L[t, s] dy_t
     acc = d_state
@@ -129,15 +116,9 @@ def chunk_dcb(x_ptr, dt_ptr, cs_ptr, CB_ptr, seq_ptr, dy_ptr, dCB_ptr, dcs_ptr, 
               HAS_SEQ: tl.constexpr, DTYPE: tl.constexpr, UPCAST: tl.constexpr,
               BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr):
     """dCB (b, c, g, T, T) float32 for s <= t, summed over the group's heads; the intra-chunk dcs."""
-    pid, pg, pt = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    pb, pc = pid // nc, pid % nc
-    n_kb = tl.cdiv(T, BK)
-    mi, ki = pt // n_kb, pt % n_kb
-    if ki * BK <= mi * BM + BM - 1:
-        i = mi * BM + tl.arange(0, BM)
-        j = ki * BK + tl.arange(0, BK)
-        t, s = pc * T + i, pc * T + j
-        im, jm = (i < T) & (t < l), (j < T) & (s < l)
+    pg = tl.program_id(1)
+    pb, pc, lower, i, j, t, s, im, jm = pair_tile(nc, T, l, BM, BK)
+    if lower:
         keep = (j[None, :] <= i[:, None]) & im[:, None] & jm[None, :]
         if HAS_SEQ:
             seq_ptr += pb * ssb
@@ -178,14 +159,8 @@ def chunk_dbc(dCB_ptr, BC_ptr, C_ptr, x_ptr, dt_ptr, cs_ptr, S_ptr, seq_ptr, dy_
     off-diagonal dcs (C_ptr: C); else dB_s = sum_t dCB[t, s] C_t + sum_heads w_s X_s dS_end (BC = C,
     S = dS_end).
     out: float32 (b, l, g, N) contiguous."""
-    pid, pg, pq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    pb, pc = pid // nc, pid % nc
-    n_nb = tl.cdiv(N, BN)
-    mi = pq // n_nb
-    i = mi * BM + tl.arange(0, BM)
-    nn = (pq % n_nb) * BN + tl.arange(0, BN)
-    r = pc * T + i
-    im, nm = (i < T) & (r < l), nn < N
+    pg = tl.program_id(1)
+    pb, pc, mi, i, nn, r, im, nm = chunk_tile(nc, T, l, N, BM, BN)
     if HAS_SEQ:
         seq_ptr += pb * ssb
         seq_r = _seq(seq_ptr, r, l, ssl)

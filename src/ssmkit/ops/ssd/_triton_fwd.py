@@ -26,6 +26,49 @@ def _seq(seq_ptr, t, l, ssl):
 
 
 @triton.jit
+def chunk_tile(nc, T, l, ncols, BM: tl.constexpr, BC: tl.constexpr):
+    """A program's tile of rows (BM steps of one chunk) x columns (BC of ncols: head dim or state), for a
+    grid of (batch x chunk, *, row blocks x column blocks). Returns the batch row, the chunk, the row
+    block, i (steps in the chunk), the columns, t = c T + i, and the rows' and columns' masks."""
+    pid, pq = tl.program_id(0), tl.program_id(2)
+    n_cb = tl.cdiv(ncols, BC)
+    mi = pq // n_cb
+    i = mi * BM + tl.arange(0, BM)
+    cols = (pq % n_cb) * BC + tl.arange(0, BC)
+    t = (pid % nc) * T + i
+    return pid // nc, pid % nc, mi, i, cols, t, (i < T) & (t < l), cols < ncols
+
+
+@triton.jit
+def pair_tile(nc, T, l, BM: tl.constexpr, BK: tl.constexpr):
+    """A program's tile of step pairs (t, s) of one chunk, for a grid of (batch x chunk, *, T x T blocks).
+    Returns the batch row, the chunk, whether the tile reaches s <= t, i and j (steps in the chunk),
+    t = c T + i, s = c T + j and their masks."""
+    pid, pt = tl.program_id(0), tl.program_id(2)
+    n_kb = tl.cdiv(T, BK)
+    mi, ki = pt // n_kb, pt % n_kb
+    i = mi * BM + tl.arange(0, BM)
+    j = ki * BK + tl.arange(0, BK)
+    t, s = (pid % nc) * T + i, (pid % nc) * T + j
+    return pid // nc, pid % nc, ki * BK <= mi * BM + BM - 1, i, j, t, s, (i < T) & (t < l), (j < T) & (s < l)
+
+
+@triton.jit
+def rows_by_state(V_ptr, S_ptr, pb, g, t, im, p, pm, N, svb, svl, svg, svn, DTYPE: tl.constexpr,
+                  UPCAST: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+    """sum_n V[pb, t, g, n] S[p, n]: rows t of V (b, l, g, N) against a float32 state S (P, N) -> (BM, BP)."""
+    acc = tl.zeros((BM, BP), dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        nn = n0 + tl.arange(0, BN)
+        nm = nn < N
+        V = tl.load(V_ptr + pb * svb + t[:, None] * svl + g * svg + nn[None, :] * svn,
+                    mask=im[:, None] & nm[None, :], other=0.0)
+        St = tl.load(S_ptr + p[None, :] * N + nn[:, None], mask=nm[:, None] & pm[None, :], other=0.0)
+        acc += dot(V, St, DTYPE, UPCAST)
+    return acc
+
+
+@triton.jit
 def dt_cumsum(dt_ptr, A_ptr, bias_ptr, dt_out_ptr, cs_ptr, l, h, T, nc, sdb, sdl, sdh, lo, hi,
               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BH: tl.constexpr, BT: tl.constexpr):
     """dt (b, l, h) -> dt and cs = cumsum(dt A) per chunk, both (b, h, c, T) float32."""
@@ -55,15 +98,9 @@ def chunk_cb(C_ptr, B_ptr, CB_ptr, l, T, nc, G, N, scb, scl, scg, scn, sbb, sbl,
              DTYPE: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
              BN: tl.constexpr):
     """CB[b, c, g, t, s] = C_t . B_s for s <= t (tiles wholly above the diagonal are left unwritten)."""
-    pid, pg, pt = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    pb, pc = pid // nc, pid % nc
-    n_kb = tl.cdiv(T, BK)
-    mi, ki = pt // n_kb, pt % n_kb
-    if ki * BK <= mi * BM + BM - 1:
-        i = mi * BM + tl.arange(0, BM)
-        j = ki * BK + tl.arange(0, BK)
-        ti, tj = pc * T + i, pc * T + j
-        im, jm = (i < T) & (ti < l), (j < T) & (tj < l)
+    pg = tl.program_id(1)
+    pb, pc, lower, i, j, ti, tj, im, jm = pair_tile(nc, T, l, BM, BK)
+    if lower:
         acc = tl.zeros((BM, BK), dtype=tl.float32)
         for n0 in range(0, N, BN):
             nn = n0 + tl.arange(0, BN)
@@ -157,14 +194,8 @@ def chunk_scan(CB_ptr, x_ptr, dt_ptr, cs_ptr, C_ptr, Sin_ptr, D_ptr, z_ptr, seq_
                BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
     """out = y * silu(z) (x's dtype), y = the chunk's own terms + the entering state's + D x.
     GRAD (with z): from dout, write dz and, into out_ptr (float32), dy = dout * silu(z)."""
-    pid, ph, pq = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    pb, pc = pid // nc, pid % nc
-    n_pb = tl.cdiv(P, BP)
-    mi = pq // n_pb
-    i = mi * BM + tl.arange(0, BM)
-    p = (pq % n_pb) * BP + tl.arange(0, BP)
-    t = pc * T + i
-    im, pm = (i < T) & (t < l), p < P
+    ph = tl.program_id(1)
+    pb, pc, mi, i, p, t, im, pm = chunk_tile(nc, T, l, P, BM, BP)
     g = ph // hpg
     cbase = ((pb * h + ph) * nc + pc) * T
     cs_t = tl.load(cs_ptr + cbase + i, mask=i < T, other=0.0)
@@ -174,15 +205,8 @@ def chunk_scan(CB_ptr, x_ptr, dt_ptr, cs_ptr, C_ptr, Sin_ptr, D_ptr, z_ptr, seq_
         seq_t = _seq(seq_ptr, t, l, ssl)
         scale = tl.where(seq_t == _seq(seq_ptr, pc * T - 1, l, ssl), scale, 0.0)
     # 1. the state entering the chunk, decayed to t: exp(cs_t) C_t S_in^T
-    acc = tl.zeros((BM, BP), dtype=tl.float32)
     s_in = Sin_ptr + ((pb * nc + pc) * h + ph) * P * N
-    for n0 in range(0, N, BN):
-        nn = n0 + tl.arange(0, BN)
-        nm = nn < N
-        Ct = tl.load(C_ptr + pb * scb + t[:, None] * scl + g * scg + nn[None, :] * scn,
-                     mask=im[:, None] & nm[None, :], other=0.0)
-        S = tl.load(s_in + p[None, :] * N + nn[:, None], mask=nm[:, None] & pm[None, :], other=0.0)
-        acc += dot(Ct, S, DTYPE, UPCAST)
+    acc = rows_by_state(C_ptr, s_in, pb, g, t, im, p, pm, N, scb, scl, scg, scn, DTYPE, UPCAST, BM, BP, BN)
     acc *= scale[:, None]
     # 2. the chunk's own steps s <= t: (CB[t, s] exp(cs_t - cs_s) dt_s) @ x_s
     cb = CB_ptr + ((pb * nc + pc) * (h // hpg) + g) * T * T
