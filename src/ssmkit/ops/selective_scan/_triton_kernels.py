@@ -150,6 +150,7 @@ def scan_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, hs_p
     g_next = tl.zeros((BD, BN), dtype=tl.float32)                # g at the first step of the next chunk
     if HAS_DHT:
         g_next = tl.load(dhT_ptr + (pb * d + c[:, None]) * n + s[None, :], mask=cs_mask, other=0.0)
+        g_next = g_next.to(tl.float32)
     dA_acc = tl.zeros((BD, BN), dtype=tl.float32)
     dD_acc = tl.zeros((BD,), dtype=tl.float32)
     dbias_acc = tl.zeros((BD,), dtype=tl.float32)
