@@ -71,5 +71,6 @@ def mamba2_step(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias,
         *conv_state.stride(), *conv_weight.stride(), *dt.stride(), *zz.stride(), *ssm_state.stride(),
         *y.stride(), *new_conv.stride(),
         K=k, HAS_CBIAS=conv_bias is not None, HAS_DT_BIAS=dt_bias is not None, HAS_D=D is not None,
-        D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, BP=pow2(P), BN=pow2(N))
+        D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, BP=pow2(P), BN=pow2(N),
+        num_warps=8 if P * N >= 4096 else 4)
     return y, new_conv, new_ssm

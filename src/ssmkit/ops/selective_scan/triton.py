@@ -27,12 +27,13 @@ def unsupported_reason(*tensors: torch.Tensor) -> str | None:
     return _triton.unsupported_reason(*tensors)
 
 
-def _channels_per_program(d: int, groups: int, channels_last: bool) -> int:
+def _channels_per_program(d: int, groups: int, channels_last: bool, backward: bool) -> int:
     """A power of two dividing d / groups (a program's channels share one group of B and C); wider
-    for a channels-last u so that each step's loads cover whole memory sectors."""
-    per_group = d // groups
+    for a channels-last u so that each step's loads cover whole memory sectors; narrower for the
+    backward, which holds more (channels, state, steps) tiles at once."""
+    per_group, most = d // groups, (8 if backward else 16) if channels_last else 4
     bd = 1
-    while bd < (16 if channels_last else 4) and per_group % (2 * bd) == 0:
+    while bd < most and per_group % (2 * bd) == 0:
         bd *= 2
     return bd
 
@@ -48,7 +49,7 @@ class _Scan(torch.autograd.Function):
 
         b, d, l = u.shape
         g, n = B.shape[1], B.shape[2]
-        bd = _channels_per_program(d, g, u.stride(1) == 1)
+        bd = _channels_per_program(d, g, u.stride(1) == 1, backward=False)
         bn, T = pow2(n), T_CHUNK
         out = empty(b, d, l, dtype=u.dtype, device=u.device)
         hT = empty(b, d, n, dtype=torch.float32, device=u.device)
@@ -73,7 +74,7 @@ class _Scan(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, h0, hs = ctx.saved_tensors
         b, d, l = u.shape
         g, n = B.shape[1], B.shape[2]
-        bd = _channels_per_program(d, g, u.stride(1) == 1)
+        bd = _channels_per_program(d, g, u.stride(1) == 1, backward=True)
         dout = dout.contiguous()
         f32 = dict(dtype=torch.float32, device=u.device)
         du = empty(b, d, l, dtype=u.dtype, device=u.device)
@@ -90,7 +91,7 @@ class _Scan(torch.autograd.Function):
             du, ddelta, dA, dB, dC, dD, dz if dz is not None else du, dbias, dh0, d, n, l, g, d // g,
             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *dout.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.softplus, HAS_DHT=dhT is not None, BD=bd, BN=pow2(n), T=T_CHUNK)
+            SOFTPLUS=ctx.softplus, HAS_DHT=dhT is not None, BD=bd, BN=pow2(n), T=T_CHUNK, num_warps=8)
         cast = lambda grad, like: None if like is None else grad.to(like.dtype)   # noqa: E731
         return (du, ddelta, cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz, cast(dbias, delta_bias),
                 cast(dh0, h0), None)

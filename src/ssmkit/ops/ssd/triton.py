@@ -39,13 +39,15 @@ class _Launch:
         self.G, self.N = B.shape[2], B.shape[3]
         self.T, self.hpg = chunk_size, self.h // self.G
         self.nc = _cdiv(self.l, chunk_size)
-        tile = lambda n: min(64, pow2(n, 16))                            # noqa: E731  tl.dot wants >= 16
+        most = 32 if x.dtype == torch.float32 else 64                   # fp32 operands live in registers
+        tile = lambda n: min(most, pow2(n, 16))                          # noqa: E731  tl.dot wants >= 16
         self.blk = dict(BM=tile(self.T), BK=tile(self.T), BP=tile(self.P), BN=tile(self.N))
         self.dot = dict(DTYPE=tl_dtype(x.dtype), UPCAST=dot_upcast(x.dtype))
         self.seq, self.has_seq = seq_idx, seq_idx is not None
         self.seq_strides = tuple(seq_idx.stride()) if seq_idx is not None else (0, 0)
         self.f32 = dict(dtype=torch.float32, device=x.device)
         self.state_block = min(1024, pow2(self.P * self.N))
+        self.warps = dict(num_warps=8)                     # the tiled matmul kernels: 64 x 64 fp32 tiles
 
     def sizes(self) -> tuple:
         """The sizes every kernel takes after its pointers: l, h, T, c."""
@@ -67,7 +69,7 @@ class _Launch:
         CB = empty(b, nc, G, T, T, **self.f32)
         fwd.chunk_cb[(b * nc, G, self.tiles(T, T, "BM", "BK"))](
             C, B, CB, self.l, T, nc, G, N, *C.stride(), *B.stride(), **self.dot,
-            BM=blk["BM"], BK=blk["BK"], BN=blk["BN"])
+            BM=blk["BM"], BK=blk["BK"], BN=blk["BN"], **self.warps)
         Sc = self.outer(x, B, dt_p, cs, state=True)
         S_in, final = empty(b, nc, h, P, N, **self.f32), empty(b, h, P, N, **self.f32)
         fwd.state_pass[(b, h, _cdiv(P * N, self.state_block))](
@@ -84,7 +86,7 @@ class _Launch:
         fwd.chunk_outer[(self.b * self.nc, self.h, self.tiles(self.P, self.N, "BP", "BN"))](
             X, Y, dt_p, cs, self.seq, out, *self.sizes(), self.hpg, self.P, self.N, *X.stride(), *Y.stride(),
             *self.seq_strides, STATE=state, HAS_SEQ=self.has_seq, **self.dot,
-            BP=blk["BP"], BN=blk["BN"], BK=blk["BK"])
+            BP=blk["BP"], BN=blk["BN"], BK=blk["BK"], **self.warps)
         return out
 
     def scan(self, CB, x, dt_p, cs, C, S_in, D, z, dout=None):
@@ -99,7 +101,7 @@ class _Launch:
             CB, x, dt_p, cs, C, S_in, D, zz, self.seq, dout, out, dz, *self.sizes(), self.hpg, self.P, self.N,
             *x.stride(), *C.stride(), *zz.stride(), *self.seq_strides, *out.stride(),
             HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-            HAS_SEQ=self.has_seq, GRAD=grad, **self.dot, **self.blk)
+            HAS_SEQ=self.has_seq, GRAD=grad, **self.dot, **self.blk, **self.warps)
         return (out, dz) if grad else out
 
 
@@ -123,17 +125,18 @@ def _backward(run: _Launch, x, dt, A, B, C, D, z, dt_bias, h0, softplus, dt_limi
     bwd.chunk_dx[(b * nc, h, run.tiles(T, P, "BM", "BP"))](
         CB, x, dt_p, cs, B, dS, D, seq, dy, dx, ddt, dD, dcs, *run.sizes(), run.hpg, P, N, *x.stride(),
         *B.stride(), *seqs, *dy.stride(), HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-        HAS_SEQ=run.has_seq, **run.dot, **blk)
+        HAS_SEQ=run.has_seq, **run.dot, **blk, **run.warps)
     # 3. dCB, then dC (through B and the entering states) and dB (through C and the end states)
     dCB = empty(b, nc, G, T, T, **f32)
     bwd.chunk_dcb[(b * nc, G, run.tiles(T, T, "BM", "BK"))](
         x, dt_p, cs, CB, seq, dy, dCB, dcs, *run.sizes(), run.hpg, P, *x.stride(), *seqs, *dy.stride(),
-        HAS_SEQ=run.has_seq, **run.dot, BM=blk["BM"], BK=blk["BK"], BP=blk["BP"])
+        HAS_SEQ=run.has_seq, **run.dot, BM=blk["BM"], BK=blk["BK"], BP=blk["BP"], **run.warps)
     dC, dB = empty(b, run.l, G, N, **f32), empty(b, run.l, G, N, **f32)
     for is_c, other, S, out in ((True, B, S_in, dC), (False, C, dS, dB)):
         bwd.chunk_dbc[(b * nc, G, run.tiles(T, N, "BM", "BN"))](
             dCB, other, C, x, dt_p, cs, S, seq, dy, out, dcs, *run.sizes(), run.hpg, P, N, *other.stride(),
-            *C.stride(), *x.stride(), *seqs, *dy.stride(), IS_C=is_c, HAS_SEQ=run.has_seq, **run.dot, **blk)
+            *C.stride(), *x.stride(), *seqs, *dy.stride(), IS_C=is_c, HAS_SEQ=run.has_seq, **run.dot, **blk,
+            **run.warps)
     # 4. dcs -> d(dt A) by a reverse cumsum inside each chunk; then dt's chain rule
     da = dcs.flip(-1).cumsum(-1).flip(-1)                                       # (b, h, c, T)
     dA = (da * dt_p).sum((0, 2, 3))
