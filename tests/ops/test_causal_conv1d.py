@@ -113,7 +113,7 @@ def test_packed_equals_separate():
         alone = causal_conv1d(x[..., a:e], w, bias=bias, initial_state=st, activation="silu",
                               backend="reference")
         assert_rel(y[..., a:e], alone, 1e-6, "seg")
-    with pytest.raises(ValueError, match="seq_idx runs on the reference tier only"):
+    with pytest.raises(ValueError, match="seq_idx runs on the reference and triton tiers only"):
         causal_conv1d(x, w, seq_idx=seq, backend="numba")
 
 

@@ -7,7 +7,7 @@ import torch
 from ssmkit.ops.causal_conv1d import reference
 from ssmkit.ops.causal_conv1d import triton as tier
 from tests.helpers import TOL, assert_rel
-from tests.ops.harness import check_tiers
+from tests.ops.harness import Case, check_tiers
 from tests.ops.interpreter import interpret  # noqa: F401  (imports Triton for the interpreter, or skips)
 from tests.ops.test_causal_conv1d import _case
 
@@ -33,23 +33,18 @@ def test_matches_the_oracle_bfloat16():
 
 @pytest.mark.parametrize("k", [2, 4])
 def test_packed_sequences(k):
-    """seq_idx: no tap reaches across a boundary, forward and backward (the tier called directly: the
-    public op sends seq_idx to the reference)."""
-    b, d, L = 2, 5, 23
+    """seq_idx: no tap reaches across a boundary, forward and backward, the state's gradient included."""
     seq = torch.tensor([[0] * 3 + [1] * 12 + [2] * 8, [4] * 23])
-    g = torch.Generator().manual_seed(k)
-    shapes = ((b, d, L), (d, k), (d,), (b, d, k - 1))
-    x, w, bias, s0 = (torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes)
-    dy, ds = torch.randn(b, d, L, dtype=torch.float64), torch.randn(b, d, k - 1, dtype=torch.float64)
-    results = []
-    for fn, dtype in ((reference.causal_conv1d, torch.float64), (tier.causal_conv1d, torch.float32)):
-        leaves = [t.to(dtype).requires_grad_() for t in (x, w, bias, s0)]
-        y, final = fn(leaves[0], leaves[1], bias=leaves[2], initial_state=leaves[3], activation="silu",
-                      return_final_state=True, seq_idx=seq)
-        grads = torch.autograd.grad((y * dy.to(dtype)).sum() + (final * ds.to(dtype)).sum(), leaves)
-        results.append((y, final, *grads))
-    for name, got, want in zip(("y", "final", "dx", "dw", "dbias", "dstate"), results[1], results[0]):
-        assert_rel(got, want, 1e-5, f"seq_idx k={k} {name}")
+
+    def make(dtype, gen):
+        def r(*shape):
+            return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+        kw = {"bias": r(5), "initial_state": r(2, 5, k - 1), "activation": "silu", "seq_idx": seq}
+        return (r(2, 5, 23), r(5, k)), kw
+
+    check_tiers(Case("causal_conv1d", make, name=f"seq_idx k={k}"), torch.float32, tol=1e-5,
+                backends=("triton",))
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])

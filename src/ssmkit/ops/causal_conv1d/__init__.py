@@ -3,12 +3,13 @@
 The state is the last k-1 inputs (b, d, k-1), oldest first: an empty state is zeros, and
 `causal_conv1d(x, ..., initial_state=s, return_final_state=True)` continues exactly where the call
 that returned `s` stopped. `causal_conv1d_update` is the O(1) decoding step on the same state.
-`seq_idx` (packed sequences; taps never cross a boundary) runs on the reference tier only, and so
-does the update.
+`seq_idx` (packed sequences; taps never cross a boundary) runs on the reference and triton tiers;
+the update on the reference (Mamba's fused decoding step has its own, ssmkit.ops._triton.decode).
 
 Tiers (backends, chosen by `ssmkit.ops._dispatch` from their declarations):
     reference  the sum over the k taps: the oracle.
     numba      fused CPU kernels (float32/bfloat16), forward and backward.
+    triton     GPU kernels (CUDA; CPU tensors under Triton's interpreter when asked by name).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ssmkit.ops.causal_conv1d import reference
 __all__ = ["causal_conv1d", "causal_conv1d_update"]
 
 _ACTIVATIONS = (None, "silu")
+_SEQ_IDX_TIERS = ("reference", "triton")
 
 
 def _check_weight(weight, bias, d):
@@ -46,8 +48,8 @@ def causal_conv1d(
     """y[:, c, t] = act(bias[c] + sum_j weight[c, j] x[:, c, t - (k-1) + j]), earlier inputs from the state.
 
     Args: x (b, d, l); weight (d, k); bias (d,); initial_state (b, d, k-1) = the last k-1 inputs;
-    activation None or "silu"; seq_idx (b, l) int, nondecreasing (reference tier only);
-    backend "auto", "reference" or "numba".
+    activation None or "silu"; seq_idx (b, l) int, nondecreasing (reference and triton tiers);
+    backend "auto", "reference", "numba" or "triton".
     Returns y (b, d, l) in x's dtype [, final state (b, d, k-1)].
     """
     check_tensor("x", x, ndim=3, dtypes=FLOAT_DTYPES, legend="(batch, d, length)")
@@ -68,11 +70,11 @@ def causal_conv1d(
         check_tensor(
             "seq_idx", seq_idx, shape=(b, l), dtypes=(torch.int32, torch.int64), legend="(batch, length)"
         )
-        if backend not in ("auto", "reference"):
-            raise ValueError(
-                f"causal_conv1d: seq_idx runs on the reference tier only, got backend={backend!r}"
-            )
-        fn = reference.causal_conv1d
+        choice = resolve("causal_conv1d", backend, x)
+        if choice.name not in _SEQ_IDX_TIERS and not choice.auto:
+            raise ValueError(f"causal_conv1d: seq_idx runs on the {' and '.join(_SEQ_IDX_TIERS)} tiers only, "
+                             f"got backend={backend!r}")
+        fn = choice.fn if choice.name in _SEQ_IDX_TIERS else reference.causal_conv1d
         return fn(x, weight, bias=bias, initial_state=initial_state, activation=activation,
                   return_final_state=bool(return_final_state), seq_idx=seq_idx)
     fn = resolve("causal_conv1d", backend, x).fn
