@@ -38,7 +38,7 @@ def selective_state_update(h, u, delta, A, B, C, *, D=None, z=None, delta_bias=N
     B3, C3 = (B[:, None] if B.dim() == 2 else B), (C[:, None] if C.dim() == 2 else C)
     y = empty(b, d, dtype=u.dtype, device=u.device)
     new = empty(b, d, n, dtype=torch.float32, device=u.device)
-    bd = max(1, min(pow2(d), 4096 // pow2(n)))
+    bd = max(1, min(pow2(d), 512 // pow2(n)))            # 512-element tiles: many programs at batch 1
     zz = z if z is not None else u
     kern.selective_state_update[(b, -(-d // bd))](
         h, u, delta, A, B3, C3, D, zz, delta_bias, y, new, d, n, d // B3.shape[1], *h.stride(), *u.stride(),
