@@ -23,9 +23,9 @@ MAMBA2 = {
 
 
 def _twins(cls, dtype=torch.float32, **kw):
-    """The same layer (same weights) on the reference ops and on the triton tiers."""
-    ref = cls(16, backend="reference", dtype=dtype, **kw).eval()
-    fused = cls(16, backend="triton", dtype=dtype, **kw).eval()
+    """The same layer (same weights, cast to dtype) on the reference ops and on the triton tiers."""
+    ref = cls(16, backend="reference", **kw).to(dtype).eval()
+    fused = cls(16, backend="triton", **kw).to(dtype).eval()
     fused.load_state_dict(ref.state_dict())
     return ref, fused
 
