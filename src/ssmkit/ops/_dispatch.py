@@ -52,11 +52,14 @@ class Backend:
 
 @dataclass(frozen=True)
 class Tier:
-    """One tier module of an op: loaded (module, backend), or unavailable (missing says why)."""
+    """One tier module of an op: loaded (module, its backend, its function for the op and its
+    unsupported_reason if any), or unavailable (missing says why)."""
 
     name: str
     module: ModuleType | None = None
     backend: Backend | None = None
+    fn: Callable | None = None
+    hook: Callable | None = None
     missing: str | None = None
 
 
@@ -92,13 +95,13 @@ def load(op: str, name: str) -> Tier:
         if e.name is None or e.name.split(".")[0] == qualname.split(".")[0]:
             raise                                       # our own module is missing: a bug, not a choice
         return Tier(name, missing=f"{e.name} is not installed (pip install {e.name.split('.')[0]})")
-    backend = getattr(module, "BACKEND", None)
-    if not isinstance(backend, Backend) or not callable(getattr(module, _short(op), None)):
+    backend, fn = getattr(module, "BACKEND", None), getattr(module, _short(op), None)
+    if not isinstance(backend, Backend) or not callable(fn):
         raise TypeError(
             f"{qualname} must declare BACKEND = Backend(...) and define {_short(op)}() "
             "(a module of an op package is a tier unless its name starts with '_')"
         )
-    return Tier(name, module, backend)
+    return Tier(name, module, backend, fn, getattr(module, "unsupported_reason", None))
 
 
 @functools.cache
@@ -117,19 +120,15 @@ def known_backends() -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def _floating(t) -> bool:
-    return isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
-
-
 def refusal(op: str, tier: Tier, tensors, explicit: bool) -> str | None:
     """Why `tier` cannot run `op` on `tensors` (None if it can); `explicit`: asked for by name."""
     if tier.missing is not None:
         return tier.missing
-    declared, hook = tier.backend, getattr(tier.module, "unsupported_reason", None)
+    declared, hook = tier.backend, tier.hook
     tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
     if declared.dtypes is not None:
         for t in tensors:
-            if _floating(t) and t.dtype not in declared.dtypes:
+            if (t.dtype.is_floating_point or t.dtype.is_complex) and t.dtype not in declared.dtypes:
                 served = ", ".join(str(d).replace("torch.", "") for d in declared.dtypes)
                 return f"the {tier.name} backend supports {served}, got {str(t.dtype).replace('torch.', '')}"
     if declared.devices is not None and not (explicit and hook is not None):
@@ -176,7 +175,7 @@ def resolve(op: str, backend: str, *tensors: torch.Tensor) -> Choice:
             asked = backend if backend != "auto" else os.environ.get(ENV)
             shown = f"{asked!r}" + (f" ({name})" if asked != name else "")
             raise RuntimeError(f"{_short(op)}: backend={shown} cannot run these inputs: {reason}")
-        return Choice(name, getattr(tier.module, _short(op)), False)
+        return Choice(name, tier.fn, False)
 
     device = next((t.device.type for t in tensors if isinstance(t, torch.Tensor)), "cpu")
     refused = []
@@ -188,7 +187,7 @@ def resolve(op: str, backend: str, *tensors: torch.Tensor) -> Choice:
         if reason is None:
             if tier.backend.fallback and refused:
                 _warn_once(op, tier.name, *refused[0])
-            return Choice(tier.name, getattr(tier.module, _short(op)), True)
+            return Choice(tier.name, tier.fn, True)
         refused.append((tier.name, reason))
     raise RuntimeError(f"{_short(op)}: no backend can run these inputs: "
                        + "; ".join(f"{n}: {r}" for n, r in refused))
