@@ -6,6 +6,7 @@ read the way ssmkit's own ops are), so every case exists whatever this machine h
 last ones check ssmkit's own ops."""
 
 import importlib.util
+import subprocess
 import sys
 import textwrap
 import warnings
@@ -207,3 +208,35 @@ def test_no_warning_where_no_faster_tier_serves_the_device():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _dispatch.resolve("ssd", "auto", torch.zeros(2, device="meta")).name == "chunked"
+
+
+def test_without_numba_every_op_runs_on_its_pytorch_tiers(tmp_path):
+    """numba is an optional extra: with it not importable (None in sys.modules, as Python reports a
+    missing package), the numba tiers are unavailable with the reason, "auto" warns once and runs
+    chunked or reference, and the results match the oracle."""
+    script = textwrap.dedent("""
+        import sys, warnings
+        sys.modules["numba"] = None                      # import numba -> ModuleNotFoundError
+        import torch
+        from ssmkit.ops import causal_conv1d, selective_scan
+        from ssmkit.ops._dispatch import available_backends
+        x = torch.randn(1, 4, 30)
+        why = available_backends("selective_scan", x)["numba"]
+        assert why.startswith("numba is not installed"), why
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            y = causal_conv1d(x, torch.randn(4, 3), activation="silu")
+            causal_conv1d(x, torch.randn(4, 3))
+        assert len(caught) == 1 and "numba is not installed" in str(caught[0].message), caught
+        ref = causal_conv1d(x, torch.ones(4, 3), backend="reference")
+        assert torch.equal(causal_conv1d(x, torch.ones(4, 3)), ref)
+        u, A, B = torch.randn(1, 4, 30), -torch.rand(4, 2), torch.randn(1, 2, 30)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = selective_scan(u, u.abs(), A, B, B)
+        assert torch.allclose(out, selective_scan(u, u.abs(), A, B, B, backend="reference"), atol=1e-5)
+        assert "numba" not in sys.modules or sys.modules["numba"] is None
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -112,6 +112,12 @@ def tiers(op: str) -> tuple[Tier, ...]:
 
 
 @functools.cache
+def _unavailable(op: str) -> tuple[tuple[str, str], ...]:
+    """(name, why) of the tiers of `op` that could not be imported."""
+    return tuple((t.name, t.missing) for t in tiers(op) if t.missing is not None)
+
+
+@functools.cache
 def known_backends() -> tuple[str, ...]:
     """Every backend name of every op in ssmkit.ops: what SSMKIT_BACKEND may say."""
     ops = importlib.import_module("ssmkit.ops")
@@ -180,15 +186,20 @@ def resolve(op: str, backend: str, *tensors: torch.Tensor) -> Choice:
     device = next((t.device.type for t in tensors if isinstance(t, torch.Tensor)), "cpu")
     refused = []
     for tier in tiers(op):
-        devices = tier.backend.devices if tier.backend is not None else None
-        if devices is not None and device not in devices:
+        if tier.missing is not None:
+            break                                       # unavailable tiers come last
+        if tier.backend.devices is not None and device not in tier.backend.devices:
             continue                                    # not a tier for this device
         reason = refusal(op, tier, tensors, explicit=False)
         if reason is None:
-            if tier.backend.fallback and refused:
-                _warn_once(op, tier.name, *refused[0])
+            if tier.backend.fallback:
+                # a tier that could not be imported may have served this device: it counts as refusing
+                refused += _unavailable(op)
+                if refused:
+                    _warn_once(op, tier.name, *refused[0])
             return Choice(tier.name, tier.fn, True)
         refused.append((tier.name, reason))
+    refused += _unavailable(op)
     raise RuntimeError(f"{_short(op)}: no backend can run these inputs: "
                        + "; ".join(f"{n}: {r}" for n, r in refused))
 
