@@ -1,11 +1,14 @@
-"""The main job: a small SSM LM and a same-size Transformer on the built-in stdlib corpus, same budget.
+"""The main job: a small SSM LM and a same-size Transformer on the built-in stdlib corpus, the same
+wall-clock budget each.
 
     python -m ssmkit demo --out outputs
 
-Byte-level, context 256. Both models read the same batches for the same number of steps (the
-same data budget), chosen from timed probes of each so the two runs take about 2 x budget_s
-together; each run is capped at 1.5 x budget_s, so a machine slowed by other load still finishes
-in bounded time (the table then records the step at which a run was stopped).
+Byte-level, context 256. Each model trains for `budget_s` seconds of wall clock with its learning-rate
+schedule run over the clock (schedule="time"), so both end annealed and the faster one takes more
+steps: the equal-time comparison, the one the plot's time axis shows. The equal-steps comparison reads
+both at one step both evaluated, the last step of the run with fewer steps: the runs go slowest first
+(by timed probes) and each later run also evaluates at the step count of the earlier ones. Printed
+step estimates come from the probes and say so; the table reports what the runs did.
 Reported: validation bits per byte of both and the unigram baseline (the train split's byte
 frequencies scored on the validation split: what a model that ignores context can reach).
 Written under --out: results.md, results.json, learning_curves.png, samples.txt, one directory per model.
@@ -13,17 +16,19 @@ Written under --out: results.md, results.json, learning_curves.png, samples.txt,
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 
-from ssmkit.training.config import TrainConfig
+from ssmkit.training.config import DEFAULT_CACHE_DIR, DEMO_BUDGET_S, TrainConfig
 from ssmkit.training.data import LMBatches, eval_windows, unigram_bits_per_token
-from ssmkit.training.loop import train
-from ssmkit.training.run import MODEL_DIR, build_model, count_parameters, prepare_data
+from ssmkit.training.demo_report import write_report
+from ssmkit.training.loop import TrainResult, train
+from ssmkit.training.run import MODEL_DIR, LMData, build_model, count_parameters, prepare_data
 
 D_MODEL, N_LAYER, SEQ_LEN = 128, 4, 256
 SSM_MODELS = {  # the Mamba family, in order of preference
@@ -98,37 +103,161 @@ def _sample(model, tokenizer, n_tokens: int, seed: int) -> str:
     return tokenizer.decode(out[0].tolist())
 
 
-def _plot(curves: dict, unigram_bpb: float, path: str) -> str | None:
-    try:
-        import matplotlib
+def _prepare(base: TrainConfig) -> tuple[LMData, torch.Tensor, float]:
+    """The stdlib corpus as bytes, the validation windows and the unigram baseline (bits per byte)."""
+    print(f"demo: preparing the stdlib corpus (byte level) under {base.cache_dir}", flush=True)
+    data = prepare_data(base)
+    unigram = unigram_bits_per_token(data.train, data.val, 256)
+    print(
+        f"demo: corpus {data.corpus.info.get('n_files')} files (Python {data.corpus.info.get('python')}, "
+        f"fingerprint {data.corpus.fingerprint}); train {len(data.train):,} bytes, validation "
+        f"{len(data.val):,} bytes; unigram baseline {unigram:.3f} bits/byte",
+        flush=True,
+    )
+    return data, eval_windows(data.val, base.seq_len, base.eval_windows), unigram
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install matplotlib): no plot written"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, c in curves.items():
-        axes[0].plot([t / 60 for t in c["val_time"]], c["val_bpb"], marker="o", label=name)
-        axes[1].plot(c["train_step"], c["train_bpb"], alpha=0.8, label=name)
-    for ax in axes:
-        ax.axhline(unigram_bpb, color="gray", linestyle="--", label="unigram baseline")
-        ax.set_ylabel("bits per byte")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    axes[0].set_xlabel("training time (min)")
-    axes[0].set_title("validation")
-    axes[1].set_xlabel("step")
-    axes[1].set_title("training (per batch)")
-    fig.suptitle("byte-level LM on the Python standard library sources")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return None
+
+def plan(runs: dict[str, dict], batches, budget_s: float, seed: int) -> tuple[list[str], dict, dict]:
+    """(run order, seconds per step, eval_every) from timed probes: slowest model first; about eight
+    evaluations each, every slower model's interval a divisor of the faster ones' (shared steps)."""
+    per_step = {name: seconds_per_step(build_model(args, 256, seed), batches) for name, args in runs.items()}
+    order = sorted(runs, key=lambda name: -per_step[name])
+    slowest = per_step[order[0]]
+    base_every = max(1, int(budget_s / slowest) // 8)
+    eval_every = {name: base_every * max(1, round(slowest / per_step[name])) for name in runs}
+    return order, per_step, eval_every
+
+
+def _result_row(args: dict, model, res: TrainResult) -> dict:
+    final = res.evals[-1]
+    return {
+        "layers": args["layers"],
+        "config": args,
+        "parameters": count_parameters(model),
+        "steps": res.step,
+        "stopped": res.stopped,
+        "tokens": res.tokens,
+        "train_seconds": round(res.elapsed, 1),
+        "tokens_per_s": round(res.tokens / max(res.elapsed, 1e-9)),
+        "val_bpb": round(final["bpb"], 4),
+        "val_loss_nats": round(final["loss"], 4),
+        "val_acc": round(final["acc"], 4),
+    }
+
+
+def _curve(res: TrainResult) -> dict:
+    return {
+        "val_time": [e["time"] for e in res.evals],
+        "val_bpb": [e["bpb"] for e in res.evals],
+        "train_step": [s for s, _ in res.train_losses],
+        "train_bpb": [loss / math.log(2) for _, loss in res.train_losses],
+    }
+
+
+def equal_steps(results: dict[str, TrainResult]) -> dict:
+    """Every model at one step all of them evaluated: the last step of the shortest run when the
+    others evaluated there (they do when it ran first), else the last step evaluated by all."""
+    last = min(r.step for r in results.values())
+    shared = set.intersection(*({e["step"] for e in r.evals} for r in results.values()))
+    at = max((s for s in shared if s <= last), default=None)
+    if at is None:
+        return {"step": None, "models": {}, "note": ""}
+    models = {}
+    for name, r in results.items():
+        ev = next(e for e in r.evals if e["step"] == at)
+        models[name] = {
+            "step": at,
+            "time": round(ev["time"], 1),
+            "bpb": round(ev["bpb"], 4),
+            "acc": round(ev["acc"], 4),
+        }
+    where = (
+        "the last step of the slower run"
+        if at == last
+        else f"the last step both evaluated (the slower run ended at {last})"
+    )
+    note = (
+        f"Both models after {at} steps ({where}): the same batches, so the same data. The faster model "
+        "is then part-way through its time schedule (its learning rate not yet decayed), which "
+        "understates it at this step."
+    )
+    return {"step": at, "models": models, "note": note}
+
+
+@dataclass
+class _Run:
+    """One model's part of the demo: its training result, the row of the table, its curve, a sample."""
+
+    result: TrainResult
+    row: dict
+    curve: dict
+    sample: str
+
+
+def _train_one(
+    name: str,
+    cfg: TrainConfig,
+    data: LMData,
+    batches,
+    windows,
+    probe_s: float,
+    eval_at: set[int],
+    sample_tokens: int,
+) -> _Run:
+    """Train one model for cfg.max_time seconds, save it under cfg.out_dir/model, sample from it."""
+    args = cfg.model
+    model = build_model(args, 256, cfg.seed)
+    label = f"{name} ({args['layers']})"
+    print(
+        f"demo: {label}: {count_parameters(model):,} parameters; {cfg.max_time:.0f} s of training (the "
+        f"probe's {probe_s:.2f} s/step would give about {cfg.max_time / probe_s:.0f} steps)",
+        flush=True,
+    )
+    res = train(
+        model,
+        batches,
+        cfg,
+        val_windows=windows,
+        bytes_per_token=1.0,
+        out_dir=cfg.out_dir,
+        desc=name,
+        eval_at=eval_at,
+    )
+    model.save_pretrained(os.path.join(cfg.out_dir, MODEL_DIR))
+    data.tokenizer.save(os.path.join(cfg.out_dir, MODEL_DIR))
+    sample = _sample(model, data.tokenizer, sample_tokens, cfg.seed)
+    print(
+        f"demo: {label}: {res.step} steps in {res.elapsed:.0f} s ({res.elapsed / res.step:.2f} s/step); "
+        f"validation {res.evals[-1]['bpb']:.3f} bits/byte; sample:\n{sample}\n",
+        flush=True,
+    )
+    return _Run(res, _result_row(args, model, res), _curve(res), sample)
+
+
+def _summary(data: LMData, unigram: float, base: TrainConfig, per_step: dict, runs: dict[str, _Run]) -> dict:
+    corpus = data.corpus
+    return {
+        "corpus": {
+            "name": "stdlib",
+            "fingerprint": corpus.fingerprint,
+            "python": corpus.info.get("python"),
+            "n_files": corpus.info.get("n_files"),
+            "train_bytes": len(data.train),
+            "val_bytes": len(data.val),
+        },
+        "unigram_bpb": round(unigram, 4),
+        "budget_s_per_model": base.max_time,
+        "probe_seconds_per_step": {k: round(v, 4) for k, v in per_step.items()},
+        "seq_len": base.seq_len,
+        "batch_size": base.batch_size,
+        "models": {name: r.row for name, r in runs.items()},
+        "equal_steps": equal_steps({name: r.result for name, r in runs.items()}),
+    }
 
 
 def demo(
     out: str = "outputs",
-    budget_s: float = 240.0,
+    budget_s: float = DEMO_BUDGET_S,
     seed: int = 0,
     ssm: str = "auto",
     ssm_model: dict | None = None,
@@ -137,10 +266,12 @@ def demo(
     batch_size: int = 16,
     seq_len: int = SEQ_LEN,
     n_eval_windows: int = 96,
+    cache_dir: str = DEFAULT_CACHE_DIR,
 ) -> dict:
+    """Train both models for `budget_s` seconds each; write the results under `out`; return the summary."""
     t_start = time.perf_counter()
     os.makedirs(out, exist_ok=True)
-    base = TrainConfig(
+    base = TrainConfig(  # schedule "time": each run's learning rate decays over its budget of seconds
         seq_len=seq_len,
         batch_size=batch_size,
         lr=3e-3,
@@ -151,136 +282,36 @@ def demo(
         save_every=0,
         seed=seed,
         device="cpu",
-        cache_dir=os.path.join(out, "cache"),
+        cache_dir=cache_dir,
         resume=False,
+        schedule="time",
+        max_time=budget_s,
+        max_steps=1_000_000,
     )
+    data, windows, unigram = _prepare(base)
     ssm_args = dict(ssm_model or pick_ssm(ssm))
-    print(f"demo: preparing the stdlib corpus (byte level) under {base.cache_dir}", flush=True)
-    data = prepare_data(base)
-    n_train, n_val = len(data.train), len(data.val)
-    unigram = unigram_bits_per_token(data.train, data.val, 256)
-    print(
-        f"demo: corpus {data.corpus.info.get('n_files')} files (Python {data.corpus.info.get('python')}, "
-        f"fingerprint {data.corpus.fingerprint}); train {n_train:,} bytes, validation {n_val:,} bytes; "
-        f"unigram baseline {unigram:.3f} bits/byte",
-        flush=True,
-    )
-    windows = eval_windows(data.val, seq_len, base.eval_windows)
-
     ssm_params = count_parameters(build_model(ssm_args, 256))
-    tf_args = dict(transformer_model or match_transformer(ssm_params, TRANSFORMER_MODEL, 256))
-    runs = {"ssm": ssm_args, "transformer": tf_args}
-    # The same batches and the same number of steps for both (the same data budget), sized from timed
-    # probes so the two runs take about 2 * budget_s together; a time cap (1.5 * budget_s each) keeps
-    # the job bounded on a machine slowed by other load (the table then says where a run stopped).
-    batches = LMBatches(data.train, seq_len, batch_size, seed)
-    per_step = {name: seconds_per_step(build_model(args, 256, seed), batches) for name, args in runs.items()}
-    steps = max(20, int(2 * budget_s / sum(per_step.values())))
-    results, curves, samples = {}, {}, {}
-    for name, args in runs.items():
-        model = build_model(args, 256, seed)
+    models = {
+        "ssm": ssm_args,
+        "transformer": dict(transformer_model or match_transformer(ssm_params, TRANSFORMER_MODEL, 256)),
+    }
+    batches = LMBatches(data.train, seq_len, batch_size, seed)  # the same batches for both
+    order, per_step, eval_every = plan(models, batches, budget_s, seed)
+    runs: dict[str, _Run] = {}
+    for name in order:
         run_dir = os.path.join(out, name)
-        cfg = TrainConfig(
-            **{
-                **base.to_dict(),
-                "model": args,
-                "max_steps": steps,
-                "max_time": 1.5 * budget_s,
-                "eval_every": max(1, steps // 8),
-                "out_dir": run_dir,
-                "save_every": 0,
-            }
-        )
-        label = f"{name} ({args['layers']})"
-        print(
-            f"demo: {label}: {count_parameters(model):,} parameters, {steps} steps of {batch_size}x{seq_len} "
-            f"bytes (~{per_step[name] * steps:.0f} s at {per_step[name]:.2f} s/step)",
-            flush=True,
-        )
-        res = train(model, batches, cfg, val_windows=windows, bytes_per_token=1.0, out_dir=run_dir, desc=name)
-        model.save_pretrained(os.path.join(run_dir, MODEL_DIR))
-        data.tokenizer.save(os.path.join(run_dir, MODEL_DIR))
-        final = res.evals[-1]
-        results[name] = {
-            "layers": args["layers"],
-            "config": args,
-            "parameters": count_parameters(model),
-            "steps": res.step,
-            "stopped": res.stopped,
-            "tokens": res.tokens,
-            "train_seconds": round(res.elapsed, 1),
-            "tokens_per_s": round(res.tokens / max(res.elapsed, 1e-9)),
-            "val_bpb": round(final["bpb"], 4),
-            "val_loss_nats": round(final["loss"], 4),
-            "val_acc": round(final["acc"], 4),
-        }
-        curves[label] = {
-            "val_time": [e["time"] for e in res.evals],
-            "val_bpb": [e["bpb"] for e in res.evals],
-            "train_step": [s for s, _ in res.train_losses],
-            "train_bpb": [loss / math.log(2) for _, loss in res.train_losses],
-        }
-        samples[name] = _sample(model, data.tokenizer, sample_tokens, seed)
-        print(
-            f"demo: {label}: validation {final['bpb']:.3f} bits/byte (unigram {unigram:.3f}); sample:\n"
-            f"{samples[name]}\n",
-            flush=True,
-        )
-
-    plot_msg = _plot(curves, unigram, os.path.join(out, "learning_curves.png"))
-    if plot_msg:
-        print(f"demo: {plot_msg}")
+        cfg = dataclasses.replace(base, model=models[name], eval_every=eval_every[name], out_dir=run_dir)
+        ended = {r.result.step for r in runs.values()}  # where the earlier (slower) runs ended
+        runs[name] = _train_one(name, cfg, data, batches, windows, per_step[name], ended, sample_tokens)
+    runs = {name: runs[name] for name in models}
     summary = {
-        "corpus": {
-            "name": "stdlib",
-            "fingerprint": data.corpus.fingerprint,
-            "python": data.corpus.info.get("python"),
-            "n_files": data.corpus.info.get("n_files"),
-            "train_bytes": n_train,
-            "val_bytes": n_val,
-        },
-        "unigram_bpb": round(unigram, 4),
-        "budget_s_per_model": budget_s,
-        "planned_steps": steps,
-        "seq_len": seq_len,
-        "batch_size": batch_size,
-        "models": results,
+        **_summary(data, unigram, base, per_step, runs),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(out, "samples.txt"), "w") as f:
-        for name, text in samples.items():
-            f.write(f"===== {name} ({results[name]['layers']}), prompt {PROMPT!r} =====\n{text}\n\n")
-    table = _markdown(summary)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table)
-    print(table)
+    curves = {f"{name} ({models[name]['layers']})": r.curve for name, r in runs.items()}
+    print(write_report(out, summary, curves, {name: r.sample for name, r in runs.items()}, PROMPT))
     print(
         f"demo: everything is in {os.path.abspath(out)}/ (results.md, results.json, learning_curves.png, "
         f"samples.txt, ssm/, transformer/)"
     )
     return summary
-
-
-def _markdown(s: dict) -> str:
-    lines = [
-        f"# ssmkit demo: byte-level LM on the Python {s['corpus']['python']} standard library",
-        "",
-        f"Train {s['corpus']['train_bytes']:,} bytes, validation {s['corpus']['val_bytes']:,} bytes "
-        "(split by file, "
-        f"fingerprint {s['corpus']['fingerprint']}); context {s['seq_len']}, batch {s['batch_size']}, "
-        f"the same {s['planned_steps']} steps (batches) planned for each model, "
-        f"~{s['budget_s_per_model']:.0f} s each on average. Whole run: {s['wall_seconds']:.0f} s.",
-        "",
-        "| model | layers | parameters | steps | train s | tokens/s | val bits/byte | val acc |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in s["models"].items():
-        lines.append(
-            f"| {name} | {r['layers']} | {r['parameters']:,} | {r['steps']}"
-            f"{' (time cap)' if r['stopped'] == 'max_time' else ''} | {r['train_seconds']:.0f} | "
-            f"{r['tokens_per_s']:,} | {r['val_bpb']:.3f} | {r['val_acc']:.3f} |"
-        )
-    lines.append(f"| unigram baseline | byte frequencies | 256 | - | - | - | {s['unigram_bpb']:.3f} | - |")
-    return "\n".join(lines) + "\n"
