@@ -131,24 +131,3 @@ def test_shipped_configs_parse():
     for name in names:
         cfg = TrainConfig.from_yaml(os.path.join(root, name))
         assert cfg.model["layers"] and cfg.lr > 0
-
-
-def test_demo_pipeline_with_tiny_models(tmp_path):
-    pytest.importorskip("matplotlib")
-    from ssmkit.training.demo import demo
-
-    tiny = {"d_model": 16, "n_layer": 1, "layers": "attention", "n_head": 2}
-    s = demo(
-        out=str(tmp_path / "out"),
-        budget_s=0.5,
-        ssm_model=tiny,
-        transformer_model={**tiny, "d_intermediate": 16},
-        sample_tokens=5,
-        batch_size=2,
-        seq_len=32,
-        n_eval_windows=4,
-    )
-    files = set(os.listdir(tmp_path / "out"))
-    assert {"results.md", "results.json", "learning_curves.png", "samples.txt", "ssm", "transformer"} <= files
-    assert 4.0 < s["unigram_bpb"] < 6.0 and set(s["models"]) == {"ssm", "transformer"}
-    assert all(r["val_bpb"] > 0 and r["steps"] >= 1 for r in s["models"].values())

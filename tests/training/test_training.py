@@ -15,8 +15,10 @@ from torch import nn
 from ssmkit.training.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint, save_checkpoint
 from ssmkit.training.config import TrainConfig
 from ssmkit.training.data import LMBatches, TokenArray, eval_windows
-from ssmkit.training.loop import evaluate, train
+from ssmkit.training.evaluation import evaluate
+from ssmkit.training.loop import train
 from ssmkit.training.optim import build_optimizer, build_scheduler, param_groups, warmup_cosine
+from ssmkit.training.progress import read_metrics
 
 
 class TinyLM(nn.Module):
@@ -114,18 +116,26 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         train(
             TinyLM(),
             LMBatches(data, 16, 4, seed=3),
-            tiny_cfg(grad_accum=2),
+            tiny_cfg(grad_accum=2, log_every=1),
             out_dir=str(tmp_path / "b"),
             on_step=kill_at_5,
         )
     assert torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=True)["step"] == 3
+    metrics = str(tmp_path / "b" / "metrics.jsonl")
+    assert [r["step"] for r in read_metrics(metrics)] == [1, 2, 3, 4, 5]  # 4 and 5: after the checkpoint
     torch.manual_seed(123)  # a different process would start from other weights and RNG
     resumed_model = TinyLM()
     resumed = train(
-        resumed_model, LMBatches(data, 16, 4, seed=3), tiny_cfg(grad_accum=2), out_dir=str(tmp_path / "b")
+        resumed_model,
+        LMBatches(data, 16, 4, seed=3),
+        tiny_cfg(grad_accum=2, log_every=1),
+        out_dir=str(tmp_path / "b"),
     )
     assert [s for s, _ in resumed.train_losses] == [4, 5, 6, 7, 8]
     assert resumed.train_losses == ref.train_losses[3:]  # same losses, bitwise
+    rows = read_metrics(metrics)
+    assert [r["step"] for r in rows] == list(range(1, 9))  # no step logged twice
+    assert [r["loss"] for r in rows] == [loss for _, loss in ref.train_losses]
     for k, v in _weights(full).items():
         assert torch.equal(v, resumed_model.state_dict()[k]), k
 
@@ -179,8 +189,9 @@ def test_atomic_checkpoint_survives_a_crash_mid_write(tmp_path, monkeypatch):
     save_checkpoint(path, model, opt, sched, step=7)
     before = _weights(model)
 
-    def torn_save(obj, f):
-        f.write(b"PK\x03\x04 half a checkpoint")
+    def torn_save(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full")
 
     with torch.no_grad():
@@ -349,20 +360,39 @@ def test_sigkilled_process_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
-def test_time_schedule_follows_the_clock():
+def test_time_schedule_follows_the_clock(tmp_path):
+    import time
+
     from ssmkit.training.optim import warmup_cosine_time
 
     assert warmup_cosine_time(0, 4, 0.9, 0.1) == pytest.approx(0.25)  # warm-up by steps
     assert warmup_cosine_time(10, 4, 0.0, 0.1) == pytest.approx(1.0)
     assert warmup_cosine_time(10, 4, 0.5, 0.1) == pytest.approx(0.55)
     assert warmup_cosine_time(10, 4, 2.0, 0.1) == pytest.approx(0.1)
+    batches = LMBatches(periodic_tokens(), 16, 4)
+    # The budget is ~20 of this machine's steps as it runs now, so a loaded machine still takes many.
+    probe = train(TinyLM(), batches, tiny_cfg(max_steps=3, save_every=0))
+    budget = max(0.5, 20 * probe.elapsed / 3)
+    cfg = tiny_cfg(
+        max_steps=100_000, max_time=budget, schedule="time", save_every=0, warmup_steps=0, log_every=1
+    )
+    stamps: list[float] = []
+    started = time.perf_counter()
     res = train(
-        TinyLM(),
-        LMBatches(periodic_tokens(), 16, 4),
-        tiny_cfg(max_steps=100_000, max_time=0.5, schedule="time", save_every=0, warmup_steps=0),
+        TinyLM(), batches, cfg, out_dir=str(tmp_path), on_step=lambda s, l: stamps.append(time.perf_counter())
     )
     assert res.stopped == "max_time" and res.step > 5
     assert res.train_losses[-1][1] < res.train_losses[0][1]
+    # Step k+1 set its rate between the ends of steps k and k+1, at the fraction of the budget spent
+    # since the run's clock started (after `started`, before the end of step 1): the cosine of that.
+    lrs = [r["lr"] for r in read_metrics(str(tmp_path / "metrics.jsonl")) if r["split"] == "train"]
+    assert len(lrs) == res.step == len(stamps)
+    for k in range(1, len(lrs)):
+        spent_min, spent_max = (stamps[k - 1] - stamps[0]) / budget, (stamps[k] - started) / budget
+        factor = lrs[k] / cfg.lr
+        assert warmup_cosine_time(k, 0, spent_max, 0.1) - 1e-9 <= factor, (k, factor, spent_max)
+        assert factor <= warmup_cosine_time(k, 0, spent_min, 0.1) + 1e-9, (k, factor, spent_min)
+    assert lrs[-1] < 0.5 * cfg.lr  # the end of the budget is the end of the schedule
 
 
 def test_non_finite_loss_stops_training_naming_the_step(tmp_path):

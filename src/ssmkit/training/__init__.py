@@ -6,8 +6,9 @@
 Modules: tokenizer (bytes, BPE), corpora (text files split by file; the built-in stdlib corpus),
 data (memory-mapped token arrays, batches by step), datasets (classification / forecasting),
 tasks (selective copying, induction heads, MQAR), optim (AdamW groups, warm-up + cosine),
-checkpoint (atomic), loop (train, evaluate), distributed (torchrun, DDP/FSDP), config (TrainConfig),
-run (a whole run from a config), demo (the main job).
+checkpoint (atomic), loop (train), evaluation (evaluate), interrupt (SIGINT/SIGTERM stop a run
+cleanly), distributed (torchrun, DDP/FSDP), config (TrainConfig), run (a whole run from a config),
+demo (the main job).
 """
 
 from ssmkit._lazy import lazy_exports
@@ -36,7 +37,8 @@ _EXPORTS = {
     "save_checkpoint": "ssmkit.training.checkpoint",
     "load_checkpoint": "ssmkit.training.checkpoint",
     "train": "ssmkit.training.loop",
-    "evaluate": "ssmkit.training.loop",
+    "evaluate": "ssmkit.training.evaluation",
+    "TrainingInterrupted": "ssmkit.training.interrupt",
     "run": "ssmkit.training.run",
     "demo": "ssmkit.training.demo",
 }

@@ -3,7 +3,8 @@
 Written atomically (`ssmkit._files.write_atomic`: a temporary name in the same directory, flushed,
 renamed over the old one), so a crash at any moment leaves the previous checkpoint or the new one,
 never half a file. The file carries a checksum of its content, checked on load: a damaged checkpoint
-is one clear error naming it, not a run resumed from garbage.
+is one clear error naming it, not a run resumed from garbage. It also records the model's config
+(when the model has one), so resuming with another model is refused saying what differs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from ssmkit._files import check_digest, check_readable, digest, write_atomic
+from ssmkit.training.config import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -92,13 +94,56 @@ def save_state(
     )
 
 
+def model_config(model) -> dict | None:
+    """The config dict of a model that has one (`model.config.to_dict()`), else None."""
+    to_dict = getattr(getattr(model, "config", None), "to_dict", None)
+    return to_dict() if callable(to_dict) else None
+
+
 def save_checkpoint(path: str, model, optimizer, scheduler, step: int, extra: dict | None = None) -> None:
+    extra = {**(extra or {}), "model_config": model_config(model)}
     save_state(path, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), step, extra)
 
 
+class ResumeMismatch(ConfigError):
+    """The checkpoint to resume from was written for another model."""
+
+
+def _differences(saved: dict, current: dict) -> list[str]:
+    """ "key: old -> new" for every key whose value differs ("unset" where a side lacks it)."""
+
+    def show(d: dict, k) -> str:
+        return repr(d[k]) if k in d else "unset"
+
+    keys = sorted(set(saved) | set(current), key=str)
+    return [
+        f"{k}: {show(saved, k)} -> {show(current, k)}" for k in keys if show(saved, k) != show(current, k)
+    ]
+
+
+def check_same_model(ckpt: dict, model, path: str) -> None:
+    """Raise ResumeMismatch, saying what differs, unless `model` is the model `ckpt` was written for
+    (by its recorded config, else by its parameters' names and shapes)."""
+    saved, current = (ckpt.get("extra") or {}).get("model_config"), model_config(model)
+    if saved is not None and current is not None:
+        diffs = _differences(saved, current)
+    else:
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        stored = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+        diffs = [f"parameter {d}" for d in _differences(stored, shapes)]
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise ResumeMismatch(
+            f"cannot resume from {path}: it was written for another model ({shown}); to start afresh "
+            "use --no-resume (resume: false) or another --out (out_dir)"
+        )
+
+
 def load_checkpoint(path: str, model, optimizer=None, scheduler=None, map_location="cpu") -> dict:
-    """Restore into the given objects; returns the checkpoint dict (step, extra, ...)."""
+    """Restore into the given objects; returns the checkpoint dict (step, extra, ...). A checkpoint
+    of another model raises ResumeMismatch before anything is loaded."""
     ckpt = read_checkpoint(path, map_location)
+    check_same_model(ckpt, model, path)
     model.load_state_dict(ckpt["model"])
     if optimizer is not None:
         optimizer.load_state_dict(ckpt["optimizer"])

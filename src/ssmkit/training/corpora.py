@@ -19,6 +19,8 @@ import subprocess
 import sysconfig
 from dataclasses import dataclass, field
 
+from ssmkit._files import write_bytes_atomic
+
 SKIP_DIRS = {"test", "tests", "site-packages", "dist-packages", "__pycache__", "idle_test"}
 
 
@@ -103,17 +105,24 @@ def files_corpus(paths: str | list[str], val_fraction: float = 0.05, name: str =
     return split_files([os.path.abspath(f) for f in files], root, name, val_fraction)
 
 
+DUMPED = ".complete"  # written last into a corpus dumped as files: the dump is whole
+
+
 def _chunk_to_files(text: str, out_dir: str, lines_per_file: int) -> list[str]:
-    """Write `text` as numbered files of `lines_per_file` lines (so a single stream splits by file)."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Write `text` as numbered files of `lines_per_file` lines (so a single stream splits by file),
+    each atomically, then the DUMPED marker: a dump cut short by a kill is redone, not used."""
     lines = text.splitlines(keepends=True)
     paths = []
     for i in range(0, len(lines), lines_per_file):
         path = os.path.join(out_dir, f"part{i // lines_per_file:05d}.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(lines[i : i + lines_per_file])
+        write_bytes_atomic(path, "".join(lines[i : i + lines_per_file]).encode("utf-8"))
         paths.append(path)
+    write_bytes_atomic(os.path.join(out_dir, DUMPED), b"")
     return paths
+
+
+def _dumped(out_dir: str) -> bool:
+    return os.path.isfile(os.path.join(out_dir, DUMPED))
 
 
 def kjv_corpus(cache_dir: str, val_fraction: float = 0.05) -> TextCorpus:
@@ -122,7 +131,7 @@ def kjv_corpus(cache_dir: str, val_fraction: float = 0.05) -> TextCorpus:
     if exe is None:
         raise ImportError("the KJV corpus needs the `bible` command: apt-get install bible-kjv")
     out_dir = os.path.join(cache_dir, "kjv")
-    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+    if not _dumped(out_dir):
         text = subprocess.run(
             [exe, "-l", "100000", "gen1:1-rev22:21"],
             stdin=subprocess.DEVNULL,
@@ -157,12 +166,15 @@ def dna_corpus(cache_dir: str, path: str | None = None, val_fraction: float = 0.
             "the DNA corpus needs a genome: apt-get install bowtie-examples (or bowtie2-examples)"
         )
     out_dir = os.path.join(cache_dir, "dna-" + os.path.basename(found).split(".")[0])
-    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+    if not _dumped(out_dir):
         opener = gzip.open if found.endswith(".gz") else open
         with opener(found, "rt") as f:
             seq = "".join(line for line in f if not line.startswith(">"))
         _chunk_to_files(seq, out_dir, lines_per_file=1000)
     return files_corpus(out_dir, val_fraction, name="dna")
+
+
+CORPORA = ("stdlib", "kjv", "python-docs", "dna")  # the corpora known by name
 
 
 def get_corpus(name: str, cache_dir: str = ".ssmkit_cache", val_fraction: float = 0.05) -> TextCorpus:
@@ -175,4 +187,9 @@ def get_corpus(name: str, cache_dir: str = ".ssmkit_cache", val_fraction: float 
         return python_docs_corpus(val_fraction)
     if name == "dna":
         return dna_corpus(cache_dir, val_fraction=val_fraction)
-    return files_corpus(name, val_fraction)
+    try:
+        return files_corpus(name, val_fraction)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"corpus {name!r} is neither a corpus name ({', '.join(CORPORA)}) nor files: {e}"
+        ) from None

@@ -33,6 +33,13 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint32)
 
 
+def token_dir(cache_dir: str, corpus, tokenizer) -> str:
+    """Where a corpus' token arrays for one tokenizer live: cache_dir/<corpus>-<its fingerprint>-
+    <tokenizer kind><vocabulary>-<tokenizer fingerprint> (training and `ssmkit eval` share them)."""
+    tok = f"{tokenizer.kind}{tokenizer.vocab_size}-{tokenizer.fingerprint}"
+    return os.path.join(cache_dir, f"{corpus.name}-{corpus.fingerprint}-{tok}")
+
+
 def write_tokens(files: list[str], tokenizer, path: str, fingerprint: str = "") -> dict:
     """Tokenize `files` in order into the flat array `path` (+ `path`.json metadata); atomic.
 
@@ -43,6 +50,7 @@ def write_tokens(files: list[str], tokenizer, path: str, fingerprint: str = "") 
     key = {
         "fingerprint": fingerprint,
         "tokenizer": tokenizer.kind,
+        "tokenizer_fingerprint": getattr(tokenizer, "fingerprint", tokenizer.kind),
         "vocab_size": tokenizer.vocab_size,
         "n_files": len(files),
     }

@@ -1,7 +1,9 @@
 """Progress (tqdm on a terminal, else one plain line every `log_every` steps) and the metrics log.
 
 The metrics log is JSON Lines, one object per event ({"step", "split", ...}); with tensorboard=True
-the same scalars also go to TensorBoard (imported only then).
+the same scalars also go to TensorBoard (imported only then). A resumed run opens it with
+`keep_through=<the checkpoint's step>`: the rows a killed run logged after its checkpoint are dropped
+(the resumed run logs those steps again), so no step appears twice.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 import os
 import sys
 import time
+
+from ssmkit._files import write_bytes_atomic
 
 
 def _fmt_time(seconds: float) -> str:
@@ -115,13 +119,38 @@ class Progress:
             self.bar.close()
 
 
-class MetricsLog:
-    """Append JSON lines to `path` (and TensorBoard scalars when asked); no-op when path is None."""
+def _row_step(line: bytes) -> int | None:
+    """The step of one JSON line of the log; None for a torn or foreign line."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) else None
 
-    def __init__(self, path: str | None, tensorboard: bool = False):
+
+def truncate_metrics(path: str, step: int) -> None:
+    """Keep the rows of `path` logged at steps <= `step` (rewritten atomically; torn lines dropped)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.splitlines()
+    kept = [line + b"\n" for line in lines if (s := _row_step(line)) is not None and s <= step]
+    if len(kept) != len(lines) or not data.endswith(b"\n"):
+        write_bytes_atomic(path, b"".join(kept))
+
+
+class MetricsLog:
+    """Append JSON lines to `path` (and TensorBoard scalars when asked); no-op when path is None.
+    `keep_through`: drop the rows already in the file logged after this step."""
+
+    def __init__(self, path: str | None, tensorboard: bool = False, keep_through: int | None = None):
         self.path, self.tb = path, None
         if path is not None:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            if keep_through is not None:
+                truncate_metrics(path, keep_through)
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter

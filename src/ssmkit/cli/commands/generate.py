@@ -1,0 +1,53 @@
+"""`ssmkit generate`: stream text from a trained model (ssmkit's or a transformers checkpoint)."""
+
+from __future__ import annotations
+
+import sys
+
+NAME, ORDER = "generate", 20
+HELP = "generate text from a trained model, streaming"
+DESCRIPTION = (
+    "Generate from a run directory (or its model/ directory, or a transformers checkpoint), streaming tokens."
+)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", help="run directory (holding model/) or model directory")
+    p.add_argument("--prompt", "-p", default="def ", help="text to continue (default: %(default)r)")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=200, help="tokens to generate (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = all (default)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
+    p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+
+
+def run(args) -> int:
+    import torch
+
+    from ssmkit.cli.errors import UsageError
+    from ssmkit.cli.loading import load_model
+
+    model, tok, _ = load_model(args.checkpoint)
+    model.eval()
+    torch.manual_seed(args.seed)
+    ids = torch.tensor([tok.encode(args.prompt)], dtype=torch.long)
+    if ids.shape[1] == 0:
+        raise UsageError("ssmkit generate: --prompt must not be empty")
+    kwargs = dict(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    # generate() checks its options when called, so a bad one is reported before the prompt is echoed
+    tokens = model.generate(ids, max_new_tokens=args.max_new_tokens, stream=True, **kwargs)
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    pending: list[int] = []
+    for tok_t in tokens:
+        pending.append(int(tok_t[0]))
+        text = tok.decode(pending)
+        if "\ufffd" not in text or len(pending) >= 4:  # wait for a whole UTF-8 character
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            pending = []
+    if pending:
+        sys.stdout.write(tok.decode(pending))
+    sys.stdout.write("\n")
+    return 0

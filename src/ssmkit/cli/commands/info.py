@@ -1,0 +1,145 @@
+"""`ssmkit info`: a model's size and state, and which op backend each part of it runs here."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+NAME, ORDER = "info", 40
+HELP = "parameters, state size and the backends this model uses"
+DESCRIPTION = (
+    "Describe a trained model (or a config's model): parameters, recurrent state, and which backend "
+    "each ssmkit op takes when this model trains, prefills and decodes on this machine (observed on "
+    "a short pass), besides the backends that exist."
+)
+PROBE_LENGTH = 64
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", nargs="?", help="run or model directory (else --config / defaults)")
+    p.add_argument("--config", "-c", help="YAML config whose model to describe")
+    p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--layers", action="store_true", help="list the layer names a pattern can use, and exit")
+
+
+def _print_layers() -> None:
+    from ssmkit.layers import registry
+
+    print("layer names for SSMConfig.layers (ssmkit.layers.registry):")
+    for name in registry.names():
+        spec = registry.get(name)
+        print(f"  {name:<10} {spec.cls.__name__:<10} {spec.summary}")
+
+
+def _model(args):
+    """(model, where it came from)."""
+    if args.checkpoint:
+        from ssmkit.cli.loading import load_model
+
+        model, _, source = load_model(args.checkpoint)
+        return model, source
+    from ssmkit.training.config import TrainConfig
+    from ssmkit.training.run import build_model
+
+    cfg = TrainConfig.from_yaml(args.config, args.set or [])
+    vocab = cfg.bpe_vocab_size if cfg.tokenizer == "bpe" else cfg.model.get("vocab_size", 256)
+    return build_model(cfg.model, vocab), args.config or "default TrainConfig"
+
+
+def op_tiers_run(fn) -> dict[str, list[str]]:
+    """{op: [tier, ...]}: the tier modules of ssmkit.ops (ops/<op>/<tier>.py or ops/<op>/<tier>/)
+    whose code runs while `fn()` runs, in the order first seen; traced with sys.setprofile."""
+    from ssmkit import ops
+
+    root = os.path.dirname(os.path.abspath(ops.__file__)) + os.sep
+    seen: dict[str, list[str]] = {}
+
+    def trace(frame, event, arg):
+        path = frame.f_code.co_filename
+        if event == "call" and path.startswith(root):
+            parts = path[len(root) :].split(os.sep)
+            if len(parts) >= 2 and not parts[0].startswith("_"):
+                tier = parts[1].removesuffix(".py")
+                if not tier.startswith("_") and tier not in seen.setdefault(parts[0], []):
+                    seen[parts[0]].append(tier)
+
+    sys.setprofile(trace)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+def _passes(model):
+    """The three ways a model runs: a training step, a prefill without autograd, a decoding step."""
+    import torch
+
+    ids = torch.randint(0, model.config.vocab_size, (1, PROBE_LENGTH))
+
+    def training():
+        model.train()
+        model(ids, labels=ids).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def prefill():
+        model.eval()
+        with torch.no_grad():
+            model(ids, state=model.init_state(1))
+
+    state = model.init_state(1)
+
+    def decode():
+        model.eval()
+        model.step(ids[:, 0], state)
+
+    return {
+        "training (forward + backward)": training,
+        "prefill (no autograd)": prefill,
+        "decode step": decode,
+    }
+
+
+def _print_backends(model) -> None:
+    import torch
+
+    from ssmkit import ops
+    from ssmkit.ops._dispatch import available_backends
+
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    print(f"backends this model runs on this machine (CPU, {dtype}; observed on {PROBE_LENGTH} tokens):")
+    for label, fn in _passes(model).items():
+        used = op_tiers_run(fn)
+        text = "; ".join(f"{op}: {', '.join(tiers)}" for op, tiers in used.items())
+        print(f"  {label}: {text or 'no ssmkit op (PyTorch kernels only)'}")
+    print("backends that exist for each op (CPU tensors; yes = can run here):")
+    import pkgutil
+
+    x = torch.zeros(1)
+    for op in sorted(
+        m.name for m in pkgutil.iter_modules(ops.__path__) if m.ispkg and not m.name.startswith("_")
+    ):
+        line = ", ".join(
+            f"{b}: {'yes' if why is None else 'no'}" for b, why in available_backends(op, x).items()
+        )
+        print(f"  {op}: {line}")
+
+
+def run(args) -> int:
+    from ssmkit.training.run import count_parameters
+
+    if args.layers:
+        _print_layers()
+        return 0
+    model, source = _model(args)
+    cfg = model.config
+    print(f"model ({source}): {count_parameters(model):,} parameters")
+    print(
+        f"  d_model={cfg.d_model} n_layer={cfg.n_layer} vocab_size={cfg.vocab_size} layers={cfg.layer_types}"
+    )
+    state = model.init_state(1)
+    print(
+        f"  recurrent state per sequence: {state.nbytes:,} bytes at start (attention layers add a KV cache)"
+    )
+    _print_backends(model)
+    return 0

@@ -1,0 +1,57 @@
+"""From a path on the command line to a model and its tokenizer.
+
+A path is a run directory (holding model/) or a model directory (holding config.json): ssmkit's own
+(save_pretrained) or a transformers / mamba_ssm checkpoint, which loads through `ssmkit.interop`.
+The tokenizer comes from `ssmkit.training.tokenizer.load_tokenizer`, which refuses to read text as
+bytes for a model whose vocabulary is not the byte vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ssmkit.cli.errors import UsageError
+
+
+def model_dir(path: str) -> str:
+    """A run directory (holding model/) or a model directory (holding config.json) -> the latter."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such directory")
+    for candidate in (os.path.join(path, "model"), path):
+        if os.path.isfile(os.path.join(candidate, "config.json")):
+            return candidate
+    raise UsageError(f"{path}: no model here (expected config.json in it or in {path}/model)")
+
+
+def is_transformers_dir(directory: str) -> bool:
+    """config.json is a transformers (model_type) or mamba_ssm (ssm_cfg) one, not ssmkit's own."""
+    try:
+        with open(os.path.join(directory, "config.json")) as f:
+            raw = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and "ssmkit_class" not in raw and ("model_type" in raw or "ssm_cfg" in raw)
+
+
+def load_model(path: str):
+    """(model, tokenizer, model directory) for generate / eval / info / convert."""
+    from ssmkit.models.heads import SSMForCausalLM
+    from ssmkit.training.tokenizer import load_tokenizer
+
+    d = model_dir(path)
+    if is_transformers_dir(d):
+        from ssmkit.interop import from_hf
+
+        try:
+            model = from_hf(d)
+        except (TypeError, ValueError) as e:
+            raise UsageError(
+                f"{d} is a transformers checkpoint ssmkit cannot read: {str(e).splitlines()[0]}"
+            ) from None
+    else:
+        try:
+            model = SSMForCausalLM.from_pretrained(d)
+        except TypeError as e:  # a layer given an argument it does not take (layer_kwargs)
+            raise UsageError(f"{os.path.join(d, 'config.json')}: {str(e).splitlines()[0]}") from None
+    return model, load_tokenizer(d, vocab_size=model.config.vocab_size), d
