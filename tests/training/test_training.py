@@ -189,9 +189,8 @@ def test_atomic_checkpoint_survives_a_crash_mid_write(tmp_path, monkeypatch):
     save_checkpoint(path, model, opt, sched, step=7)
     before = _weights(model)
 
-    def torn_save(obj, path):
-        with open(path, "wb") as f:
-            f.write(b"PK\x03\x04 half a checkpoint")
+    def torn_save(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full")
 
     with torch.no_grad():

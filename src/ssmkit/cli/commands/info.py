@@ -47,28 +47,36 @@ def _model(args):
 
 
 def op_tiers_run(fn) -> dict[str, list[str]]:
-    """{op: [tier, ...]}: the tier modules of ssmkit.ops (ops/<op>/<tier>.py or ops/<op>/<tier>/)
-    whose code runs while `fn()` runs, in the order first seen; traced with sys.setprofile."""
+    """{op: [backend, ...]} while `fn()` runs, traced with sys.setprofile: the tiers the dispatcher
+    (`ssmkit.ops._dispatch.resolve`) chose, and for an op that runs without dispatching (a decoding
+    update that has one tier) the tier module whose code ran (ops/<op>/<tier>.py)."""
     from ssmkit import ops
+    from ssmkit.ops import _dispatch
 
     root = os.path.dirname(os.path.abspath(ops.__file__)) + os.sep
-    seen: dict[str, list[str]] = {}
+    chosen: dict[str, list[str]] = {}
+    ran: dict[str, list[str]] = {}
+
+    def note(table: dict, op: str, tier: str) -> None:
+        if tier not in table.setdefault(op, []):
+            table[op].append(tier)
 
     def trace(frame, event, arg):
-        path = frame.f_code.co_filename
-        if event == "call" and path.startswith(root):
-            parts = path[len(root) :].split(os.sep)
-            if len(parts) >= 2 and not parts[0].startswith("_"):
-                tier = parts[1].removesuffix(".py")
-                if not tier.startswith("_") and tier not in seen.setdefault(parts[0], []):
-                    seen[parts[0]].append(tier)
+        code = frame.f_code
+        if event == "return" and code is _dispatch.resolve.__code__ and arg is not None:
+            note(chosen, frame.f_locals["op"].rsplit(".", 1)[-1], arg[0])
+        elif event == "call" and code.co_filename.startswith(root):
+            parts = code.co_filename[len(root) :].split(os.sep)
+            tier = parts[1].removesuffix(".py") if len(parts) >= 2 else "_"
+            if not parts[0].startswith("_") and not tier.startswith("_"):
+                note(ran, parts[0], tier)
 
     sys.setprofile(trace)
     try:
         fn()
     finally:
         sys.setprofile(None)
-    return seen
+    return {op: chosen.get(op, tiers) for op, tiers in ran.items()}
 
 
 def _passes(model):
