@@ -19,6 +19,8 @@ def test_a_model_without_its_tokenizer_is_refused(tmp_path, capsys):
     )
     out, err = capsys.readouterr()
     assert out == "" and "no tokenizer saved" in err and err.count("\n") == 1
+    assert main(["info", d]) == 0  # describing the model needs no tokenizer
+    assert "vocab_size=4096" in capsys.readouterr().out
 
 
 def test_a_byte_model_needs_no_saved_tokenizer(tmp_path, capsys):

@@ -54,3 +54,40 @@ def test_rank_shards_cover_the_global_batch():
     parts = [LMBatches(data, 16, 8, seed=2, rank=r, world_size=4).get(3, 1)["input_ids"] for r in range(4)]
     assert torch.equal(torch.cat(parts), whole)
     assert os.environ.get("WORLD_SIZE", "1") == "1"
+
+
+def _run_signalled(rank: int, world: int, init_file: str, out: str) -> None:
+    """Rank 1 alone gets SIGTERM after step 2: both ranks must stop there, and rank 0 checkpoint it."""
+    import signal
+
+    from ssmkit.training.interrupt import TrainingInterrupted
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    info = D.setup("cpu")
+    batches = LMBatches(periodic_tokens(), 16, GLOBAL_BATCH, seed=5, rank=rank, world_size=world)
+
+    def on_step(step, loss):
+        if step == 2 and rank == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        train(
+            TinyLM(), batches, tiny_cfg(max_steps=50, save_every=0), out_dir=out, info=info, on_step=on_step
+        )
+        stopped = "not stopped"
+    except TrainingInterrupted as e:
+        stopped = f"{e.step} {e.exit_code}"
+    with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
+        f.write(stopped)
+    D.cleanup()
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    from ssmkit.training.checkpoint import CHECKPOINT_NAME
+
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    mp.spawn(_run_signalled, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    assert [open(os.path.join(out, f"rank{r}.txt")).read() for r in range(2)] == ["2 143", "2 143"]
+    assert torch.load(os.path.join(out, CHECKPOINT_NAME), weights_only=True)["step"] == 2

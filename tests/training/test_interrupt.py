@@ -17,27 +17,25 @@ from ssmkit.training.progress import read_metrics, truncate_metrics
 from tests.training.test_training import TinyLM, periodic_tokens, tiny_cfg
 
 
-def _signal_at(step_to_signal: int, *signums: int):
+def _train_signalled_at_step_3(tmp_path, *signums: int, **cfg):
+    """Train TinyLM in tmp_path, sending this process `signums` at the end of step 3."""
+
     def on_step(step, loss):
-        if step == step_to_signal:
+        if step == 3:
             for s in signums:
                 os.kill(os.getpid(), s)
 
-    return on_step
+    batches = LMBatches(periodic_tokens(), 16, 4)
+    return train(
+        TinyLM(), batches, tiny_cfg(max_steps=50, save_every=0, **cfg), out_dir=str(tmp_path), on_step=on_step
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_finishes_the_step_and_writes_a_checkpoint(tmp_path, signum):
     before = signal.getsignal(signum)
-    cfg = tiny_cfg(max_steps=50, save_every=0, log_every=1)
     with pytest.raises(TrainingInterrupted) as e:
-        train(
-            TinyLM(),
-            LMBatches(periodic_tokens(), 16, 4),
-            cfg,
-            out_dir=str(tmp_path),
-            on_step=_signal_at(3, signum),
-        )
+        _train_signalled_at_step_3(tmp_path, signum, log_every=1)
     path = str(tmp_path / CHECKPOINT_NAME)
     assert (e.value.step, e.value.checkpoint, e.value.exit_code) == (3, path, 128 + signum)
     assert f"at step 3: stopped; checkpoint written to {path}" in str(e.value)
@@ -47,15 +45,8 @@ def test_a_signal_finishes_the_step_and_writes_a_checkpoint(tmp_path, signum):
 
 
 def test_a_second_signal_stops_at_once(tmp_path):
-    cfg = tiny_cfg(max_steps=50, save_every=0)
     with pytest.raises(KeyboardInterrupt) as e:
-        train(
-            TinyLM(),
-            LMBatches(periodic_tokens(), 16, 4),
-            cfg,
-            out_dir=str(tmp_path),
-            on_step=_signal_at(3, signal.SIGINT, signal.SIGINT),
-        )
+        _train_signalled_at_step_3(tmp_path, signal.SIGINT, signal.SIGINT)
     assert not isinstance(e.value, TrainingInterrupted)
     assert not os.path.exists(tmp_path / CHECKPOINT_NAME)
 

@@ -1,4 +1,4 @@
-"""From a path on the command line to a model and its tokenizer.
+"""From a path on the command line to a model (and its tokenizer, for the commands that need text).
 
 A path is a run directory (holding model/) or a model directory (holding config.json): ssmkit's own
 (save_pretrained) or a transformers / mamba_ssm checkpoint, which loads through `ssmkit.interop`.
@@ -35,23 +35,27 @@ def is_transformers_dir(directory: str) -> bool:
 
 
 def load_model(path: str):
-    """(model, tokenizer, model directory) for generate / eval / info / convert."""
+    """(model, model directory): ssmkit's own, or a transformers checkpoint through the interop."""
     from ssmkit.models.heads import SSMForCausalLM
-    from ssmkit.training.tokenizer import load_tokenizer
 
     d = model_dir(path)
     if is_transformers_dir(d):
         from ssmkit.interop import from_hf
 
         try:
-            model = from_hf(d)
+            return from_hf(d), d
         except (TypeError, ValueError) as e:
-            raise UsageError(
-                f"{d} is a transformers checkpoint ssmkit cannot read: {str(e).splitlines()[0]}"
-            ) from None
-    else:
-        try:
-            model = SSMForCausalLM.from_pretrained(d)
-        except TypeError as e:  # a layer given an argument it does not take (layer_kwargs)
-            raise UsageError(f"{os.path.join(d, 'config.json')}: {str(e).splitlines()[0]}") from None
+            msg = str(e).splitlines()[0]
+            raise UsageError(f"{d} is a transformers checkpoint ssmkit cannot read: {msg}") from None
+    try:
+        return SSMForCausalLM.from_pretrained(d), d
+    except TypeError as e:  # a layer given an argument it does not take (layer_kwargs)
+        raise UsageError(f"{os.path.join(d, 'config.json')}: {str(e).splitlines()[0]}") from None
+
+
+def load_model_and_tokenizer(path: str):
+    """(model, tokenizer, model directory) for the commands that read or write text."""
+    from ssmkit.training.tokenizer import load_tokenizer
+
+    model, d = load_model(path)
     return model, load_tokenizer(d, vocab_size=model.config.vocab_size), d

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Collection
@@ -213,9 +214,12 @@ class _Session:
         out_of_time = bool(self.cfg.max_time) and self.elapsed() >= self.cfg.max_time
         signum = signals.requested
         if self.info.enabled:
-            flags = torch.tensor([float(out_of_time), float(signum or 0)], device=self.device)
-            flags = D.all_reduce_sum(flags)
-            out_of_time, signum = bool(flags[0] > 0), (int(flags[1]) // self.info.world_size or None)
+            flags = D.all_reduce_sum(
+                torch.tensor([float(out_of_time), float(signum is not None)], device=self.device)
+            )
+            out_of_time = bool(flags[0] > 0)
+            if flags[1] > 0 and signum is None:  # another rank was signalled: stop with it
+                signum = signal.SIGTERM
         return out_of_time, signum
 
     def save(self, step: int) -> None:

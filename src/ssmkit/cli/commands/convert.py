@@ -30,7 +30,7 @@ def run(args) -> int:
         model = from_hf(args.src)
         model.save_pretrained(args.dst)
     else:
-        model, _, _ = load_model(args.src)
+        model, _ = load_model(args.src)
         to_hf(model, args.dst)
     print(
         f"converted {args.src} -> {args.dst} ({args.to}): {sum(p.numel() for p in model.parameters()):,} "

@@ -26,12 +26,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ssmkit.cli.loading import load_model
+    from ssmkit.cli.loading import load_model_and_tokenizer
     from ssmkit.training.corpora import get_corpus
     from ssmkit.training.data import TokenArray, eval_windows, token_dir, write_tokens
     from ssmkit.training.evaluation import evaluate
 
-    model, tok, _ = load_model(args.checkpoint)
+    model, tok, _ = load_model_and_tokenizer(args.checkpoint)
     corpus = get_corpus(args.corpus, args.cache_dir)
     path = os.path.join(token_dir(args.cache_dir, corpus, tok), "val.bin")
     write_tokens(corpus.val_files, tok, path, fingerprint=corpus.fingerprint)

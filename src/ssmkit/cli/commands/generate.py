@@ -26,9 +26,9 @@ def run(args) -> int:
     import torch
 
     from ssmkit.cli.errors import UsageError
-    from ssmkit.cli.loading import load_model
+    from ssmkit.cli.loading import load_model_and_tokenizer
 
-    model, tok, _ = load_model(args.checkpoint)
+    model, tok, _ = load_model_and_tokenizer(args.checkpoint)
     model.eval()
     torch.manual_seed(args.seed)
     ids = torch.tensor([tok.encode(args.prompt)], dtype=torch.long)

@@ -36,8 +36,7 @@ def _model(args):
     if args.checkpoint:
         from ssmkit.cli.loading import load_model
 
-        model, _, source = load_model(args.checkpoint)
-        return model, source
+        return load_model(args.checkpoint)
     from ssmkit.training.config import TrainConfig
     from ssmkit.training.run import build_model
 
