@@ -20,6 +20,7 @@ SUITE = {
     "decode": "benchmarks.decode",
     "kernel_memory": "benchmarks.kernel_memory",  # S4D Vandermonde kernel vs the one-shot (d, n, L) einsum
     "serve_load": "benchmarks.serve_load",  # ssmkit serve on loopback: batching, prefix cache, 1,000 sessions, SIGKILL
+    "llamacpp": "benchmarks.llamacpp",  # Mamba/Mamba-2 130M: ssmkit vs llama.cpp vs transformers
 }
 
 
