@@ -4,6 +4,8 @@
     digest(tree)                     sha256 of tensors (names, dtypes, shapes, bytes) and plain values
     save_safetensors(path, tensors, metadata)        atomic, with the digest in the metadata
     load_safetensors(path, what) -> tensors, meta    checks the digest; clear errors
+    read_safetensors(path) -> tensors, meta          the reader: plain reads into fresh tensors (the
+                                     file is not mapped, so its pages never count as this process's)
 
 Every ssmkit file (model weights, States, training checkpoints, corpus caches) goes through here:
 - Atomic: a crash leaves the previous file or the new one. Temporary files of processes that no
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
+import struct
 import warnings
 from collections.abc import Callable
 
@@ -172,20 +176,58 @@ def load_safetensors(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a safetensors file, its digest checked; clear errors naming `what`.
     `fmt`: the "format" its metadata must carry."""
-    from safetensors import safe_open
-
     path = os.fspath(path)
     check_readable(path, what)
     try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            _check_format(meta, fmt, f"{what} {path}")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except ValueError:
-        raise
-    except Exception as e:  # safetensors raises its own error type on a damaged file
+        tensors, meta = read_safetensors(path)
+    except ValueError as e:
         raise ValueError(f"cannot read {what} {path} (truncated or not a safetensors file?): {e}") from e
+    _check_format(meta, fmt, f"{what} {path}")
     check_digest(meta.get(DIGEST_KEY), dict(sorted(tensors.items())), f"{what} {path}")
+    return tensors, meta
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; a truncated or malformed file raises a ValueError."""
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        try:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError(f"header of {n} bytes in a file of {size}")
+            header = json.loads(f.read(n))
+        except (struct.error, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a safetensors file ({e})") from e
+        meta = header.pop("__metadata__", None) or {}
+        tensors = {}
+        for name, info in header.items():
+            dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+            if dtype is None:
+                raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+            start, end = info["data_offsets"]
+            t = torch.empty(info["shape"], dtype=dtype)
+            nbytes = t.numel() * t.element_size()
+            if end - start != nbytes or 8 + n + end > size:
+                raise ValueError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
+            f.seek(8 + n + start)
+            if nbytes and f.readinto(t.reshape(-1).view(torch.uint8).numpy()) != nbytes:
+                raise ValueError(f"{path}: tensor {name!r} is cut short (truncated file?)")
+            tensors[name] = t
     return tensors, meta
 
 

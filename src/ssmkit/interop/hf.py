@@ -26,9 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssmkit._files import read_safetensors
 from ssmkit.models.checkpoint import load_checked, write_checkpoint
 from ssmkit.models.config import SSMConfig
 from ssmkit.models.heads import SSMForCausalLM
+from ssmkit.models.loading import parameters_on_meta
 
 HF_EMBED, OUR_EMBED = "backbone.embeddings.weight", "backbone.embedding.weight"
 HEAD = "lm_head.weight"
@@ -114,7 +116,7 @@ def from_hf(path_or_model, device=None, dtype=None) -> SSMForCausalLM:
                 f"got {type(path_or_model).__name__}"
             )
         raw, where = hf_cfg.to_dict(), type(path_or_model).__name__
-        tensors = {k: v.detach() for k, v in path_or_model.state_dict().items()}
+        tensors = {k: v.detach().clone() for k, v in path_or_model.state_dict().items()}  # not shared
     else:
         directory = os.fspath(path_or_model)
         if not os.path.isdir(directory):
@@ -131,7 +133,8 @@ def from_hf(path_or_model, device=None, dtype=None) -> SSMForCausalLM:
             f"from_hf: {where}: config.json is neither a transformers Mamba/Mamba-2 config (no "
             f"'model_type') nor a mamba_ssm one (no 'd_model' / 'ssm_cfg')"
         )
-    model = SSMForCausalLM(cfg)
+    with parameters_on_meta():  # the weights come from the checkpoint: none are allocated or initialised
+        model = SSMForCausalLM(cfg)
     tied = model._tied_keys()  # transformers, too, ignores a stored lm_head when the head is tied
     tensors = {k: v for k, v in tensors.items() if k not in tied}
     load_checked(model, tensors, f"from_hf: the weights of {where}")
@@ -241,9 +244,7 @@ def _read_file(path: str) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"from_hf: missing weight file {path}")
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return load_file(path)
+            return read_safetensors(path)[0]  # plain reads: the file is not mapped
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # each format's own error type on a damaged file
         raise ValueError(f"from_hf: cannot read {path} (truncated or corrupt?): {e}") from e

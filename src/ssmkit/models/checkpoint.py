@@ -3,7 +3,8 @@
     write_checkpoint(dir, config, tensors)      the weights first, then config.json, which records the
                                                 weights' checksum (the manifest, written last)
     read_checkpoint(dir) -> (config, tensors)   every check below, before any model is built
-    load_checked(model, tensors, source)        names and shapes checked, then loaded
+    load_checked(model, tensors, source)        names and shapes checked, then the tensors assigned
+                                                as the parameters (ssmkit.models.loading: one copy)
 
 Each file is written atomically and carries a checksum (`ssmkit._files`). A save interrupted between
 the two files leaves new weights beside the previous config.json; that config's recorded checksum does
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from ssmkit._files import DIGEST_KEY, check_readable, load_safetensors, save_safetensors, write_bytes_atomic
+from ssmkit.models.loading import assign_weights, parameters_on_meta
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -85,7 +87,7 @@ def load_checked(model: nn.Module, tensors: dict[str, torch.Tensor], source: str
             f"{source} does not match the model its config describes: missing {missing[:8]}, "
             f"unexpected {unexpected[:8]}, wrong shapes {wrong[:8]}"
         )
-    model.load_state_dict(tensors, strict=not tied)
+    assign_weights(model, tensors)  # the tensors become the parameters: no second copy
 
 
 class PretrainedMixin:
@@ -116,7 +118,8 @@ class PretrainedMixin:
         if saved_class != cls.__name__:
             raise ValueError(f"{directory} holds a {saved_class}, not a {cls.__name__}")
         cfg = SSMConfig.from_dict(raw)
-        model = cls(cfg)
+        with parameters_on_meta():  # the weights come from the file: none are allocated or initialised
+            model = cls(cfg)
         load_checked(model, tensors, os.path.join(directory, WEIGHTS_NAME))
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
