@@ -34,8 +34,18 @@ def is_transformers_dir(directory: str) -> bool:
     return isinstance(raw, dict) and "ssmkit_class" not in raw and ("model_type" in raw or "ssm_cfg" in raw)
 
 
-def load_model(path: str):
-    """(model, model directory): ssmkit's own, or a transformers checkpoint through the interop."""
+def load_model(path: str, int8: bool = False):
+    """(model, model directory): ssmkit's own, or a transformers checkpoint through the interop;
+    `int8`: its weights quantized for CPU inference (ssmkit.models.int8)."""
+    model, d = _load_float(path)
+    if int8:
+        from ssmkit.models.int8 import quantize_int8
+
+        model = quantize_int8(model)
+    return model, d
+
+
+def _load_float(path: str):
     from ssmkit.models.heads import SSMForCausalLM
 
     d = model_dir(path)
@@ -53,9 +63,9 @@ def load_model(path: str):
         raise UsageError(f"{os.path.join(d, 'config.json')}: {str(e).splitlines()[0]}") from None
 
 
-def load_model_and_tokenizer(path: str):
+def load_model_and_tokenizer(path: str, int8: bool = False):
     """(model, tokenizer, model directory) for the commands that read or write text."""
     from ssmkit.training.tokenizer import load_tokenizer
 
-    model, d = load_model(path)
+    model, d = load_model(path, int8)
     return model, load_tokenizer(d, vocab_size=model.config.vocab_size), d

@@ -128,7 +128,7 @@ class Mamba2(VarlenMixer):
     def init_state(self, batch_size: int, device=None, dtype=None) -> StateDict:
         self._check_causal("init_state")
         device = self.A_log.device if device is None else device
-        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        dtype = self.conv1d.weight.dtype if dtype is None else dtype  # in_proj may hold int8
         return {
             "conv": torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
             "ssm": torch.zeros(

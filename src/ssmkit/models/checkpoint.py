@@ -90,22 +90,32 @@ def load_checked(model: nn.Module, tensors: dict[str, torch.Tensor], source: str
     assign_weights(model, tensors)  # the tensors become the parameters: no second copy
 
 
+def _quantized(model: nn.Module, method: str) -> nn.Module:
+    """The modules of a saved quantized model, empty (models -> models.int8, imported when needed)."""
+    from ssmkit.models.int8 import METHOD, quantize_int8
+
+    if method != METHOD:
+        raise ValueError(f"config.json: unknown ssmkit_quantization {method!r}; this ssmkit reads {METHOD!r}")
+    return quantize_int8(model)
+
+
 class PretrainedMixin:
     """save_pretrained / from_pretrained for any head whose only constructor argument is the config."""
 
     config: object
 
     def _tied_keys(self) -> set[str]:
-        return (
-            {"lm_head.weight"}
-            if getattr(self.config, "tie_embeddings", False) and hasattr(self, "lm_head")
-            else set()
-        )
+        """The LM head's tensors when it is tied to the embedding (its weight, and an int8 head's scale)."""
+        if getattr(self.config, "tie_embeddings", False) and hasattr(self, "lm_head"):
+            return {f"lm_head.{k}" for k in self.lm_head.state_dict()}
+        return set()
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         tied = self._tied_keys()
         tensors = {k: v for k, v in self.state_dict().items() if k not in tied}
         config = {"ssmkit_class": type(self).__name__, **self.config.to_dict()}
+        if getattr(self, "quantization", None):  # ssmkit.models.int8
+            config["ssmkit_quantization"] = self.quantization
         write_checkpoint(directory, config, tensors, {"config_hash": self.config.config_hash()})
 
     @classmethod
@@ -115,11 +125,14 @@ class PretrainedMixin:
         directory = os.fspath(directory)
         raw, tensors = read_checkpoint(directory)
         saved_class = raw.pop("ssmkit_class", cls.__name__)
+        quantization = raw.pop("ssmkit_quantization", None)
         if saved_class != cls.__name__:
             raise ValueError(f"{directory} holds a {saved_class}, not a {cls.__name__}")
         cfg = SSMConfig.from_dict(raw)
         with parameters_on_meta():  # the weights come from the file: none are allocated or initialised
             model = cls(cfg)
+        if quantization is not None:
+            model = _quantized(model, quantization)
         load_checked(model, tensors, os.path.join(directory, WEIGHTS_NAME))
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)

@@ -69,24 +69,28 @@ def parameters_on_meta():
 def assign_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Make `tensors` (a state_dict, names already checked) the model's parameters and buffers.
 
-    Parameters keep their requires_grad and attributes; a tensor in another dtype than the parameter
-    is converted; parameters tied together (the same object under several names) stay tied."""
+    Parameters keep their requires_grad and attributes; a tensor in another dtype than the one it
+    replaces is converted; tensors shared by several modules (tied weights, under one name in the
+    file) stay shared."""
     owners: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        owners.setdefault(id(p), []).append(name)
+    for name, t in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        owners.setdefault(id(t), []).append(name)
     for name, t in tensors.items():
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
-        if attr in module._parameters:
-            old = module._parameters[attr]
+        slots = "_parameters" if attr in module._parameters else "_buffers"
+        old = getattr(module, slots)[attr]
+        if slots == "_parameters":
             new = nn.Parameter(t.to(old.dtype), requires_grad=old.requires_grad)
             new.__dict__.update(old.__dict__)
-            for tied in owners[id(old)]:
-                m_name, _, a = tied.rpartition(".")
-                model.get_submodule(m_name)._parameters[a] = new
         else:
-            old = module._buffers[attr]
-            module._buffers[attr] = t.to(old.dtype)
-    left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+            new = t.to(old.dtype)
+        for shared in owners[id(old)]:
+            m_name, _, a = shared.rpartition(".")
+            getattr(model.get_submodule(m_name), slots)[a] = new
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise ValueError(f"no weights given for {left[:8]}")

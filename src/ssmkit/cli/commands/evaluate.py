@@ -23,6 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("--windows", type=int, default=128, help="validation windows (default: 128)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default: 16)")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="token array cache (default: %(default)s)")
+    p.add_argument("--int8", action="store_true", help="int8 weights (CPU; see ssmkit quantize)")
 
 
 def run(args) -> int:
@@ -31,7 +32,7 @@ def run(args) -> int:
     from ssmkit.training.data import TokenArray, eval_windows, token_dir, write_tokens
     from ssmkit.training.evaluation import evaluate
 
-    model, tok, _ = load_model_and_tokenizer(args.checkpoint)
+    model, tok, _ = load_model_and_tokenizer(args.checkpoint, args.int8)
     corpus = get_corpus(args.corpus, args.cache_dir)
     path = os.path.join(token_dir(args.cache_dir, corpus, tok), "val.bin")
     write_tokens(corpus.val_files, tok, path, fingerprint=corpus.fingerprint)

@@ -20,6 +20,7 @@ def add_arguments(p) -> None:
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--int8", action="store_true", help="int8 weights (CPU; see ssmkit quantize)")
 
 
 def run(args) -> int:
@@ -28,7 +29,7 @@ def run(args) -> int:
     from ssmkit.cli.errors import UsageError
     from ssmkit.cli.loading import load_model_and_tokenizer
 
-    model, tok, _ = load_model_and_tokenizer(args.checkpoint)
+    model, tok, _ = load_model_and_tokenizer(args.checkpoint, args.int8)
     model.eval()
     torch.manual_seed(args.seed)
     ids = torch.tensor([tok.encode(args.prompt)], dtype=torch.long)
