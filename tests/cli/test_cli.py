@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ssmkit.cli import build_parser, main
 
-SUBCOMMANDS = ("train", "generate", "eval", "bench", "convert", "info", "demo")
+SUBCOMMANDS = ("train", "generate", "eval", "bench", "convert", "quantize", "info", "demo")
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS)
@@ -113,6 +114,21 @@ def test_tiny_train_then_generate_eval_info(tmp_path, capsys):
     assert "bits/byte" in capsys.readouterr().out
     assert main(["info", str(out)]) == 0
     assert "parameters" in capsys.readouterr().out
+
+
+def test_quantize_then_generate(tmp_path, capsys):
+    from ssmkit import SSMConfig, SSMForCausalLM
+
+    cfg = SSMConfig(d_model=32, n_layer=2, vocab_size=256, layers="mamba2",
+                    layer_kwargs={"mamba2": {"d_state": 16, "headdim": 16}})
+    SSMForCausalLM(cfg).save_pretrained(tmp_path / "model")
+    assert main(["quantize", str(tmp_path / "model"), str(tmp_path / "int8")]) == 0
+    assert "int8" in capsys.readouterr().out
+    again = SSMForCausalLM.from_pretrained(tmp_path / "int8")
+    assert again.quantization == "int8" and again.lm_head.weight.dtype == torch.int8
+    for argv in (["generate", str(tmp_path / "int8")], ["generate", str(tmp_path / "model"), "--int8"]):
+        assert main([*argv, "--prompt", "def ", "-n", "6", "--greedy"]) == 0
+        assert capsys.readouterr().out.startswith("def ")
 
 
 def test_python_dash_m_ssmkit():

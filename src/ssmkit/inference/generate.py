@@ -13,6 +13,11 @@ Contract with `state=`: when generation returns (or a streamed token is handed o
 consumed the prompt and every token returned so far, padding after a stop token included; so
 calling generate again with the next prompt continues the same transcript, in this process or in
 another one after `state.save(path)` / `State.load(path)`.
+
+Decoding writes the State in place (`model.step_`), on tensors that generate owns: a given State is
+first given private copies of its tensors, so tensors the caller held before are never written.
+While a stream is being consumed, the State's tensors are generate's working buffers, updated as
+each token is decoded: take `state.clone()` to keep a snapshot of one moment.
 """
 
 from __future__ import annotations
@@ -176,6 +181,8 @@ def _decode(
             ).logits[:, -1]
     if max_new_tokens == 0:
         return
+    if not own_state:
+        state.update_(state.clone())  # decode in place on private tensors: the caller's are never written
     seen = None
     if sampling["repetition_penalty"] != 1.0:
         weight = torch.ones_like(input_ids) if mask is None else mask.to(input_ids.dtype)
@@ -209,13 +216,15 @@ def _step(model, tok, state, runner, graphs):
     """One decoding step; the first with `graphs` decides (on the state's shapes) whether a graph follows."""
     if runner is not None:
         return runner, runner(tok)
+    if not graphs:
+        with torch.no_grad():
+            return None, model._step_(tok, state.layers)  # in place, on generate's private tensors
     before = state.layers
     logits = model.step(tok, state)
-    if graphs:
-        from ssmkit.inference.graphs import fixed_size, static_step
+    from ssmkit.inference.graphs import fixed_size, static_step
 
-        if fixed_size(before, state.layers):
-            runner = static_step(model, state, capture=tok.device.type == "cuda")
-            if runner is not None:
-                state.layers = [dict(d) for d in runner.layers]
+    if fixed_size(before, state.layers):
+        runner = static_step(model, state, capture=tok.device.type == "cuda")
+        if runner is not None:
+            state.layers = [dict(d) for d in runner.layers]
     return runner, logits

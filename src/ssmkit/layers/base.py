@@ -9,6 +9,7 @@ A state is a plain `dict[str, Tensor]` whose every tensor has the batch as its f
 a model-level `State` can batch, index, move, save and load it without knowing the layer. Layers
 never modify a state they were given in place: they return a new dict, so gradients reach the
 initial state. Bidirectional layers have no causal state: their `init_state`/`step` raise.
+The one exception is `step_`, for a caller that owns the state (see Mixer.step_).
 
 A state given to a layer must have exactly the keys and shapes of its `init_state` (the batch, and
 any dimension that is empty in the initial state because it grows with the context, may differ):
@@ -56,6 +57,14 @@ class Mixer(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: StateDict) -> tuple[torch.Tensor, StateDict]:
         raise NotImplementedError
+
+    def step_(self, x_t: torch.Tensor, state: StateDict) -> torch.Tensor:
+        """`step` for a caller that owns `state` (generate's working copy): the new state is written
+        into the dict, and a layer with a fused decoding kernel overwrites its tensors in place, so
+        decoding allocates nothing per token. Returns y_t. By default: step, then the dict updated."""
+        y_t, new = self.step(x_t, state)
+        state.update(new)
+        return y_t
 
     # ---- helpers for subclasses -------------------------------------------------------------
     def _check_x(self, x: torch.Tensor, name: str = "x") -> None:

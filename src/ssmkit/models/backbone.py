@@ -104,6 +104,11 @@ class Block(nn.Module):
         y, state = self.mixer.step(self.norm(residual_t).to(self.norm.weight.dtype), state)
         return self._mlp(residual_t + y.to(residual_t.dtype)), state
 
+    def step_(self, residual_t: torch.Tensor, state: StateDict) -> torch.Tensor:
+        """step, writing the new state into `state` (the caller owns it: Mixer.step_)."""
+        y = self.mixer.step_(self.norm(residual_t).to(self.norm.weight.dtype), state)
+        return self._mlp(residual_t + y.to(residual_t.dtype))
+
 
 class Backbone(nn.Module):
     """Embedding (tokens) or input projection (real-valued series) -> blocks -> norm_f."""
@@ -190,6 +195,13 @@ class Backbone(nn.Module):
             residual, s = blk.step(residual, s)
             new_states.append(s)
         return self.norm_f(residual).to(self.dtype), new_states
+
+    def step_(self, inputs_t: torch.Tensor, states: list[StateDict]) -> torch.Tensor:
+        """step, writing each layer's new state into `states` (the caller owns them: Mixer.step_)."""
+        residual = self.embed(inputs_t)
+        for blk, s in zip(self.layers, states):
+            residual = blk.step_(residual, s)
+        return self.norm_f(residual).to(self.dtype)
 
     def aux_loss(self) -> torch.Tensor | None:
         """Sum of the MoE load-balancing losses of the last forward (None without MoE sublayers)."""

@@ -180,6 +180,19 @@ class SSMForCausalLM(PretrainedMixin, nn.Module):
         hidden, state.layers = self.backbone.step(input_ids_t, state.layers)
         return self.lm_head(hidden)[..., : self.config.vocab_size]
 
+    @torch.no_grad()
+    def step_(self, input_ids_t: torch.Tensor, state) -> torch.Tensor:
+        """`step` that overwrites the State's tensors in place instead of replacing them (no new
+        tensors per token): only for a State whose tensors nobody else holds, such as
+        `state.clone()`. generate decodes this way on its own copy of the State."""
+        self._check_ids(input_ids_t, "input_ids_t", ndim=1)
+        self._check_state(state, input_ids_t.shape[0])
+        return self._step_(input_ids_t, state.layers)
+
+    def _step_(self, input_ids_t: torch.Tensor, layers: list) -> torch.Tensor:
+        """step_ without the checks (generate checks its inputs once)."""
+        return self.lm_head(self.backbone.step_(input_ids_t, layers))[..., : self.config.vocab_size]
+
     def generate(self, input_ids, max_new_tokens: int = 20, **kwargs):
         """Greedy by default; see `ssmkit.inference.generate.generate` for every option."""
         from ssmkit.inference.generate import generate
