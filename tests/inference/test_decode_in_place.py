@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.models.test_models import LAYER_KW, PURE, tiny_lm, toy_layer  # noqa: F401  (fixture)
 
 from ssmkit.inference.generate import sample_next
+from tests.models.tiny import PURE, tiny_lm
 
 PATTERNS = ["mamba", "mamba2", "mamba2*3,attention", "s4d,attention", "toy,attention", "h3,mamba2"]
 
 
-def _kw(pattern):
-    kinds = [k.split("*")[0] for k in pattern.split(",")]
-    return {"layer_kwargs": {k: LAYER_KW[k] for k in kinds if k in LAYER_KW}}
-
-
 @pytest.mark.parametrize("pattern", PURE)
 def test_layer_step_in_place_equals_step(pattern):
-    model = tiny_lm(pattern, **_kw(pattern))
+    model = tiny_lm(pattern)
     for blk in model.backbone.layers:
         layer = blk.mixer
         x = torch.randn(3, 6, layer.d_model)
@@ -52,9 +47,8 @@ def _plain_generate(model, ids, n, seed=None, **sampling):
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
-@pytest.mark.usefixtures("toy_layer")
 def test_generate_equals_the_step_loop(pattern):
-    model = tiny_lm(pattern, **_kw(pattern))
+    model = tiny_lm(pattern)
     ids = torch.randint(0, 37, (2, 5))
     for sampling in ({}, {"do_sample": True, "seed": 3}, {"do_sample": True, "seed": 4, "temperature": 0.7}):
         seed = sampling.pop("seed", None)
@@ -70,7 +64,7 @@ def test_generate_equals_the_step_loop(pattern):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_generate_never_writes_the_callers_tensors(stream):
-    model = tiny_lm("mamba2*3,attention", **_kw("mamba2*3,attention"))
+    model = tiny_lm("mamba2*3,attention")
     ids = torch.randint(0, 37, (2, 5))
     st = model.init_state(2)
     with torch.no_grad():

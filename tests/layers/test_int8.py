@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers import assert_rel
 
 from ssmkit.layers import int8
 from ssmkit.layers.int8 import Int8Embedding, Int8Linear, quantize_rows
+from tests.helpers import assert_rel
 
 
 def test_quantize_rows_is_within_half_a_step():

@@ -9,20 +9,19 @@ import os
 
 import pytest
 import torch
-from tests.helpers import assert_rel
-from tests.models.test_models import LAYER_KW, tiny_lm
 
 from ssmkit import SSMForCausalLM
 from ssmkit.layers.int8 import Int8Embedding, Int8Linear
 from ssmkit.models.int8 import quantize_int8
+from tests.helpers import assert_rel
+from tests.models.tiny import tiny_lm
 
 CASES = [("mamba", {}), ("mamba2", {}), ("mamba2", {"tie_embeddings": False, "d_intermediate": 48}),
          ("mamba,attention", {"d_intermediate": 48, "mlp": "gated"})]
 
 
 def _pair(pattern, kw):
-    kinds = pattern.split(",")
-    model = tiny_lm(pattern, layer_kwargs={k: LAYER_KW[k] for k in kinds if k in LAYER_KW}, **kw)
+    model = tiny_lm(pattern, **kw)
     q = SSMForCausalLM(model.config).eval()
     q.load_state_dict(model.state_dict())
     return model, quantize_int8(q)

@@ -13,11 +13,11 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tests.models.test_models import LAYER_KW, PURE
 
 from ssmkit import SSMConfig, SSMForCausalLM
 from ssmkit._files import read_safetensors
 from ssmkit.models.loading import assign_weights, parameters_on_meta
+from tests.models.tiny import PURE, tiny_cfg
 
 
 def test_read_safetensors_equals_safetensors(tmp_path):
@@ -53,8 +53,7 @@ def test_read_safetensors_refuses_truncated_files(tmp_path, cut):
 def test_parameters_on_meta_then_assign_equals_the_built_model(pattern):
     """Every layer: built with meta parameters, then given the weights, it computes what the model
     built the usual way computes (buffers such as Hyena's positions are real from the start)."""
-    cfg = SSMConfig(d_model=32, n_layer=2, vocab_size=37, layers=pattern, n_head=4,
-                    layer_kwargs={pattern: LAYER_KW.get(pattern, {})})
+    cfg = tiny_cfg(pattern)
     torch.manual_seed(0)
     ref = SSMForCausalLM(cfg).eval()
     with parameters_on_meta():
