@@ -20,6 +20,7 @@ SUITE = {
     "decode": "benchmarks.decode",
     "kernel_memory": "benchmarks.kernel_memory",  # S4D Vandermonde kernel vs the one-shot (d, n, L) einsum
     "serve_load": "benchmarks.serve_load",  # ssmkit serve on loopback: batching, prefix cache, 1,000 sessions, SIGKILL
+    "int8": "benchmarks.int8",  # int8 vs float32 weights on trained models: bits per byte, decode ms
     "llamacpp": "benchmarks.llamacpp",  # Mamba/Mamba-2 130M: ssmkit vs llama.cpp vs transformers
 }
 
