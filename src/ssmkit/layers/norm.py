@@ -12,8 +12,8 @@ from ssmkit._dtypes import acc_dtype
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last dimension, computed in float32 (float64 for float64 input).
 
-    The mean square is formed from x / max|x| (and eps scaled to match), so inputs far beyond the
-    range where x^2 overflows (1e20 in float32) still normalize to their direction instead of to 0.
+    The mean square is formed from x / max(1, max|x|) (and eps scaled to match), so inputs far beyond
+    the range where x^2 overflows (1e20 in float32) still normalize to their direction instead of to 0.
 
     With `group_size` < `d`, the mean square is taken within consecutive groups of `group_size`
     channels (Mamba-2 normalizes each of `ngroups` groups separately). `forward(x, z)` gates first:
@@ -36,17 +36,12 @@ class RMSNorm(nn.Module):
             x = x * F.silu(z.to(x.dtype))
         *lead, d = x.shape
         xg = x.view(*lead, d // self.group_size, self.group_size)
-        # x rsqrt(mean(x^2) + eps) with x = s y, s = max|x|, so mean(y^2) is in [1/g, 1]:
-        #   = y rsqrt(mean(y^2) + eps / s^2)      for s > 1 (eps / s^2 cannot overflow)
-        #   = y s rsqrt(s^2 mean(y^2) + eps)      for s <= 1 (s^2 cannot overflow; tiny x stays x / sqrt(eps))
-        s = xg.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-        y = xg / s
-        ms = y.pow(2).mean(-1, keepdim=True)
-        big, small = s.clamp_min(1.0), s.clamp_max(1.0)
-        inv = torch.where(
-            s > 1, torch.rsqrt(ms + self.eps / big.pow(2)), small * torch.rsqrt(small.pow(2) * ms + self.eps)
-        )
-        xg = y * inv
+        # x rsqrt(mean(x^2) + eps) = y rsqrt(mean(y^2) + eps r^2), with y = x r and r = 1 / max(1, max|x|):
+        # |y| <= 1, so y^2 cannot overflow; r = 1 for ordinary inputs (tiny x stays x / sqrt(eps)), and
+        # for huge ones eps r^2 may underflow to 0 while mean(y^2) >= 1 / group_size stays positive.
+        r = torch.linalg.vector_norm(xg, float("inf"), dim=-1, keepdim=True).clamp_min(1.0).reciprocal()
+        y = xg * r
+        xg = y * (torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps * r.square()))
         return self.weight * xg.view(*lead, d).to(dtype)
 
     def extra_repr(self) -> str:
