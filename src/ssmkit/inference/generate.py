@@ -94,29 +94,9 @@ def generate(
         (ssmkit.inference.graphs); None: when input_ids are on CUDA and the state has a fixed size.
     Returns prompt and new tokens, (b, l + n_new), unless stream=True.
     """
-    check_tensor("input_ids", input_ids, ndim=2, dtypes=(torch.int64, torch.int32), legend="(batch, length)")
+    attention_mask = _check_options(input_ids, max_new_tokens, do_sample, temperature, top_p, top_k,
+                                    repetition_penalty, cuda_graphs, prefill_chunk_size, attention_mask)
     b, L = input_ids.shape
-    if L == 0:
-        raise ValueError("input_ids must hold at least one token per row (the prompt)")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if do_sample and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0 or repetition_penalty <= 0:
-        raise ValueError(f"top_k must be >= 0 and repetition_penalty > 0, got {top_k}, {repetition_penalty}")
-    if cuda_graphs and input_ids.device.type != "cuda":
-        raise ValueError(f"cuda_graphs=True needs input_ids on a CUDA device, got {input_ids.device}")
-    if prefill_chunk_size is not None and (
-        not isinstance(prefill_chunk_size, int) or prefill_chunk_size <= 0
-    ):
-        raise ValueError(f"prefill_chunk_size must be a positive int or None, got {prefill_chunk_size!r}")
-    if attention_mask is not None:
-        check_tensor("attention_mask", attention_mask, shape=(b, L), legend="(batch, length)")
-        attention_mask = attention_mask.to(torch.bool)
-        if not bool(attention_mask[:, -1].all()):
-            raise ValueError("attention_mask: every row needs its last position to be a token (left padding)")
     if state is not None:
         model._check_state(state, b)
     stops = None
@@ -157,6 +137,35 @@ def generate(
     if not new:
         return input_ids
     return torch.cat([input_ids, torch.stack(new, 1).to(input_ids.dtype)], dim=1)
+
+
+def _check_options(input_ids, max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
+                   cuda_graphs, prefill_chunk_size, attention_mask):
+    """generate's argument checks, all before any work; returns the attention mask as bool (or None)."""
+    check_tensor("input_ids", input_ids, ndim=2, dtypes=(torch.int64, torch.int32), legend="(batch, length)")
+    b, L = input_ids.shape
+    if L == 0:
+        raise ValueError("input_ids must hold at least one token per row (the prompt)")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0 or repetition_penalty <= 0:
+        raise ValueError(f"top_k must be >= 0 and repetition_penalty > 0, got {top_k}, {repetition_penalty}")
+    if cuda_graphs and input_ids.device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs input_ids on a CUDA device, got {input_ids.device}")
+    if prefill_chunk_size is not None and (
+        not isinstance(prefill_chunk_size, int) or prefill_chunk_size <= 0
+    ):
+        raise ValueError(f"prefill_chunk_size must be a positive int or None, got {prefill_chunk_size!r}")
+    if attention_mask is not None:
+        check_tensor("attention_mask", attention_mask, shape=(b, L), legend="(batch, length)")
+        attention_mask = attention_mask.to(torch.bool)
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("attention_mask: every row needs its last position to be a token (left padding)")
+    return attention_mask
 
 
 def _decode(
