@@ -95,6 +95,13 @@ def test_rmsnorm_of_huge_and_tiny_inputs(dtype):
     torch.testing.assert_close(norm(tiny), tiny / 1e-5**0.5)  # x / sqrt(eps), as without scaling
     x = torch.randn(16, 4, dtype=dtype)
     torch.testing.assert_close(norm(x), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    # the scaled form (what other devices always run) equals the plain one, values and gradients
+    x = torch.cat([torch.randn(15, 4, dtype=dtype), tiny]).requires_grad_()
+    plain = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+    scaled = norm._scaled(x.view(16, 1, 4)).view(16, 4)
+    torch.testing.assert_close(scaled, plain)
+    g = torch.randn_like(plain)
+    torch.testing.assert_close(torch.autograd.grad(scaled, x, g)[0], torch.autograd.grad(plain, x, g)[0])
 
 
 def test_mamba2_at_input_scale_1e5_is_finite_and_not_zero():

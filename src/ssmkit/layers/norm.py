@@ -12,8 +12,9 @@ from ssmkit._dtypes import acc_dtype
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last dimension, computed in float32 (float64 for float64 input).
 
-    The mean square is formed from x / max(1, max|x|) (and eps scaled to match), so inputs far beyond
-    the range where x^2 overflows (1e20 in float32) still normalize to their direction instead of to 0.
+    Where x^2 overflows (|x| beyond ~1e19 in float32) the mean square is formed from x / max(1, max|x|)
+    (eps scaled to match), so huge inputs still normalize to their direction instead of to 0. On CPU
+    that form runs only when the plain one overflowed; elsewhere always (a check would synchronize).
 
     With `group_size` < `d`, the mean square is taken within consecutive groups of `group_size`
     channels (Mamba-2 normalizes each of `ngroups` groups separately). `forward(x, z)` gates first:
@@ -36,13 +37,20 @@ class RMSNorm(nn.Module):
             x = x * F.silu(z.to(x.dtype))
         *lead, d = x.shape
         xg = x.view(*lead, d // self.group_size, self.group_size)
-        # x rsqrt(mean(x^2) + eps) = y rsqrt(mean(y^2) + eps r^2), with y = x r and r = 1 / max(1, max|x|):
-        # |y| <= 1, so y^2 cannot overflow; r = 1 for ordinary inputs (tiny x stays x / sqrt(eps)), and
-        # for huge ones eps r^2 may underflow to 0 while mean(y^2) >= 1 / group_size stays positive.
+        ms = xg.square().mean(-1, keepdim=True)
+        if xg.device.type == "cpu" and bool(torch.isfinite(ms).all()):  # the common case, one reduction
+            xg = xg * torch.rsqrt(ms + self.eps)
+        else:  # x^2 overflowed (or a device where checking would synchronize): the scaled form
+            xg = self._scaled(xg)
+        return self.weight * xg.view(*lead, d).to(dtype)
+
+    def _scaled(self, xg: torch.Tensor) -> torch.Tensor:
+        """x rsqrt(mean(x^2) + eps) = y rsqrt(mean(y^2) + eps r^2), y = x r, r = 1 / max(1, max|x|):
+        |y| <= 1, so y^2 cannot overflow; r = 1 for ordinary inputs (tiny x stays x / sqrt(eps)), and
+        for huge ones eps r^2 may underflow to 0 while mean(y^2) >= 1 / group_size stays positive."""
         r = torch.linalg.vector_norm(xg, float("inf"), dim=-1, keepdim=True).clamp_min(1.0).reciprocal()
         y = xg * r
-        xg = y * (torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps * r.square()))
-        return self.weight * xg.view(*lead, d).to(dtype)
+        return y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps * r.square())
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, group_size={self.group_size}"
