@@ -194,7 +194,7 @@ class Mixer(nn.Module):
 
 def check_param_dtype(module: nn.Module, x: torch.Tensor, name: str = "x") -> None:
     """Raise a clear error when x's floating dtype differs from the module's parameters'."""
-    param = next((p for p in module.parameters() if p.is_floating_point()), None)
+    param = _first_float_parameter(module)
     if param is not None and x.dtype != param.dtype:
         dt = lambda d: str(d).replace("torch.", "")  # noqa: E731
         raise TypeError(
@@ -202,6 +202,18 @@ def check_param_dtype(module: nn.Module, x: torch.Tensor, name: str = "x") -> No
             f"{dt(param.dtype)}; cast the input (x.to({param.dtype})) or the layer (layer.to({x.dtype})), "
             "or run under torch.autocast"
         )
+
+
+def _first_float_parameter(module: nn.Module) -> torch.Tensor | None:
+    """The first floating parameter in `module.parameters()` order, read off the module dicts
+    (the parameters() generator costs more than a decoding step's small matmuls)."""
+    for p in module._parameters.values():
+        if p is not None and p.is_floating_point():
+            return p
+    for child in module._modules.values():
+        if child is not None and (p := _first_float_parameter(child)) is not None:
+            return p
+    return None
 
 
 def state_nbytes(state: StateDict) -> int:
