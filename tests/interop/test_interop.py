@@ -212,3 +212,12 @@ def test_cli_convert_both_ways(tmp_path, capsys):
     capsys.readouterr()
     assert main(["convert", "--to", "ssmkit", str(tmp_path / "none"), str(tmp_path / "x")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_unsupported_model_type_lists_the_supported_ones(tmp_path):
+    from ssmkit.interop.hf import names
+
+    assert {"mamba", "mamba2", "falcon_mamba", "bamba", "granitemoehybrid", "nemotron_h"} <= set(names())
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    with pytest.raises(ValueError, match=r"model_type 'llama' is not supported; supported: bamba, falcon_mamba"):
+        from_hf(tmp_path)

@@ -16,9 +16,10 @@ CASES = [
     dict(n_head=4, n_kv_head=1, window=3),
     dict(n_head=2, window=5, bias=True),
 ]
+OPTIONS = [dict(n_head=4, rotary_dim=2), dict(n_head=2, n_kv_head=1, rotary_dim=0, scale=0.3)]
 
 
-@pytest.mark.parametrize("kw", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("kw", CASES + OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
 def test_laws(kw):
     layer = Attention(32, **kw)
     check_laws(layer, torch.randn(2, 11, 32))
@@ -38,13 +39,16 @@ def naive_attention(layer: Attention, x: torch.Tensor) -> torch.Tensor:
     q, k, v = layer.in_proj(x).split([H * hd, Hk * hd, Hk * hd], dim=-1)
     q, k, v = q.view(b, l, H, hd), k.view(b, l, Hk, hd), v.view(b, l, Hk, hd)
 
+    rd = layer.rotary_dim  # the first rd channels rotate, pairs (i, i + rd/2)
+    scale = 1 / math.sqrt(hd) if layer.scale is None else layer.scale
+
     def rope(t, p):  # t: (b, n, hd) at position p
         out = t.clone()
-        for i in range(hd // 2):
-            theta = p * layer.rope_theta ** (-2 * i / hd)
+        for i in range(rd // 2):
+            theta = p * layer.rope_theta ** (-2 * i / rd)
             c, s = math.cos(theta), math.sin(theta)
-            out[..., i] = t[..., i] * c - t[..., i + hd // 2] * s
-            out[..., i + hd // 2] = t[..., i + hd // 2] * c + t[..., i] * s
+            out[..., i] = t[..., i] * c - t[..., i + rd // 2] * s
+            out[..., i + rd // 2] = t[..., i + rd // 2] * c + t[..., i] * s
         return out
 
     qr = torch.stack([rope(q[:, p], p) for p in range(l)], 1)
@@ -54,12 +58,14 @@ def naive_attention(layer: Attention, x: torch.Tensor) -> torch.Tensor:
         g = h // (H // Hk)
         for t in range(l):
             lo = 0 if layer.window is None else max(0, t - layer.window + 1)
-            scores = torch.einsum("bd,bsd->bs", qr[:, t, h], kr[:, lo : t + 1, g]) / math.sqrt(hd)
+            scores = torch.einsum("bd,bsd->bs", qr[:, t, h], kr[:, lo : t + 1, g]) * scale
             y[:, t, h] = torch.einsum("bs,bsd->bd", scores.softmax(-1), v[:, lo : t + 1, g])
     return layer.out_proj(y.reshape(b, l, H * hd))
 
 
-@pytest.mark.parametrize("kw", CASES[:3], ids=["mha", "gqa", "mqa-window"])
+@pytest.mark.parametrize(
+    "kw", CASES[:3] + OPTIONS, ids=["mha", "gqa", "mqa-window", "partial-rope", "nope-scale"]
+)
 def test_matches_naive_reference_float64(kw):
     layer = Attention(16, **kw).double()
     x = torch.randn(2, 9, 16, dtype=torch.float64)
@@ -92,6 +98,10 @@ def test_bad_arguments_are_named():
         Attention(32, n_head=4, n_kv_head=3)
     with pytest.raises(ValueError, match="d_model"):
         Attention(30, n_head=4)
+    with pytest.raises(ValueError, match=r"rotary_dim must be an even int in \[0, head_dim=8\]"):
+        Attention(32, n_head=4, rotary_dim=3)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        Attention(32, n_head=4, scale=0.0)
     layer = Attention(32, n_head=4)
     with pytest.raises(ValueError, match="d_model=32"):
         layer(torch.randn(1, 3, 16))

@@ -77,3 +77,55 @@ def test_bad_arguments():
         MoE(8, 16, n_experts=2, top_k=3)
     with pytest.raises(ValueError, match="d_intermediate"):
         GatedMLP(8, 0)
+
+
+def routed_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    """Token by token: scores, the allowed groups, the k best (biased) choices, their weights, the
+    experts (in the latent width if any) and the shared expert, all written out."""
+    out = []
+    for t in range(x.shape[0]):
+        logits = moe.router.weight @ x[t]
+        p = logits.softmax(-1) if moe.scoring == "softmax" else logits.sigmoid()
+        choice = p + (0 if moe.score_bias is None else moe.score_bias)
+        size = moe.n_experts // moe.n_group
+        groups = choice.view(moe.n_group, size)
+        group_score = [groups[g].topk(min(2, size)).values.sum() for g in range(moe.n_group)]
+        allowed = torch.tensor(group_score).topk(moe.topk_group).indices.tolist()
+        ranked = [e for e in choice.argsort(descending=True).tolist() if e // size in allowed][: moe.top_k]
+        w = p[ranked]
+        w = (w / w.sum() if moe.norm_topk else w) * moe.routed_scale
+        h = x[t] if moe.d_latent is None else moe.fc1_latent(x[t])
+        y = sum(wi * moe.experts[e](h) for wi, e in zip(w, ranked))
+        y = y if moe.d_latent is None else moe.fc2_latent(y)
+        out.append(y + (0 if moe.shared is None else moe.shared(x[t])))
+    return torch.stack(out)
+
+
+ROUTING = [
+    dict(norm_topk=False),
+    dict(d_shared=12, gated=False, activation="relu2"),
+    dict(scoring="sigmoid", score_bias=True, n_group=2, topk_group=1, routed_scale=2.5),
+    dict(scoring="sigmoid", d_latent=6, d_shared=10, n_group=3, topk_group=2, top_k=3),
+]
+
+
+@pytest.mark.parametrize("kw", ROUTING, ids=["raw-softmax", "shared-relu2", "sigmoid-group-bias", "latent"])
+def test_moe_routing_options_match_reference(kw):
+    kw = {"top_k": 2, **kw}
+    moe = MoE(8, 16, n_experts=6, **kw).double()
+    if moe.score_bias is not None:
+        moe.score_bias.copy_(torch.randn(6, dtype=torch.float64))
+    x = torch.randn(11, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert_rel(moe(x), routed_reference(moe, x), 1e-12, f"moe {kw}")
+
+
+def test_activations_by_name():
+    x = torch.randn(5, 8)
+    m = MLP(8, 16, activation="relu2")
+    assert_rel(m(x), m.fc2(torch.relu(m.fc1(x)) ** 2), 1e-6, "relu2")
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        GatedMLP(8, 16, activation="swish")
+    with pytest.raises(ValueError, match="n_group=4 must divide n_experts=6"):
+        MoE(8, 16, n_experts=6, n_group=4)
+

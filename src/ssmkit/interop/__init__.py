@@ -1,4 +1,4 @@
-"""Hugging Face transformers Mamba / Mamba-2 checkpoints in and out (transformers imported lazily)."""
+"""Hugging Face checkpoints in and out (transformers imported lazily): see `ssmkit.interop.hf`."""
 
 from ssmkit._lazy import lazy_exports
 

@@ -5,7 +5,11 @@ Glossary (code name: meaning)
     n_head:     number of query heads (H)
     n_kv_head:  number of key/value heads (grouped-query attention: n_head % n_kv_head == 0)
     head_dim:   channels per head (d_model // n_head unless given)
-    rope_theta: base of the rotary frequencies, theta_i = rope_theta ** (-2i / head_dim)
+    rope_theta: base of the rotary frequencies, theta_i = rope_theta ** (-2i / rotary_dim)
+    rotary_dim: channels of each head that rotate (the first ones; head_dim unless given); 0 = no
+                positional encoding at all (NoPE: Jamba's, Nemotron-H's and Granite-4.0-H's attention)
+    scale:      factor on q.k before the softmax (head_dim ** -0.5 unless given: Granite's
+                attention_multiplier)
     window:     each query attends to at most `window` positions, itself included (None = all)
     pos:        per row, how many tokens the layer has seen; the next token has position `pos`
 
@@ -29,12 +33,20 @@ from ssmkit.layers.base import Mixer, StateDict
 from ssmkit.layers.registry import register
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate channel pairs (i, i + head_dim/2) of x by position * theta**(-2i/head_dim) (GPT-NeoX).
+def rotary(
+    x: torch.Tensor, positions: torch.Tensor, theta: float, rotary_dim: int | None = None
+) -> torch.Tensor:
+    """Rotate channel pairs (i, i + rd/2) of x by position * theta**(-2i/rd) (GPT-NeoX), rd = rotary_dim.
 
-    x: (b, h, l, head_dim); positions: (b, l) int64. Angles are formed in float64 (exact at 64k+
+    x: (b, h, l, head_dim); positions: (b, l) int64; rotary_dim (default head_dim): only the first
+    rotary_dim channels rotate, the others pass through. Angles are formed in float64 (exact at 64k+
     positions) and the rotation runs in float32, or float64 for a float64 x.
     """
+    if rotary_dim is not None and rotary_dim < x.shape[-1]:
+        if rotary_dim == 0:
+            return x
+        head, rest = x.split([rotary_dim, x.shape[-1] - rotary_dim], dim=-1)
+        return torch.cat([rotary(head, positions, theta), rest], dim=-1)
     hd = x.shape[-1]
     inv_freq = theta ** (-torch.arange(0, hd, 2, dtype=torch.float64, device=x.device) / hd)
     angles = positions.to(torch.float64)[:, None, :, None] * inv_freq         # (b, 1, l, hd/2)
@@ -62,6 +74,8 @@ class Attention(Mixer):
         rope_theta: float = 10000.0,
         window: int | None = None,
         bias: bool = False,
+        rotary_dim: int | None = None,
+        scale: float | None = None,
         bidirectional: bool = False,
         device=None,
         dtype=None,
@@ -80,14 +94,21 @@ class Attention(Mixer):
                 )
             head_dim = d_model // n_head
         check_positive_int("head_dim", head_dim)
-        if head_dim % 2 != 0:
-            raise ValueError(f"Attention: head_dim must be even for rotary embeddings, got {head_dim}")
+        rotary_dim = head_dim if rotary_dim is None else rotary_dim
+        if not isinstance(rotary_dim, int) or not 0 <= rotary_dim <= head_dim or rotary_dim % 2:
+            raise ValueError(
+                f"Attention: rotary_dim must be an even int in [0, head_dim={head_dim}] (rotary embeddings "
+                f"rotate channel pairs; 0 = none), got {rotary_dim!r}"
+            )
+        if scale is not None and not scale > 0:
+            raise ValueError(f"Attention: scale must be > 0 or None, got {scale!r}")
         if window is not None:
             check_positive_int("window", window)
         if rope_theta <= 0:
             raise ValueError(f"Attention: rope_theta must be > 0, got {rope_theta}")
         self.d_model, self.n_head, self.n_kv_head, self.head_dim = d_model, n_head, n_kv_head, head_dim
         self.rope_theta, self.window, self.bidirectional = float(rope_theta), window, bidirectional
+        self.rotary_dim, self.scale = rotary_dim, scale
         kw = {"device": device, "dtype": dtype}
         self.in_proj = nn.Linear(d_model, (n_head + 2 * n_kv_head) * head_dim, bias=bias, **kw)
         self.out_proj = nn.Linear(n_head * head_dim, d_model, bias=bias, **kw)
@@ -131,7 +152,8 @@ class Attention(Mixer):
 
         pos0 = state["pos"] if state is not None else torch.zeros(b, dtype=torch.long, device=x.device)
         positions = pos0[:, None] + torch.arange(l, device=x.device)  # (b, l)
-        q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+        q = rotary(q, positions, self.rope_theta, self.rotary_dim)
+        k = rotary(k, positions, self.rope_theta, self.rotary_dim)
         if state is not None:
             k = torch.cat([state["k"].to(k.dtype), k], dim=2)  # (b, Hk, t + l, hd)
             v = torch.cat([state["v"].to(v.dtype), v], dim=2)
@@ -139,7 +161,9 @@ class Attention(Mixer):
 
         plain = self.bidirectional or (t_past == 0 and self.window is None and state is None)
         if pad_mask is None and plain:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=not self.bidirectional, enable_gqa=H != Hk)
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=not self.bidirectional, scale=self.scale, enable_gqa=H != Hk
+            )
         else:
             key_pos = pos0[:, None] - t_past + torch.arange(t_past + l, device=x.device)  # (b, t + l)
             mask = (key_pos >= 0)[:, None, :].expand(b, l, t_past + l)
@@ -150,7 +174,9 @@ class Attention(Mixer):
             if pad_mask is not None:                                   # stateless: keys are this call's
                 eye = torch.eye(l, dtype=torch.bool, device=x.device)
                 mask = mask & pad_mask.bool()[:, None, :] | eye
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=H != Hk)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask[:, None], scale=self.scale, enable_gqa=H != Hk
+            )
         y = self.out_proj(y.transpose(1, 2).reshape(b, l, H * hd))  # (b, l, d_model)
         if not return_state:
             return y
@@ -186,6 +212,7 @@ class Attention(Mixer):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_head={self.n_head}, n_kv_head={self.n_kv_head}, "
-            f"head_dim={self.head_dim}, rope_theta={self.rope_theta}, window={self.window}, "
+            f"head_dim={self.head_dim}, rope_theta={self.rope_theta}, rotary_dim={self.rotary_dim}, "
+            f"scale={self.scale}, window={self.window}, "
             f"bidirectional={self.bidirectional}"
         )

@@ -5,6 +5,8 @@ Glossary (code name: symbol in the Mamba paper / published code):
     d_state : N, state size per channel     dt_rank : R, rank of the delta projection (ceil(D/16))
     d_conv  : kernel size of the short depthwise causal conv
     delta   : Delta = softplus(dt_proj(x_proj(x)[:R]))     A = -exp(A_log): S4D-Real, -(1..N)
+    bcdt_rms_eps: when set, dt (before dt_proj), B and C are each RMS-normalized over their last
+              dimension, without weights (Falcon-Mamba's mixer); None = the plain Mamba mixer
 Parameter names and shapes are the published checkpoints' (and transformers' MambaMixer's):
 in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj, so state_dicts load with strict=True.
 
@@ -57,6 +59,7 @@ class Mamba(VarlenMixer):
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
+        bcdt_rms_eps: float | None = None,
         bidirectional: bool = False,
         backend: str = "auto",
         device=None,
@@ -69,6 +72,9 @@ class Mamba(VarlenMixer):
                 raise ValueError(f"Mamba: {name} must be a positive int, got {v!r}")
         if dt_init not in ("random", "constant"):
             raise ValueError(f"Mamba: dt_init must be 'random' or 'constant', got {dt_init!r}")
+        if bcdt_rms_eps is not None and not bcdt_rms_eps > 0:
+            raise ValueError(f"Mamba: bcdt_rms_eps must be > 0 or None, got {bcdt_rms_eps!r}")
+        self.bcdt_rms_eps = bcdt_rms_eps
         fk = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = expand * d_model
@@ -118,7 +124,7 @@ class Mamba(VarlenMixer):
         u, conv = (decode.causal_conv1d_update if fused else causal_conv1d_update)(
             u, state["conv"].to(u.dtype), self._conv_weight(), bias=self.conv1d.bias, activation="silu"
         )
-        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self._dt_B_C(self.x_proj(u))
         delta = dt @ self.dt_proj.weight.t()  # (b, d_inner), bias and softplus inside the scan
         if fused:
             y, ssm = decode.selective_state_update(state["ssm"], u, delta, self._A(), B, C, D=self.D, z=z,
@@ -144,6 +150,13 @@ class Mamba(VarlenMixer):
     def _A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.float())  # (d_inner, d_state)
 
+    def _dt_B_C(self, x_dbl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_proj's output (..., dt_rank + 2 d_state) -> dt, B, C (RMS-normalized with bcdt_rms_eps)."""
+        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.bcdt_rms_eps is None:
+            return dt, B, C
+        return tuple(_rms(t, self.bcdt_rms_eps) for t in (dt, B, C))
+
     def _conv_weight(self) -> torch.Tensor:
         return self.conv1d.weight[:, 0, :]  # (d_inner, d_conv)
 
@@ -165,7 +178,7 @@ class Mamba(VarlenMixer):
             backend=self.backend,
         )
         x_dbl = self.x_proj(u.transpose(1, 2))  # (b, l, dt_rank + 2 d_state)
-        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self._dt_B_C(x_dbl)
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (b, d_inner, l)
         delta_bias, softplus = self.dt_proj.bias, True
         if mask is not None:
@@ -203,3 +216,9 @@ class Mamba(VarlenMixer):
             states.append(last)
         new_state = {k: torch.cat([s[k] for s in states], dim=0) for k in states[0]}
         return torch.cat(ys, dim=0), new_state
+
+
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) over the last dimension, in float32, without a weight."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)

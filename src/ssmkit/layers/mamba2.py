@@ -1,7 +1,7 @@
 """Mamba-2 mixer: in_proj -> (z, xBC, dt); causal conv over xBC -> SSD -> gated grouped RMSNorm -> out_proj.
 
 Glossary (code name: symbol in "Transformers are SSMs" / published code):
-    d_inner : expand * d_model               nheads : H = d_inner / headdim, one scalar A per head
+    d_inner : expand * d_model (or given)    nheads : H = d_inner / headdim, one scalar A per head
     headdim : P, channels per head            ngroups: G, heads share B and C within a group
     d_state : N                               dt     : per head, softplus(dt + dt_bias) clamped to dt_limit
     A = -exp(A_log), A_log initialised from A ~ U(A_init_range)
@@ -62,6 +62,7 @@ class Mamba2(VarlenMixer):
         rmsnorm: bool = True,
         norm_eps: float = 1e-5,
         D_has_hdim: bool = False,
+        d_inner: int | None = None,
         bidirectional: bool = False,
         backend: str = "auto",
         device=None,
@@ -80,12 +81,14 @@ class Mamba2(VarlenMixer):
         ):
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"Mamba2: {name} must be a positive int, got {v!r}")
-        d_inner = expand * d_model
+        # d_inner given: the SSM's width set apart from d_model (Nemotron-H: nheads * headdim)
+        if d_inner is not None and (not isinstance(d_inner, int) or d_inner <= 0):
+            raise ValueError(f"Mamba2: d_inner must be a positive int or None, got {d_inner!r}")
+        given = d_inner is not None
+        d_inner = d_inner if given else expand * d_model
         if d_inner % headdim != 0:
-            raise ValueError(
-                f"Mamba2: d_inner = expand * d_model = {expand} * {d_model} = {d_inner} must be divisible "
-                f"by headdim={headdim}"
-            )
+            how = "" if given else f" = expand * d_model = {expand} * {d_model}"
+            raise ValueError(f"Mamba2: d_inner{how} = {d_inner} must be divisible by headdim={headdim}")
         nheads = d_inner // headdim
         if nheads % ngroups != 0:
             raise ValueError(f"Mamba2: ngroups={ngroups} must divide nheads = d_inner / headdim = {nheads}")

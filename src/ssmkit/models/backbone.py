@@ -1,9 +1,10 @@
 """Backbone: an embedding (or input projection), a stack of blocks from the config's layer pattern,
 and a final RMSNorm.
 
-A block is `x + mixer(norm(x))`, then, if the block has one, `x + mlp(norm2(x))`. The residual
-stream x stays in float32 (cfg.residual_in_fp32) whatever the parameter dtype; each sublayer reads
-a normalized copy cast to the parameter dtype.
+A block is `x + mixer(norm(x))`, then, if the block has one, `x + mlp(norm2(x))` (its kind from
+cfg.mlp_types). The residual stream x stays in float32 (cfg.residual_in_fp32) whatever the parameter
+dtype; each sublayer reads a normalized copy cast to the parameter dtype. cfg.embedding_multiplier
+scales the embedding and cfg.residual_multiplier each sublayer's output (both 1 by default).
 
 Weight names are the published Mamba checkpoints' (`embedding`, `layers.{i}.mixer.*`,
 `layers.{i}.norm`, `layers.{i}.norm2`, `layers.{i}.mlp.*`, `norm_f`), so that converting one is a rename.
@@ -42,10 +43,18 @@ def build_mixer(cfg: SSMConfig, kind: str) -> nn.Module:
         raise TypeError(f"cannot build layer {kind!r} ({spec.cls.__name__}) with {kwargs}: {e}") from e
 
 
-def build_mlp(cfg: SSMConfig) -> nn.Module:
-    if cfg.mlp == "moe":
-        return MoE(cfg.d_model, cfg.d_intermediate, n_experts=cfg.n_experts, top_k=cfg.top_k)
-    return (GatedMLP if cfg.mlp == "gated" else MLP)(cfg.d_model, cfg.d_intermediate)
+def build_mlp(cfg: SSMConfig, kind: str | None = None) -> nn.Module:
+    """The MLP sublayer of `kind` (default cfg.mlp): its class with the config's width and mlp_kwargs."""
+    kind = cfg.mlp if kind is None else kind
+    kwargs = {"d_intermediate": cfg.d_intermediate}
+    if kind == "moe":
+        kwargs.update(n_experts=cfg.n_experts, top_k=cfg.top_k)
+    kwargs.update(cfg.mlp_kwargs.get(kind, {}))
+    cls = {"moe": MoE, "gated": GatedMLP, "mlp": MLP}[kind]
+    try:
+        return cls(cfg.d_model, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"cannot build MLP {kind!r} ({cls.__name__}) with {kwargs}: {e}") from e
 
 
 def compact(state: StateDict) -> StateDict:
@@ -65,23 +74,31 @@ def compact(state: StateDict) -> StateDict:
 class Block(nn.Module):
     """residual + mixer(norm(residual)) [+ mlp(norm2(residual))]; input and output: the residual stream."""
 
-    def __init__(self, cfg: SSMConfig, kind: str):
+    def __init__(self, cfg: SSMConfig, kind: str, mlp_kind: str | None = "config"):
+        """mlp_kind: the MLP sublayer's kind, None for none; "config": cfg.mlp when d_intermediate > 0."""
         super().__init__()
         self.kind = kind
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mixer = build_mixer(cfg, kind)
         self.call_kwargs = frozenset(registry.get(kind).call_kwargs)
-        if cfg.d_intermediate > 0:
+        self.residual_multiplier = cfg.residual_multiplier
+        if mlp_kind == "config":
+            mlp_kind = cfg.mlp if cfg.d_intermediate > 0 else None
+        if mlp_kind is not None:
             self.norm2 = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-            self.mlp = build_mlp(cfg)
+            self.mlp = build_mlp(cfg, mlp_kind)
         else:
             self.norm2 = self.mlp = None
+
+    def _add(self, residual: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y = y.to(residual.dtype)
+        return residual + (y if self.residual_multiplier == 1.0 else y * self.residual_multiplier)
 
     def _mlp(self, residual: torch.Tensor) -> torch.Tensor:
         if self.mlp is None:
             return residual
         dtype = self.norm2.weight.dtype
-        return residual + self.mlp(self.norm2(residual).to(dtype)).to(residual.dtype)
+        return self._add(residual, self.mlp(self.norm2(residual).to(dtype)))
 
     def forward(
         self,
@@ -97,12 +114,12 @@ class Block(nn.Module):
             y, state = self.mixer(h, state=state, return_state=True, **kw)
         else:
             y = self.mixer(h, **kw) if state is None else self.mixer(h, state=state, **kw)
-        residual = self._mlp(residual + y.to(residual.dtype))
+        residual = self._mlp(self._add(residual, y))
         return (residual, state) if return_state else residual
 
     def step(self, residual_t: torch.Tensor, state: StateDict) -> tuple[torch.Tensor, StateDict]:
         y, state = self.mixer.step(self.norm(residual_t).to(self.norm.weight.dtype), state)
-        return self._mlp(residual_t + y.to(residual_t.dtype)), state
+        return self._mlp(self._add(residual_t, y)), state
 
     def step_(self, residual_t: torch.Tensor, state: StateDict) -> torch.Tensor:
         """step, writing the new state into `state` (the caller owns it: Mixer.step_)."""
@@ -120,7 +137,7 @@ class Backbone(nn.Module):
             self.embedding = nn.Embedding(cfg.vocab_size_padded, cfg.d_model)
         else:
             self.input_proj = nn.Linear(cfg.input_dim, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg, kind) for kind in cfg.layer_types)
+        self.layers = nn.ModuleList(Block(cfg, k, m) for k, m in zip(cfg.layer_types, cfg.mlp_types))
         self.norm_f = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self._init_weights()
 
@@ -130,7 +147,7 @@ class Backbone(nn.Module):
             nn.init.normal_(self.embedding.weight, std=cfg.initializer_range)
         if cfg.rescale_prenorm_residual:
             # GPT-2 / Mamba: each residual branch's last projection scaled by 1/sqrt(#branches)
-            n_branches = cfg.n_layer * (2 if cfg.d_intermediate > 0 else 1)
+            n_branches = cfg.n_layer + sum(m is not None for m in cfg.mlp_types)
             with torch.no_grad():
                 for name, p in self.layers.named_parameters():
                     if name.endswith(("out_proj.weight", "fc2.weight")):
@@ -144,6 +161,8 @@ class Backbone(nn.Module):
         """Token ids (b, l) or series (b, l, input_dim) -> residual stream (b, l, d_model)."""
         if self.config.input_dim is None:
             x = self.embedding(inputs)
+            if self.config.embedding_multiplier != 1.0:
+                x = x * self.config.embedding_multiplier
         else:
             x = self.input_proj(inputs.to(self.input_proj.weight.dtype))
         return x.float() if self.config.residual_in_fp32 else x
@@ -205,9 +224,5 @@ class Backbone(nn.Module):
 
     def aux_loss(self) -> torch.Tensor | None:
         """Sum of the MoE load-balancing losses of the last forward (None without MoE sublayers)."""
-        losses = [
-            blk.mlp.aux_loss
-            for blk in self.layers
-            if isinstance(blk.mlp, MoE) and blk.mlp.aux_loss is not None
-        ]
+        losses = [m.aux_loss for m in self.layers.modules() if isinstance(m, MoE) and m.aux_loss is not None]
         return torch.stack(losses).sum() if losses else None

@@ -2,6 +2,11 @@
 
 A hybrid is chosen by a pattern, not a subclass: `layers="mamba2*3,attention"` expands to
 mamba2, mamba2, mamba2, attention, and the pattern repeats (cut at the end) to `n_layer` layers.
+The blocks' MLP sublayers may follow a pattern of their own (`mlp_layers="gated,moe"`).
+
+Fields added after the first release (`_added`) are left out of `to_dict` while at their default,
+so the `config_hash` of every config that does not use them (and every State saved with it) stays
+what it was.
 """
 
 from __future__ import annotations
@@ -9,17 +14,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ssmkit.layers import registry
 
 MLP_TYPES = ("gated", "mlp", "moe")
+NO_MLP = "none"
 POOLINGS = ("mean", "last")
 
 
-def parse_pattern(pattern: str | list[str], n_layer: int) -> list[str]:
-    """ "mamba2*3,attention" (or a list of names) -> one layer name per layer, repeated to n_layer."""
+def parse_pattern(
+    pattern: str | list[str], n_layer: int, field_name: str = "layers", check=None
+) -> list[str]:
+    """ "mamba2*3,attention" (or a list of names) -> one name per layer, repeated to n_layer.
+
+    check(name) raises a ValueError for an unknown name (default: the layer registry's lookup).
+    """
+    check = registry.get if check is None else check
     if isinstance(pattern, str):
         items = [p.strip().lower() for p in pattern.split(",") if p.strip()]
     else:
@@ -29,19 +42,32 @@ def parse_pattern(pattern: str | list[str], n_layer: int) -> list[str]:
         name, _, count = item.partition("*")
         name = name.strip()
         try:
-            registry.get(name)
+            check(name)
         except ValueError as e:
-            raise ValueError(f"{e} (in layers={pattern!r})") from None
+            raise ValueError(f"{e} (in {field_name}={pattern!r})") from None
         try:
             n = int(count) if count else 1
         except ValueError:
             n = 0
         if n <= 0:
-            raise ValueError(f"layers={pattern!r}: the count in {item!r} must be a positive int")
+            raise ValueError(f"{field_name}={pattern!r}: the count in {item!r} must be a positive int")
         names += [name] * n
     if not names:
-        raise ValueError(f"layers={pattern!r} names no layer; known: {registry.names()}")
+        raise ValueError(f"{field_name}={pattern!r} names nothing")
     return [names[i % len(names)] for i in range(n_layer)]
+
+
+def _check_mlp_kind(name: str) -> None:
+    if name not in (*MLP_TYPES, NO_MLP):
+        raise ValueError(f"unknown MLP kind {name!r}; known: {[*MLP_TYPES, NO_MLP]}")
+
+
+def _added(default=None, *, factory=None):
+    """A field added after the first release: omitted from to_dict (and the hash) at its default."""
+    meta = {"omit_at_default": True}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -101,12 +127,27 @@ class SSMConfig:
     """Std of the embedding's normal initialization."""
     rescale_prenorm_residual: bool = True
     """Scale out_proj / fc2 weights by 1/sqrt(2 n_layer) at init (GPT-2 / Mamba scheme)."""
+    mlp_layers: str = _added("")
+    """MLP pattern, parallel to `layers`: comma-separated MLP kinds ("gated", "mlp", "moe") or "none",
+    with optional `*count`, repeated to `n_layer`; e.g. "gated,moe" (Jamba: an MoE every other
+    block). "" = every block gets `mlp` when d_intermediate > 0, none otherwise."""
+    mlp_kwargs: dict[str, dict[str, Any]] = _added(factory=dict)
+    """Keyword arguments per MLP kind, e.g. {"moe": {"d_intermediate": 512, "d_shared": 1024}};
+    they override d_intermediate, n_experts and top_k for that kind (see `ssmkit.layers.mlp`)."""
+    embedding_multiplier: float = _added(1.0)
+    """Factor on the token embedding before the first block (Granite, Falcon-H1)."""
+    residual_multiplier: float = _added(1.0)
+    """Factor on every sublayer's output before it joins the residual stream (Granite)."""
+    logits_multiplier: float = _added(1.0)
+    """Factor on the LM head's logits (Granite: 1 / logits_scaling)."""
 
     # derived (not arguments)
     vocab_size_padded: int = field(init=False)
     """vocab_size rounded up to pad_vocab_size_multiple."""
     layer_types: list[str] = field(init=False)
     """One layer name per block, the expanded pattern."""
+    mlp_types: list[str | None] = field(init=False)
+    """One MLP kind per block (None: the block has no MLP sublayer), the expanded `mlp_layers`."""
 
     def __post_init__(self):
         for name in ("d_model", "n_layer", "pad_vocab_size_multiple", "n_head", "n_experts", "top_k"):
@@ -144,16 +185,52 @@ class SSMConfig:
                 raise TypeError(f"SSMConfig.layer_kwargs[{name!r}] must be a dict, got {type(kw).__name__}")
         for name in ("rope_theta", "norm_eps", "moe_aux_weight", "initializer_range"):
             setattr(self, name, float(getattr(self, name)))  # 1e4 and 10000 hash alike
+        for name in ("embedding_multiplier", "residual_multiplier", "logits_multiplier"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"SSMConfig.{name} must be a finite number > 0, got {v!r}")
+            setattr(self, name, float(v))
         if not isinstance(self.layers, str):
             self.layers = ",".join(self.layers)
         self.layer_types = parse_pattern(self.layers, self.n_layer)
+        self.mlp_types = self._expand_mlp_layers()
         m = self.pad_vocab_size_multiple
         self.vocab_size_padded = -(-self.vocab_size // m) * m if self.input_dim is None else 0
 
+    def _expand_mlp_layers(self) -> list[str | None]:
+        kw = self.mlp_kwargs
+        if not isinstance(kw, dict) or not all(isinstance(v, dict) for v in kw.values()):
+            raise TypeError(f"SSMConfig.mlp_kwargs must be a dict kind -> dict, got {self.mlp_kwargs!r}")
+        for kind in self.mlp_kwargs:
+            if kind not in MLP_TYPES:
+                raise ValueError(f"SSMConfig.mlp_kwargs: unknown MLP kind {kind!r}; known: {list(MLP_TYPES)}")
+        if not isinstance(self.mlp_layers, str):
+            self.mlp_layers = ",".join(self.mlp_layers)
+        if not self.mlp_layers:
+            return [self.mlp if self.d_intermediate > 0 else None] * self.n_layer
+        kinds = parse_pattern(self.mlp_layers, self.n_layer, "mlp_layers", _check_mlp_kind)
+        for kind in set(kinds) - {NO_MLP}:
+            if self.mlp_width(kind) <= 0:
+                raise ValueError(
+                    f"SSMConfig.mlp_layers={self.mlp_layers!r} uses {kind!r}, whose width is 0: set "
+                    f"d_intermediate or mlp_kwargs[{kind!r}]['d_intermediate']"
+                )
+        return [None if k == NO_MLP else k for k in kinds]
+
+    def mlp_width(self, kind: str) -> int:
+        """Hidden width of the MLP sublayers of `kind` (mlp_kwargs[kind] may set its own)."""
+        return int(self.mlp_kwargs.get(kind, {}).get("d_intermediate", self.d_intermediate))
+
     # ---- data in and out ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The constructor arguments (no derived fields), JSON-able."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
+        """The constructor arguments (no derived fields), JSON-able; `_added` fields only when set."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not f.init or (f.metadata.get("omit_at_default") and v == _default(f)):
+                continue
+            out[f.name] = _plain(v)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SSMConfig:
@@ -171,6 +248,10 @@ class SSMConfig:
         """A stable 16-hex-digit hash of the arguments (same config -> same hash, across processes)."""
         canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _plain(v):

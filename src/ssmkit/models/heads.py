@@ -126,7 +126,7 @@ class SSMForCausalLM(PretrainedMixin, nn.Module):
             hidden, aux = self._forward_left_padded(input_ids, attention_mask, state)
         if num_last_tokens:
             hidden = hidden[:, -num_last_tokens:]
-        logits = self.lm_head(hidden)[..., : self.config.vocab_size]  # (b, l', vocab_size)
+        logits = self._logits(hidden)  # (b, l', vocab_size)
 
         loss = None
         if labels is not None:
@@ -178,7 +178,13 @@ class SSMForCausalLM(PretrainedMixin, nn.Module):
         self._check_ids(input_ids_t, "input_ids_t", ndim=1)
         self._check_state(state, input_ids_t.shape[0])
         hidden, state.layers = self.backbone.step(input_ids_t, state.layers)
-        return self.lm_head(hidden)[..., : self.config.vocab_size]
+        return self._logits(hidden)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """lm_head, cut to vocab_size, times cfg.logits_multiplier (1 by default)."""
+        logits = self.lm_head(hidden)[..., : self.config.vocab_size]
+        m = self.config.logits_multiplier
+        return logits if m == 1.0 else logits * m
 
     @torch.no_grad()
     def step_(self, input_ids_t: torch.Tensor, state) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""One module per transformers model_type; each registers its `Family` (see `..registry`)."""

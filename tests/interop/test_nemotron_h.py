@@ -1,0 +1,87 @@
+"""Nemotron-H: transformers' nemotron_h checkpoints in and out (Mamba-2, NoPE attention, squared-ReLU
+MLP blocks and DeepSeek-routed MoE blocks, each one sublayer per block)."""
+
+import pytest
+import torch
+
+from tests.interop.parity import check_family, randomize_
+
+tf = pytest.importorskip("transformers")
+
+VOCAB = 61
+
+
+def tiny(latent=None, tie=False, groups=(1, 1)):
+    cfg = tf.NemotronHConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=VOCAB,
+        layers_block_type=["linear_attention", "moe", "full_attention", "mlp", "linear_attention"],
+        mamba_num_heads=6,
+        mamba_head_dim=8,
+        ssm_state_size=8,
+        n_groups=2,
+        chunk_size=8,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        moe_shared_expert_intermediate_size=24,
+        moe_latent_size=latent,
+        n_group=groups[0],
+        topk_group=groups[1],
+        routed_scaling_factor=1.7,
+        time_step_min=0.05,
+        tie_word_embeddings=tie,
+        eos_token_id=None,
+        bos_token_id=None,
+        pad_token_id=None,
+    )
+    model = tf.NemotronHForCausalLM(cfg)
+    randomize_(model)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "latent, tie, groups", [(None, False, (1, 1)), (12, True, (2, 1))], ids=["plain", "latent-groups"]
+)
+def test_nemotron_h_matches_transformers(tmp_path, latent, tie, groups):
+    ours = check_family(tiny(latent, tie, groups), tmp_path, VOCAB, model_type="nemotron_h")
+    assert ours.config.layer_types == ["mamba2", "moe", "attention", "mlp", "mamba2"]
+    assert all(m is None for m in ours.config.mlp_types)
+    mamba = ours.backbone.layers[0].mixer
+    assert mamba.d_inner == 48 != mamba.expand * 32 and mamba.dt_limit == (0.05, float("inf"))
+    assert ours.backbone.layers[2].mixer.rotary_dim == 0
+
+
+def test_old_style_config_and_model_prefixed_stacked_weights(tmp_path):
+    """A config.json with hybrid_override_pattern and mamba_* names, and weights saved under model.*
+    with (E, ...) stacked experts, read as the same model."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from ssmkit.interop import from_hf
+
+    theirs = tiny()
+    theirs.save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw["hybrid_override_pattern"] = "ME*-M"
+    del raw["layers_block_type"]
+    raw["mamba_n_groups"] = raw.pop("n_groups")
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    sd = load_file(tmp_path / "model.safetensors")
+    moved = {"model." + k[len("backbone.") :] if k.startswith("backbone.") else k: v for k, v in sd.items()}
+    for name in ("up_proj", "down_proj"):
+        keys = sorted(
+            k for k in moved if "experts." in k and k.endswith(f"{name}.weight") and "shared" not in k
+        )
+        moved["model.layers.1.mixer.experts." + name] = torch.stack([moved.pop(k) for k in keys])
+    save_file(moved, str(tmp_path / "model.safetensors"))
+    ids = torch.randint(0, VOCAB, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            from_hf(tmp_path)(ids).logits, theirs(ids).logits.float(), rtol=1e-4, atol=1e-4
+        )
