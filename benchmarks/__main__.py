@@ -22,6 +22,7 @@ SUITE = {
     "serve_load": "benchmarks.serve_load",  # ssmkit serve on loopback: batching, prefix cache, 1,000 sessions, SIGKILL
     "int8": "benchmarks.int8",  # int8 vs float32 weights on trained models: bits per byte, decode ms
     "llamacpp": "benchmarks.llamacpp",  # Mamba/Mamba-2 130M: ssmkit vs llama.cpp vs transformers
+    "hf_families": "benchmarks.hf_families",  # transformers' SSM/hybrid families: their CPU path vs ssmkit
 }
 
 

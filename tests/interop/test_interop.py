@@ -219,5 +219,6 @@ def test_unsupported_model_type_lists_the_supported_ones(tmp_path):
 
     assert {"mamba", "mamba2", "falcon_mamba", "bamba", "granitemoehybrid", "nemotron_h"} <= set(names())
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
-    with pytest.raises(ValueError, match=r"model_type 'llama' is not supported; supported: bamba, falcon_mamba"):
+    supported = r"model_type 'llama' is not supported; supported: bamba, falcon_mamba"
+    with pytest.raises(ValueError, match=supported):
         from_hf(tmp_path)

@@ -8,7 +8,6 @@ bytes for a model whose vocabulary is not the byte vocabulary.
 
 from __future__ import annotations
 
-import json
 import os
 
 from ssmkit.cli.errors import UsageError
@@ -24,16 +23,6 @@ def model_dir(path: str) -> str:
     raise UsageError(f"{path}: no model here (expected config.json in it or in {path}/model)")
 
 
-def is_transformers_dir(directory: str) -> bool:
-    """config.json is a transformers (model_type) or mamba_ssm (ssm_cfg) one, not ssmkit's own."""
-    try:
-        with open(os.path.join(directory, "config.json")) as f:
-            raw = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(raw, dict) and "ssmkit_class" not in raw and ("model_type" in raw or "ssm_cfg" in raw)
-
-
 def load_model(path: str, int8: bool = False):
     """(model, model directory): ssmkit's own, or a transformers checkpoint through the interop;
     `int8`: its weights quantized for CPU inference (ssmkit.models.int8)."""
@@ -46,6 +35,7 @@ def load_model(path: str, int8: bool = False):
 
 
 def _load_float(path: str):
+    from ssmkit.interop.hf.files import is_transformers_dir
     from ssmkit.models.heads import SSMForCausalLM
 
     d = model_dir(path)

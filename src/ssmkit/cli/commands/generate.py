@@ -28,27 +28,26 @@ def run(args) -> int:
 
     from ssmkit.cli.errors import UsageError
     from ssmkit.cli.loading import load_model_and_tokenizer
+    from ssmkit.interop.hf.files import generation_ids
+    from ssmkit.serve.textstream import TextStream
 
-    model, tok, _ = load_model_and_tokenizer(args.checkpoint, args.int8)
+    model, tok, directory = load_model_and_tokenizer(args.checkpoint, args.int8)
     model.eval()
     torch.manual_seed(args.seed)
     ids = torch.tensor([tok.encode(args.prompt)], dtype=torch.long)
     if ids.shape[1] == 0:
         raise UsageError("ssmkit generate: --prompt must not be empty")
     kwargs = dict(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    eos = generation_ids(directory).get("eos_token_id", [])  # a transformers directory's end tokens
     # generate() checks its options when called, so a bad one is reported before the prompt is echoed
     tokens = model.generate(ids, max_new_tokens=args.max_new_tokens, stream=True, **kwargs)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    pending: list[int] = []
+    text = TextStream(tok)  # decodes the whole reply each time: no split characters, no lost spaces
     for tok_t in tokens:
-        pending.append(int(tok_t[0]))
-        text = tok.decode(pending)
-        if "\ufffd" not in text or len(pending) >= 4:  # wait for a whole UTF-8 character
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            pending = []
-    if pending:
-        sys.stdout.write(tok.decode(pending))
-    sys.stdout.write("\n")
+        if int(tok_t[0]) in eos:
+            break
+        sys.stdout.write(text.push(int(tok_t[0]))[0])
+        sys.stdout.flush()
+    sys.stdout.write(text.flush() + "\n")
     return 0

@@ -138,15 +138,11 @@ def run(args) -> int:
     if args.layers:
         _print_layers()
         return 0
+    from ssmkit.interop.hf.describe import describe
+
     model, source = _model(args)
-    cfg = model.config
     print(f"model ({source}): {count_parameters(model):,} parameters")
-    print(
-        f"  d_model={cfg.d_model} n_layer={cfg.n_layer} vocab_size={cfg.vocab_size} layers={cfg.layer_types}"
-    )
-    state = model.init_state(1)
-    print(
-        f"  recurrent state per sequence: {state.nbytes:,} bytes at start (attention layers add a KV cache)"
-    )
+    for line in describe(model, source if args.checkpoint else None):
+        print(f"  {line}")
     _print_backends(model)
     return 0

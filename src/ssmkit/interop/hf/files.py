@@ -69,4 +69,18 @@ def is_transformers_dir(directory: str | os.PathLike) -> bool:
         raw = read_json(path)
     except ValueError:
         return False
-    return "ssmkit_class" not in raw and ("model_type" in raw or "ssm_cfg" in raw)
+    return isinstance(raw, dict) and "ssmkit_class" not in raw and ("model_type" in raw or "ssm_cfg" in raw)
+
+
+def generation_ids(directory: str | os.PathLike) -> dict[str, list[int]]:
+    """{"eos_token_id": [...]} of a transformers directory (generation_config.json, else config.json);
+    {} for an ssmkit directory or one that names no end-of-sequence token."""
+    directory = os.fspath(directory)
+    if not is_transformers_dir(directory):
+        return {}
+    for name in ("generation_config.json", "config.json"):
+        path = os.path.join(directory, name)
+        eos = read_json(path).get("eos_token_id") if os.path.isfile(path) else None
+        if eos is not None:
+            return {"eos_token_id": [int(e) for e in (eos if isinstance(eos, list) else [eos])]}
+    return {}

@@ -1,0 +1,243 @@
+"""transformers' SSM and hybrid families on the CPU: transformers' own path vs ssmkit on the same
+weights (read with ssmkit.interop.from_hf), prefill and decode tokens/s and peak memory.
+
+    .venv/bin/python -m benchmarks hf_families                          # every family, l=2048
+    .venv/bin/python -m benchmarks hf_families --families bamba --length 512 --decode 16
+
+Each family is one entry of FAMILIES: a transformers config at a realistic small shape (about
+100-150M parameters), built with random weights (seed 0; no download). Per family and path, two
+cells, each in its own subprocess (benchmarks/_cells.py; 2 threads, float32, batch 1, no grad):
+    prefill  one forward over `--length` prompt tokens, logits of the last position only
+             (transformers: logits_to_keep=1; ssmkit: num_last_tokens=1), tokens/s
+    decode   after a `--length`-token prompt (read once, outside the timing), `--decode` tokens
+             fed one at a time with the cache / State carried (transformers: cache=, use_cache=True;
+             ssmkit: model.step), tokens/s
+Peak MB is the growth of the cell's resident high-water mark during the timed calls (glibc's
+default allocator settings, as a user's process has: a lower bound). Before timing, the parent
+checks once per family that both paths give the same logits on a short prompt, so a fast wrong
+path cannot pass. Other processes share the CPU: the load average is printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks._cells import run_cell
+
+_HERE = "benchmarks.hf_families"
+VOCAB = 32000
+
+
+def _falcon_mamba():
+    from transformers import FalconMambaConfig
+
+    return FalconMambaConfig(hidden_size=768, num_hidden_layers=24, state_size=16, expand=2, vocab_size=50280)
+
+
+def _bamba():
+    from transformers import BambaConfig
+
+    return BambaConfig(
+        hidden_size=768,
+        num_hidden_layers=12,
+        intermediate_size=2048,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        attn_layer_indices=[5, 11],
+        mamba_n_heads=24,
+        mamba_d_state=128,
+        mamba_n_groups=1,
+        mamba_chunk_size=256,
+        vocab_size=VOCAB,
+    )
+
+
+def _granitemoehybrid():
+    from transformers import GraniteMoeHybridConfig
+
+    types = ["attention" if i in (5, 11) else "mamba" for i in range(12)]
+    return GraniteMoeHybridConfig(
+        hidden_size=768,
+        num_hidden_layers=12,
+        layer_types=types,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        intermediate_size=256,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        shared_intermediate_size=1024,
+        mamba_n_heads=24,
+        mamba_d_state=128,
+        mamba_n_groups=1,
+        vocab_size=VOCAB,
+        tie_word_embeddings=True,
+        embedding_multiplier=12.0,
+        residual_multiplier=0.22,
+        attention_multiplier=0.0078,
+        logits_scaling=3.0,
+    )
+
+
+def _nemotron_h():
+    from transformers import NemotronHConfig
+
+    pattern = "M-M-M-M*-M-M-M-M*-M-M-"  # Nemotron-H's mix: mostly Mamba-2 and MLP, two attention
+    return NemotronHConfig(
+        hidden_size=768,
+        hybrid_override_pattern=pattern,
+        intermediate_size=3072,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        head_dim=64,
+        mamba_num_heads=24,
+        mamba_head_dim=64,
+        ssm_state_size=128,
+        n_groups=8,
+        chunk_size=128,
+        vocab_size=VOCAB,
+    )
+
+
+FAMILIES = {  # model_type -> its transformers config at ~100-150M parameters
+    "falcon_mamba": _falcon_mamba,
+    "bamba": _bamba,
+    "granitemoehybrid": _granitemoehybrid,
+    "nemotron_h": _nemotron_h,
+}
+
+
+def build(family: str, path: str):
+    """The family's transformers model (random, seed 0), or ssmkit's from the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(FAMILIES[family]()).eval()
+    if path == "hf":
+        return hf
+    from ssmkit.interop import from_hf
+
+    return from_hf(hf)
+
+
+def prefill_cell(family: str, path: str, L: int):
+    torch.set_num_threads(2)
+    model = build(family, path)
+    ids = torch.randint(0, 1000, (1, L), generator=torch.Generator().manual_seed(1))
+    kw = {"logits_to_keep": 1} if path == "hf" else {"num_last_tokens": 1}
+
+    def run():
+        with torch.no_grad():
+            model(ids, **kw)
+
+    with torch.no_grad():
+        model(ids[:, :16], **kw)  # warm-up
+    return run
+
+
+def decode_cell(family: str, path: str, L: int, n: int):
+    torch.set_num_threads(2)
+    model = build(family, path)
+    ids = torch.randint(0, 1000, (1, L + n), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        if path == "hf":
+            cache = model(ids[:, :L], use_cache=True, logits_to_keep=1).cache
+        else:
+            state = model.init_state(1)
+            model(ids[:, :L], state=state, num_last_tokens=1)
+
+    def run():
+        with torch.no_grad():
+            for t in range(L, L + n):
+                if path == "hf":
+                    model(ids[:, t : t + 1], cache=cache, use_cache=True)
+                else:
+                    model.step(ids[:, t], state)
+
+    return run
+
+
+def check(family: str, L: int = 40) -> tuple[float, int]:
+    """(relative difference of the two paths' logits on a short prompt, parameter count)."""
+    from ssmkit.interop import from_hf
+
+    ids = torch.randint(0, 1000, (1, L), generator=torch.Generator().manual_seed(2))
+    hf = build(family, "hf")
+    ours = from_hf(hf)
+    with torch.no_grad():
+        ref, got = hf(ids).logits.float(), ours(ids).logits
+    return ((got - ref).norm() / ref.norm()).item(), sum(p.numel() for p in ours.parameters())
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument("--length", type=int, default=2048, help="prompt tokens (default 2048)")
+    p.add_argument("--decode", type=int, default=32, help="decode steps timed (default 32)")
+    p.add_argument("--calls", type=int, default=2, help="timed calls per cell, the median reported")
+    p.add_argument("--cap", type=float, default=900.0, help="seconds per cell before it is skipped")
+    p.add_argument("--out", default="benchmarks/results/hf_families.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+
+    load0 = os.getloadavg()
+    lines = [
+        f"# hf_families: transformers' CPU path vs ssmkit, b=1, float32, 2 threads, prompt {args.length}, "
+        f"{args.decode} decode steps ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        "",
+        "| family | params | logits rel. err | path | prefill tok/s | prefill peak MB | decode tok/s | "
+        "decode peak MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    ratios = []
+    for fam in args.families:
+        err, size = check(fam)
+        res = {}
+        for path in ("hf", "ssmkit"):  # interleaved per family: both paths see the same load
+            pre = run_cell(
+                f"{_HERE}:prefill_cell",
+                {"family": fam, "path": path, "L": args.length},
+                args.cap,
+                calls=args.calls,
+                exact_peak=False,
+            )
+            dec = run_cell(
+                f"{_HERE}:decode_cell",
+                {"family": fam, "path": path, "L": args.length, "n": args.decode},
+                args.cap,
+                calls=args.calls,
+                exact_peak=False,
+            )
+            res[path] = (pre, dec)
+            cells = []
+            for r, tokens in ((pre, args.length), (dec, args.decode)):
+                cells += (
+                    [r["skipped"], ""]
+                    if "skipped" in r
+                    else [f"{tokens / r['t']:.0f}", f"{r['peak_mb']:.0f}"]
+                )
+            name = "transformers" if path == "hf" else "ssmkit"
+            lines.append(f"| {fam} | {size / 1e6:.0f}M | {err:.1e} | {name} | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+        (hp, hd), (op, od) = res["hf"], res["ssmkit"]
+        if all("t" in r for r in (hp, hd, op, od)):
+            ratios.append(f"{fam}: prefill {hp['t'] / op['t']:.1f}x, decode {hd['t'] / od['t']:.1f}x")
+    load1 = os.getloadavg()
+    lines += [
+        "",
+        "ssmkit / transformers tokens/s: " + ("; ".join(ratios) or "n/a"),
+        f"load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f} (other processes share the CPU)",
+    ]
+    text = "\n".join(lines)
+    print("\n" + text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
