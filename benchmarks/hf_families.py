@@ -230,7 +230,8 @@ def main(argv=None) -> None:
     lines += [
         "",
         "ssmkit / transformers tokens/s: " + ("; ".join(ratios) or "n/a"),
-        f"load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f} (other processes share the CPU)",
+        f"load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f} "
+        "(other processes share the CPU)",
     ]
     text = "\n".join(lines)
     print("\n" + text)
