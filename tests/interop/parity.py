@@ -8,6 +8,8 @@ generate: the two can disagree, e.g. Nemotron-H clamps dt in the forward only):
     for a batch of prompts of different lengths (left padding) as for each prompt alone;
   - a transcript continued from a State saved to a file and loaded into a fresh State object equal
     to the uninterrupted one, and to transformers' greedy decoding of the whole transcript;
+  - sampling with a seed gives the same tokens streamed or not; save_pretrained / from_pretrained
+    keeps the logits;
   - where the family round-trips, to_hf writes a directory that transformers loads with the same
     weights and logits.
 """
@@ -18,7 +20,7 @@ import math
 
 import torch
 
-from ssmkit import State
+from ssmkit import SSMForCausalLM, State
 from ssmkit.interop import from_hf, to_hf
 from tests.helpers import assert_rel
 
@@ -96,6 +98,15 @@ def check_family(theirs, tmp_path, vocab: int, model_type: str | None = None, ro
     assert torch.equal(resumed, uninterrupted), "continued after State.save/load differs"
     whole = hf_greedy(theirs, torch.cat([first, turn1, second], 1), 6)[:, -6:]
     assert torch.equal(resumed, whole), "transcript differs from transformers' greedy decoding of it"
+
+    # sampling, streamed or not; ssmkit's own checkpoint format
+    sample = dict(max_new_tokens=6, do_sample=True, seed=3, top_k=8, temperature=0.9)
+    drawn = ours.generate(ids[:, :5], **sample)[:, 5:]
+    streamed = torch.stack(list(ours.generate(ids[:, :5], stream=True, **sample)), 1)
+    assert torch.equal(drawn, streamed), "sampling streamed vs not"
+    ours.save_pretrained(tmp_path / "ssmkit")
+    again = SSMForCausalLM.from_pretrained(tmp_path / "ssmkit")
+    assert_rel(hf_logits(again, ids), hf_logits(ours, ids), 1e-7, "save_pretrained / from_pretrained")
 
     if round_trip:
         from transformers import AutoModelForCausalLM

@@ -85,3 +85,35 @@ def test_old_style_config_and_model_prefixed_stacked_weights(tmp_path):
         torch.testing.assert_close(
             from_hf(tmp_path)(ids).logits, theirs(ids).logits.float(), rtol=1e-4, atol=1e-4
         )
+
+
+def test_state_saved_in_one_process_continues_in_another(tmp_path):
+    """A transcript paused in a file (Mamba-2 states, an attention KV cache, the MLP / MoE blocks'
+    empty states) continues in a fresh process exactly as it would have in this one."""
+    import json
+    import subprocess
+    import sys
+
+    from ssmkit import State
+    from ssmkit.interop import from_hf
+
+    tiny().save_pretrained(tmp_path / "hf")
+    ours = from_hf(tmp_path / "hf")
+    first, second = torch.randint(0, VOCAB, (2, 6)), torch.randint(0, VOCAB, (2, 3))
+    st = ours.init_state(2)
+    ours.generate(first, max_new_tokens=4, state=st)
+    st.save(tmp_path / "chat.safetensors")
+    expected = ours.generate(second, max_new_tokens=5, state=st)[:, 3:]
+    code = (
+        "import json, sys, torch\n"
+        "from ssmkit import State\n"
+        "from ssmkit.interop import from_hf\n"
+        "model = from_hf(sys.argv[1]); st = State.load(sys.argv[2])\n"
+        "ids = torch.tensor(json.loads(sys.argv[3]))\n"
+        "print(json.dumps(model.generate(ids, max_new_tokens=5, state=st)[:, 3:].tolist()))\n"
+    )
+    argv = [str(tmp_path / "hf"), str(tmp_path / "chat.safetensors"), json.dumps(second.tolist())]
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == expected.tolist()
+    assert State.load(tmp_path / "chat.safetensors").layout == ["mamba2", "moe", "attention", "mlp", "mamba2"]
+
