@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from typing import Any
 
-import torch
 from torch import nn
 
 from ssmkit.interop.hf import registry
@@ -55,31 +53,10 @@ def from_hf(path_or_model, device=None, dtype=None) -> SSMForCausalLM:
             f"a mamba_ssm one (no 'd_model' / 'ssm_cfg'); supported model_types: "
             f"{', '.join(registry.names())}"
         )
-    _load_into_empty(model, tensors, source, dtype or torch.float32)
-    return model.to(device=device).eval() if device is not None else model.eval()
-
-
-def _empty_model(cfg: SSMConfig) -> SSMForCausalLM:
-    """The model on the meta device: no memory and no random init for weights about to be replaced."""
-    with torch.device("meta"):
-        return SSMForCausalLM(cfg)
-
-
-def _load_into_empty(model: SSMForCausalLM, tensors: dict, source: str, dtype: torch.dtype) -> None:
-    """Check names and shapes (load_checked), then make the checkpoint's tensors, in `dtype`, the
-    model's own (assign): peak memory is the checkpoint once, not the model twice."""
-    with warnings.catch_warnings():  # loading into meta tensors is a no-op: here, only the checks
-        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
-        load_checked(model, tensors, source)
-    for k, v in tensors.items():
-        if v.is_floating_point() and v.dtype != dtype:
-            tensors[k] = v.to(dtype)
-    model.load_state_dict(tensors, strict=False, assign=True)
-    if model.config.tie_embeddings:
-        model.lm_head.weight = model.backbone.embedding.weight
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:
-        raise ValueError(f"{source}: no tensor for {left[:8]}")
+    load_checked(model, tensors, source)  # checks names and shapes; the tensors become the parameters
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model.eval()
 
 
 def _empty_model(cfg: SSMConfig) -> SSMForCausalLM:
