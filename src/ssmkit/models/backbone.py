@@ -124,7 +124,7 @@ class Block(nn.Module):
     def step_(self, residual_t: torch.Tensor, state: StateDict) -> torch.Tensor:
         """step, writing the new state into `state` (the caller owns it: Mixer.step_)."""
         y = self.mixer.step_(self.norm(residual_t).to(self.norm.weight.dtype), state)
-        return self._mlp(residual_t + y.to(residual_t.dtype))
+        return self._mlp(self._add(residual_t, y))
 
 
 class Backbone(nn.Module):
