@@ -103,11 +103,32 @@ def _nemotron_h():
     )
 
 
+def _jamba():
+    from transformers import JambaConfig
+
+    return JambaConfig(  # Jamba's layout: attention 1 layer in 6 (here 2), an MoE every other layer
+        hidden_size=768,
+        num_hidden_layers=12,
+        intermediate_size=768,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        attn_layer_period=6,
+        attn_layer_offset=5,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        num_experts=4,
+        num_experts_per_tok=2,
+        mamba_d_state=16,
+        vocab_size=VOCAB,
+    )
+
+
 FAMILIES = {  # model_type -> its transformers config at ~100-150M parameters
     "falcon_mamba": _falcon_mamba,
     "bamba": _bamba,
     "granitemoehybrid": _granitemoehybrid,
     "nemotron_h": _nemotron_h,
+    "jamba": _jamba,
 }
 
 

@@ -7,6 +7,8 @@ Glossary (code name: symbol in the Mamba paper / published code):
     delta   : Delta = softplus(dt_proj(x_proj(x)[:R]))     A = -exp(A_log): S4D-Real, -(1..N)
     bcdt_rms_eps: when set, dt (before dt_proj), B and C are each RMS-normalized over their last
               dimension, without weights (Falcon-Mamba's mixer); None = the plain Mamba mixer
+    bcdt_norm_weights: those three norms carry learned weights, dt_layernorm (dt_rank,),
+              b_layernorm and c_layernorm (d_state,) (Jamba's mixer); needs bcdt_rms_eps
 Parameter names and shapes are the published checkpoints' (and transformers' MambaMixer's):
 in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj, so state_dicts load with strict=True.
 
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmkit.layers.base import StateDict
+from ssmkit.layers.norm import RMSNorm
 from ssmkit.layers.registry import register
 from ssmkit.layers.varlen import VarlenMixer
 from ssmkit.math.init import inverse_softplus_dt
@@ -60,6 +63,7 @@ class Mamba(VarlenMixer):
         conv_bias: bool = True,
         bias: bool = False,
         bcdt_rms_eps: float | None = None,
+        bcdt_norm_weights: bool = False,
         bidirectional: bool = False,
         backend: str = "auto",
         device=None,
@@ -74,6 +78,8 @@ class Mamba(VarlenMixer):
             raise ValueError(f"Mamba: dt_init must be 'random' or 'constant', got {dt_init!r}")
         if bcdt_rms_eps is not None and not bcdt_rms_eps > 0:
             raise ValueError(f"Mamba: bcdt_rms_eps must be > 0 or None, got {bcdt_rms_eps!r}")
+        if bcdt_norm_weights and bcdt_rms_eps is None:
+            raise ValueError("Mamba: bcdt_norm_weights=True needs bcdt_rms_eps (the norms' epsilon)")
         self.bcdt_rms_eps = bcdt_rms_eps
         fk = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
@@ -88,6 +94,11 @@ class Mamba(VarlenMixer):
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **fk)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **fk)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
+        if bcdt_norm_weights:
+            self.dt_layernorm = RMSNorm(self.dt_rank, eps=bcdt_rms_eps)
+            self.b_layernorm = RMSNorm(d_state, eps=bcdt_rms_eps)
+            self.c_layernorm = RMSNorm(d_state, eps=bcdt_rms_eps)
+        self.bcdt_norm_weights = bcdt_norm_weights
 
         # published init: dt_proj.weight ~ U(-s, s) (or constant s), s = dt_rank^-0.5 * dt_scale
         std = self.dt_rank**-0.5 * dt_scale
@@ -155,6 +166,8 @@ class Mamba(VarlenMixer):
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.bcdt_rms_eps is None:
             return dt, B, C
+        if self.bcdt_norm_weights:
+            return self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         return tuple(_rms(t, self.bcdt_rms_eps) for t in (dt, B, C))
 
     def _conv_weight(self) -> torch.Tensor:
