@@ -123,12 +123,40 @@ def _jamba():
     )
 
 
+def _falcon_h1():
+    from transformers import FalconH1Config
+
+    return FalconH1Config(  # every block: Mamba-2 and attention in parallel, then a SwiGLU MLP
+        hidden_size=768,
+        num_hidden_layers=12,
+        intermediate_size=1536,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        mamba_d_ssm=1536,
+        mamba_n_heads=24,
+        mamba_d_state=128,
+        mamba_n_groups=1,
+        mamba_chunk_size=256,
+        mamba_rms_norm=True,
+        vocab_size=VOCAB,
+        tie_word_embeddings=True,
+        embedding_multiplier=5.6,
+        lm_head_multiplier=0.04,
+        mlp_multipliers=[0.88, 0.59],
+        key_multiplier=0.39,
+        attention_out_multiplier=0.94,
+        ssm_multipliers=[0.35, 0.25, 0.5, 0.5, 0.35],
+        ssm_out_multiplier=0.24,
+    )
+
+
 FAMILIES = {  # model_type -> its transformers config at ~100-150M parameters
     "falcon_mamba": _falcon_mamba,
     "bamba": _bamba,
     "granitemoehybrid": _granitemoehybrid,
     "nemotron_h": _nemotron_h,
     "jamba": _jamba,
+    "falcon_h1": _falcon_h1,
 }
 
 

@@ -27,15 +27,16 @@ from tests.helpers import assert_rel
 
 def randomize_(model, seed: int = 0) -> None:
     """Weights of order one: Linear ~ N(0, 1/fan_in), norms ~ 1 + N(0, 0.1^2), A_log / D / dt_bias
-    spread, biases and buffers (routing bias) small; so logits are far from uniform."""
+    spread, biases and saved buffers (routing bias) small; so logits are far from uniform."""
     g = torch.Generator().manual_seed(seed)
 
     def randn(p):
         return torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype)
 
+    saved = set(model.state_dict())  # non-persistent buffers (Falcon-H1's mup_vector) are derived
     with torch.no_grad():
         for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-            if not p.is_floating_point() or "inv_freq" in name:
+            if not p.is_floating_point() or "inv_freq" in name or name not in saved:
                 continue
             if name.endswith("A_log"):
                 p.copy_(randn(p) * 0.5)

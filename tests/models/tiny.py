@@ -16,6 +16,11 @@ LAYER_KW = {
     "h3": {"d_state": 16},
     "hyena": {"l_max": 64},
 }
+LAYER_KW["parallel"] = {  # Falcon-H1's block: Mamba-2 and attention side by side
+    "mixers": {"mamba2": LAYER_KW["mamba2"], "attention": {}},
+    "in_multipliers": {"attention": 1.1},
+    "out_multipliers": {"mamba2": 0.8},
+}
 PURE = registry.names()
 HYBRID = [
     "mamba2*3,attention",

@@ -5,6 +5,12 @@ Glossary (code name: symbol in "Transformers are SSMs" / published code):
     headdim : P, channels per head            ngroups: G, heads share B and C within a group
     d_state : N                               dt     : per head, softplus(dt + dt_bias) clamped to dt_limit
     A = -exp(A_log), A_log initialised from A ~ U(A_init_range)
+Options of the hybrids:
+    in_proj_multipliers: (z, x, B, C, dt) factors on those parts of in_proj's output (Falcon-H1's
+              ssm_multipliers); None = none
+    norm_before_gate: with rmsnorm, RMSNorm(y) * silu(z) instead of RMSNorm(y * silu(z))
+              (Falcon-H1's mamba_norm_before_gate)
+    out_bias: out_proj's bias (None: as `bias`, which sets in_proj's)
 Parameter names and shapes are the published checkpoints' (and transformers' Mamba2Mixer's): in_proj
 (outputs ordered z, x, B, C, dt), conv1d (over x, B, C), dt_bias, A_log, D, norm.weight, out_proj.
 
@@ -63,6 +69,9 @@ class Mamba2(VarlenMixer):
         norm_eps: float = 1e-5,
         D_has_hdim: bool = False,
         d_inner: int | None = None,
+        in_proj_multipliers: tuple[float, ...] | None = None,
+        norm_before_gate: bool = False,
+        out_bias: bool | None = None,
         bidirectional: bool = False,
         backend: str = "auto",
         device=None,
@@ -96,6 +105,13 @@ class Mamba2(VarlenMixer):
             raise ValueError(
                 f"Mamba2: A_init_range must be (low, high) with 0 < low <= high, got {A_init_range}"
             )
+        if in_proj_multipliers is not None:
+            if len(in_proj_multipliers) != 5:
+                raise ValueError(
+                    f"Mamba2: in_proj_multipliers must be 5 factors (z, x, B, C, dt) or None, got {in_proj_multipliers!r}"
+                )
+            in_proj_multipliers = tuple(float(m) for m in in_proj_multipliers)
+        self.in_proj_multipliers, self.norm_before_gate = in_proj_multipliers, norm_before_gate
         fk = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner, self.headdim, self.nheads, self.ngroups = d_inner, headdim, nheads, ngroups
@@ -122,7 +138,7 @@ class Mamba2(VarlenMixer):
             self.norm = RMSNorm(d_inner, eps=norm_eps, group_size=d_inner // ngroups)
             if device is not None or dtype is not None:
                 self.norm.to(**{k: v for k, v in fk.items() if v is not None})
-        self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **fk)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias if out_bias is None else out_bias, **fk)
 
         if bidirectional:
             self._add_reverse(init_args)
@@ -143,14 +159,14 @@ class Mamba2(VarlenMixer):
         """One token x_t (b, d_model) -> y_t (b, d_model), new state; O(1) in time and memory."""
         if (empty := self._empty_step(x_t, state)) is not None:
             return empty
-        z, xBC, dt = self.in_proj(x_t).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        z, xBC, dt = self._project(x_t).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         if decode.fused_step("ssd", self.backend, xBC):  # conv, dt, state, output, gate: one Triton kernel
             D = self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
             y, conv, ssm = decode.mamba2_step(
                 xBC, dt, state["conv"].to(xBC.dtype), state["ssm"], self.conv1d.weight[:, 0, :],
                 self.conv1d.bias, self.dt_bias, -torch.exp(self.A_log.float()), D,
                 None if self.rmsnorm else z, ngroups=self.ngroups, dt_limit=self.dt_limit)
-            return self.out_proj(self.norm(y, z) if self.rmsnorm else y), {"conv": conv, "ssm": ssm}
+            return self.out_proj(self._gated_norm(y, z) if self.rmsnorm else y), {"conv": conv, "ssm": ssm}
         xBC, conv = causal_conv1d_update(
             xBC,
             state["conv"].to(xBC.dtype),
@@ -193,11 +209,24 @@ class Mamba2(VarlenMixer):
         )
         y = y.reshape(b, l, self.d_inner)
         if self.rmsnorm:
-            y = self.norm(y, z)  # gated: RMSNorm_groups(y * silu(z)) * weight
+            y = self._gated_norm(y, z)
         return y, ssm
 
+    def _gated_norm(self, y, z):
+        """RMSNorm_groups(y * silu(z)) * weight, or with norm_before_gate RMSNorm_groups(y) * weight * silu(z)."""
+        return self.norm(y) * F.silu(z) if self.norm_before_gate else self.norm(y, z)
+
+    def _project(self, x):
+        """in_proj(x), its (z, x, B, C, dt) parts scaled by in_proj_multipliers when set."""
+        p = self.in_proj(x)
+        if self.in_proj_multipliers is None:
+            return p
+        GN = self.ngroups * self.d_state
+        sizes = (self.d_inner, self.d_inner, GN, GN, self.nheads)
+        return p * torch.cat([p.new_full((n,), m) for n, m in zip(sizes, self.in_proj_multipliers)])
+
     def _forward(self, x, state, seq_idx, mask):
-        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        z, xBC, dt = self._project(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         xBC = xBC.transpose(1, 2)  # (b, conv_dim, l)
         if mask is not None:
             xBC = xBC * mask[:, None, :]  # pads enter the conv as zeros, like an empty state

@@ -91,7 +91,8 @@ class GatedMLP(nn.Module):
     """SwiGLU: fc2(y * silu(gate)) with (y, gate) = fc1(x) split in halves (Mamba's GatedMLP layout).
 
     `activation` replaces silu on the gate. transformers' Llama-style gate_proj / up_proj map to
-    fc1 = [up_proj; gate_proj].
+    fc1 = [up_proj; gate_proj]. `gate_multiplier` scales the gate before the activation and
+    `out_multiplier` the output (Falcon-H1's mlp_multipliers).
     """
 
     def __init__(
@@ -100,6 +101,8 @@ class GatedMLP(nn.Module):
         d_intermediate: int,
         bias: bool = False,
         activation: str = "silu",
+        gate_multiplier: float = 1.0,
+        out_multiplier: float = 1.0,
         device=None,
         dtype=None,
     ):
@@ -107,13 +110,17 @@ class GatedMLP(nn.Module):
         check_positive_int("d_model", d_model)
         check_positive_int("d_intermediate", d_intermediate)
         self.d_model, self.activation, self.act = d_model, activation, activation_fn(activation)
+        self.gate_multiplier, self.out_multiplier = float(gate_multiplier), float(out_multiplier)
         self.fc1 = nn.Linear(d_model, 2 * d_intermediate, bias=bias, device=device, dtype=dtype)
         self.fc2 = nn.Linear(d_intermediate, d_model, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_last_dim(self, x, self.d_model)
         y, gate = self.fc1(x).chunk(2, dim=-1)
-        return self.fc2(y * self.act(gate))
+        if self.gate_multiplier != 1.0:
+            gate = gate * self.gate_multiplier
+        out = self.fc2(y * self.act(gate))
+        return out if self.out_multiplier == 1.0 else out * self.out_multiplier
 
 
 class MoE(nn.Module):

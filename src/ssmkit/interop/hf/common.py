@@ -117,10 +117,19 @@ def mamba2(
     return kw
 
 
-def mamba2_fields(mixer, names: dict[str, str]) -> dict[str, Any]:
-    """The transformers fields (through `names`, ssmkit attribute -> field) of an ssmkit Mamba2."""
-    if not mixer.rmsnorm or mixer.D_has_hdim:
+def mamba2_fields(mixer, names: dict[str, str], extended: bool = False) -> dict[str, Any]:
+    """The transformers fields (through `names`, ssmkit attribute -> field) of an ssmkit Mamba2.
+
+    extended: the family writes the options only Falcon-H1 has (no gated norm or the norm before the
+    gate, in_proj multipliers, out_proj's bias apart from in_proj's); the others refuse them."""
+    if mixer.D_has_hdim or (not extended and not mixer.rmsnorm):
         raise ValueError("to_hf: the hybrids' Mamba-2 mixer needs rmsnorm=True and D_has_hdim=False")
+    own_out_bias = (mixer.out_proj.bias is None) != (mixer.in_proj.bias is None)
+    if not extended and (mixer.norm_before_gate or mixer.in_proj_multipliers is not None or own_out_bias):
+        raise ValueError(
+            "to_hf: this family's Mamba-2 gates before its norm, has no in_proj multipliers and one bias "
+            "setting for in_proj and out_proj"
+        )
     values = {
         "d_state": mixer.d_state,
         "d_conv": mixer.d_conv,
