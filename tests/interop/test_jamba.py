@@ -52,7 +52,7 @@ def test_jamba_matches_transformers(tmp_path):
 
 
 def test_jamba_stacked_experts_and_tied_head(tmp_path):
-    """transformers' in-memory layout (experts.gate_up_proj / down_proj stacked) reads as the per-expert one."""
+    """transformers' in-memory layout (stacked experts.gate_up_proj / down_proj) reads as per-expert."""
     from safetensors.torch import save_file
 
     theirs = tiny(tie=True)
@@ -62,7 +62,8 @@ def test_jamba_stacked_experts_and_tied_head(tmp_path):
     save_file(tensors, tmp_path / "hf" / "model.safetensors")
     ids = torch.randint(0, VOCAB, (1, 9))
     with torch.no_grad():
-        torch.testing.assert_close(from_hf(tmp_path / "hf")(ids).logits, theirs(ids).logits, rtol=1e-4, atol=1e-4)
+        got = from_hf(tmp_path / "hf")(ids).logits
+        torch.testing.assert_close(got, theirs(ids).logits, rtol=1e-4, atol=1e-4)
 
 
 def test_mamba_norm_weights_need_an_epsilon():

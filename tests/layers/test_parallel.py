@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssmkit.layers import Attention, Mamba2
+from ssmkit.layers import Mamba2
 from ssmkit.layers.mlp import GatedMLP
 from ssmkit.layers.parallel import Parallel
 from tests.helpers import assert_rel
@@ -14,8 +14,15 @@ M2 = {"d_state": 8, "headdim": 8, "chunk_size": 4}
 
 def _parallel(**kw):
     torch.manual_seed(0)
-    return Parallel(16, mixers={"mamba2": M2, "attention": {}}, n_head=4, n_kv_head=2,
-                    in_multipliers={"mamba2": 1.3, "attention": 0.7}, out_multipliers={"attention": 1.5}, **kw)
+    return Parallel(
+        16,
+        mixers={"mamba2": M2, "attention": {}},
+        n_head=4,
+        n_kv_head=2,
+        in_multipliers={"mamba2": 1.3, "attention": 0.7},
+        out_multipliers={"attention": 1.5},
+        **kw,
+    )
 
 
 def test_output_is_the_weighted_sum_of_the_branches_and_steps_agree():

@@ -108,7 +108,8 @@ class Mamba2(VarlenMixer):
         if in_proj_multipliers is not None:
             if len(in_proj_multipliers) != 5:
                 raise ValueError(
-                    f"Mamba2: in_proj_multipliers must be 5 factors (z, x, B, C, dt) or None, got {in_proj_multipliers!r}"
+                    f"Mamba2: in_proj_multipliers must be 5 factors (z, x, B, C, dt) or None, "
+                    f"got {in_proj_multipliers!r}"
                 )
             in_proj_multipliers = tuple(float(m) for m in in_proj_multipliers)
         self.in_proj_multipliers, self.norm_before_gate = in_proj_multipliers, norm_before_gate
@@ -213,7 +214,7 @@ class Mamba2(VarlenMixer):
         return y, ssm
 
     def _gated_norm(self, y, z):
-        """RMSNorm_groups(y * silu(z)) * weight, or with norm_before_gate RMSNorm_groups(y) * weight * silu(z)."""
+        """RMSNorm_groups(y * silu(z)) * weight; norm_before_gate: RMSNorm_groups(y) * weight * silu(z)."""
         return self.norm(y) * F.silu(z) if self.norm_before_gate else self.norm(y, z)
 
     def _project(self, x):

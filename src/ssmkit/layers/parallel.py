@@ -60,7 +60,7 @@ class Parallel(Mixer):
         super().__init__()
         mixers = {"mamba2": {}, "attention": {}} if mixers is None else mixers
         if not isinstance(mixers, dict) or not mixers:
-            raise ValueError(f"Parallel: mixers must be a non-empty dict layer name -> kwargs, got {mixers!r}")
+            raise ValueError(f"Parallel: mixers must be a non-empty dict name -> kwargs, got {mixers!r}")
         unknown = sorted(set(config_defaults) - set(CONFIG_FIELDS))
         if unknown:
             raise TypeError(f"Parallel: unexpected arguments {unknown}")
@@ -83,7 +83,7 @@ class Parallel(Mixer):
         given = {} if given is None else dict(given)
         unknown = sorted(set(given) - set(mixers))
         if unknown:
-            raise ValueError(f"Parallel: {what} names {unknown}, which are not among the mixers {list(mixers)}")
+            raise ValueError(f"Parallel: {what} names {unknown}, not among the mixers {list(mixers)}")
         return {name: float(given.get(name, 1.0)) for name in mixers}
 
     def _input(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +101,8 @@ class Parallel(Mixer):
     # ---- the protocol ------------------------------------------------------------------------
     def init_state(self, batch_size: int, device=None, dtype=None) -> StateDict:
         self._check_causal("init_state")
-        return _join({n: m.init_state(batch_size, device=device, dtype=dtype) for n, m in self.branches.items()})
+        branches = self.branches.items()
+        return _join({n: m.init_state(batch_size, device=device, dtype=dtype) for n, m in branches})
 
     def forward(
         self,
@@ -122,7 +123,9 @@ class Parallel(Mixer):
             if kw and "attention_mask" not in self.takes[name]:
                 raise TypeError(f"Parallel: the {name!r} branch takes no attention_mask")
             if return_state:
-                ys[name], states[name] = mixer(self._input(name, x), state=parts.get(name), return_state=True, **kw)
+                ys[name], states[name] = mixer(
+                    self._input(name, x), state=parts.get(name), return_state=True, **kw
+                )
             else:
                 ys[name] = mixer(self._input(name, x), state=parts.get(name), **kw)
         y = self._sum(ys)

@@ -139,11 +139,13 @@ class FalconH1(Family):
         cfg: SSMConfig = model.config
         family = self.model_type
         if set(cfg.layer_types) != {"parallel"}:
-            raise ValueError(f"to_hf: every {family} block is a parallel Mamba-2 + attention; not {cfg.layers!r}")
+            raise ValueError(
+                f"to_hf: every {family} block is a parallel Mamba-2 + attention, not {cfg.layers!r}"
+            )
         common.multipliers(cfg, family, ("embedding_multiplier", "logits_multiplier"))
         blocks = [blk.mixer for blk in model.backbone.layers]
         if any(tuple(m.branches) != BRANCHES for m in blocks):
-            raise ValueError(f"to_hf: {family}'s parallel blocks hold a Mamba-2 and an attention, in that order")
+            raise ValueError(f"to_hf: {family}'s parallel blocks hold a Mamba-2 and an attention, in order")
         out = {
             "hidden_size": cfg.d_model,
             "num_hidden_layers": cfg.n_layer,
@@ -186,7 +188,7 @@ class FalconH1(Family):
     def _mlp_fields(self, model) -> dict[str, Any]:
         family, mlps = self.model_type, [blk.mlp for blk in model.backbone.layers]
         if not all(isinstance(m, GatedMLP) for m in mlps):
-            raise ValueError(f"to_hf: every {family} block has a SwiGLU MLP; this model's: {model.config.mlp_types}")
+            raise ValueError(f"to_hf: every {family} block has a SwiGLU MLP, not {model.config.mlp_types}")
         kinds = [
             (m.fc2.weight.shape[1], m.activation, m.fc1.bias is not None, m.gate_multiplier, m.out_multiplier)
             for m in mlps

@@ -74,7 +74,8 @@ class Jamba(Family):
         common.require_act(c, "hidden_act", ("silu",), "the Mamba conv and the MLP gate share it")
         n = c["num_hidden_layers"]
         attn = periodic(n, c["attn_layer_period"], c["attn_layer_offset"])
-        moe = periodic(n, c["expert_layer_period"], c["expert_layer_offset"]) if c["num_experts"] > 1 else [False] * n
+        moe = periodic(n, c["expert_layer_period"], c["expert_layer_offset"])
+        moe = moe if c["num_experts"] > 1 else [False] * n
         fields, attn_kw = common.attention(c, family, rotary=False)
         attn_kw["bias"] = False  # JambaAttention has no biases
         mamba = dict(
@@ -117,7 +118,8 @@ class Jamba(Family):
                     out[f"{k[: -len('gate_up_proj')]}{e}.gate_proj.weight"] = gate
                     out[f"{k[: -len('gate_up_proj')]}{e}.up_proj.weight"] = up
             elif k.endswith("feed_forward.experts.down_proj"):
-                out.update((f"{k[: -len('down_proj')]}{e}.down_proj.weight", w) for e, w in enumerate(v.unbind(0)))
+                stem = k[: -len("down_proj")]
+                out.update((f"{stem}{e}.down_proj.weight", w) for e, w in enumerate(v.unbind(0)))
             else:
                 out[k] = v
         return out
@@ -168,8 +170,9 @@ class Jamba(Family):
                 raise ValueError(f"to_hf: {family} attention has no biases and the scale head_dim ** -0.5")
             fields = common.same_for_all(fields, "attention", family)
             if fields["head_dim"] * fields["num_attention_heads"] != cfg.d_model:
-                raise ValueError(f"to_hf: {family}'s attention heads are hidden_size / num_attention_heads wide")
-            out.update({k: v for k, v in fields.items() if k in ("num_attention_heads", "num_key_value_heads")})
+                raise ValueError(f"to_hf: {family}'s heads are hidden_size / num_attention_heads wide")
+            heads = ("num_attention_heads", "num_key_value_heads")
+            out.update({k: v for k, v in fields.items() if k in heads})
         return out
 
     def _mamba_fields(self, model) -> dict[str, Any]:
@@ -180,7 +183,7 @@ class Jamba(Family):
 
         def describe(m):
             if not m.bcdt_norm_weights or m.bcdt_rms_eps != cfg.norm_eps:
-                raise ValueError(f"to_hf: {family}'s Mamba normalizes dt, B and C with weights and rms_norm_eps")
+                raise ValueError(f"to_hf: {family}'s Mamba normalizes dt, B, C with weights, rms_norm_eps")
             return dict(
                 mamba_d_state=m.d_state,
                 mamba_d_conv=m.d_conv,
@@ -198,7 +201,7 @@ class Jamba(Family):
         moes = [m for m in mlps if isinstance(m, MoE)]
         dense = [m for m in mlps if isinstance(m, GatedMLP)]
         if len(moes) + len(dense) != len(mlps):
-            raise ValueError(f"to_hf: every {family} block has a SwiGLU MLP or an MoE; this model's: {cfg.mlp_types}")
+            raise ValueError(f"to_hf: every {family} block has a SwiGLU MLP or an MoE, not {cfg.mlp_types}")
         for m in moes:
             routing = {k: getattr(m, k) for k in JAMBA_ROUTING}
             if routing != JAMBA_ROUTING or not isinstance(m.experts[0], GatedMLP):
