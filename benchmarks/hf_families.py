@@ -150,6 +150,21 @@ def _falcon_h1():
     )
 
 
+def _lfm2():
+    from transformers import Lfm2Config
+
+    types = ["full_attention" if i in (2, 5, 8, 11) else "conv" for i in range(12)]
+    return Lfm2Config(  # gated short convolutions and attention (LFM2-350M's mix), SwiGLU MLPs
+        hidden_size=768,
+        num_hidden_layers=12,
+        intermediate_size=3456,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        layer_types=types,
+        vocab_size=VOCAB,
+    )
+
+
 FAMILIES = {  # model_type -> its transformers config at ~100-150M parameters
     "falcon_mamba": _falcon_mamba,
     "bamba": _bamba,
@@ -157,6 +172,7 @@ FAMILIES = {  # model_type -> its transformers config at ~100-150M parameters
     "nemotron_h": _nemotron_h,
     "jamba": _jamba,
     "falcon_h1": _falcon_h1,
+    "lfm2": _lfm2,
 }
 
 

@@ -217,7 +217,8 @@ def test_cli_convert_both_ways(tmp_path, capsys):
 def test_unsupported_model_type_lists_the_supported_ones(tmp_path):
     from ssmkit.interop.hf import names
 
-    assert {"mamba", "mamba2", "falcon_mamba", "bamba", "granitemoehybrid", "nemotron_h"} <= set(names())
+    families = {"mamba", "mamba2", "falcon_mamba", "bamba", "granitemoehybrid", "nemotron_h", "jamba"}
+    assert families | {"falcon_h1", "lfm2"} <= set(names())
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
     supported = r"model_type 'llama' is not supported; supported: bamba, falcon_mamba"
     with pytest.raises(ValueError, match=supported):

@@ -11,6 +11,8 @@ Glossary (code name: meaning)
     scale:      factor on q.k before the softmax (head_dim ** -0.5 unless given: Granite's
                 attention_multiplier)
     window:     each query attends to at most `window` positions, itself included (None = all)
+    qk_norm_eps: when set, each head's q and k are RMS-normalized (weights q_norm, k_norm of
+                head_dim) before the rotary embedding (LFM2's q_layernorm / k_layernorm)
     pos:        per row, how many tokens the layer has seen; the next token has position `pos`
 
 State = the KV cache, the one state in ssmkit that grows with the context:
@@ -30,6 +32,7 @@ from torch import nn
 
 from ssmkit._checks import check_positive_int
 from ssmkit.layers.base import Mixer, StateDict
+from ssmkit.layers.norm import RMSNorm
 from ssmkit.layers.registry import register
 
 
@@ -76,6 +79,7 @@ class Attention(Mixer):
         bias: bool = False,
         rotary_dim: int | None = None,
         scale: float | None = None,
+        qk_norm_eps: float | None = None,
         bidirectional: bool = False,
         device=None,
         dtype=None,
@@ -112,6 +116,11 @@ class Attention(Mixer):
         kw = {"device": device, "dtype": dtype}
         self.in_proj = nn.Linear(d_model, (n_head + 2 * n_kv_head) * head_dim, bias=bias, **kw)
         self.out_proj = nn.Linear(n_head * head_dim, d_model, bias=bias, **kw)
+        self.qk_norm_eps = qk_norm_eps
+        if qk_norm_eps is not None:
+            given = {k: v for k, v in kw.items() if v is not None}
+            self.q_norm = RMSNorm(head_dim, eps=qk_norm_eps).to(**given)
+            self.k_norm = RMSNorm(head_dim, eps=qk_norm_eps).to(**given)
 
     # ---- protocol ---------------------------------------------------------------------------
     def init_state(self, batch_size: int, device=None, dtype=None) -> StateDict:
@@ -146,8 +155,11 @@ class Attention(Mixer):
         b, l, _ = x.shape
         H, Hk, hd = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.in_proj(x).split([H * hd, Hk * hd, Hk * hd], dim=-1)
-        q = q.view(b, l, H, hd).transpose(1, 2)  # (b, H, l, hd)
-        k = k.view(b, l, Hk, hd).transpose(1, 2)  # (b, Hk, l, hd)
+        q, k = q.view(b, l, H, hd), k.view(b, l, Hk, hd)
+        if self.qk_norm_eps is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.transpose(1, 2)  # (b, H, l, hd)
+        k = k.transpose(1, 2)  # (b, Hk, l, hd)
         v = v.view(b, l, Hk, hd).transpose(1, 2)
 
         pos0 = state["pos"] if state is not None else torch.zeros(b, dtype=torch.long, device=x.device)

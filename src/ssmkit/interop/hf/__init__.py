@@ -13,7 +13,7 @@ How it is built:
     common.py     what several families' configs share (layer-type lists, rotary, attention, the
                   hybrids' Mamba-2 fields, multipliers)
     convert.py    from_hf / to_hf: dispatch on config.json's model_type
-    families/     one module per model_type (mamba, mamba2, falcon_mamba, bamba, ...)
+    families/     one module per model_type (mamba, mamba2, falcon_mamba, bamba, jamba, falcon_h1, ...)
     mamba_ssm.py  the state-spaces checkpoints (no model_type; ssmkit's own key names)
 
 Each family is expressed with ssmkit's own layers and blocks (options of Mamba, Mamba2, Attention,
