@@ -9,7 +9,7 @@ Each family is one entry of FAMILIES: a transformers config at a realistic small
 cells, each in its own subprocess (benchmarks/_cells.py; 2 threads, float32, batch 1, no grad):
     prefill  one forward over `--length` prompt tokens, logits of the last position only
              (transformers: logits_to_keep=1; ssmkit: num_last_tokens=1), tokens/s
-    decode   after a `--length`-token prompt (read once, outside the timing), `--decode` tokens
+    decode   after a `--length`-token prompt and one decode step (outside the timing), `--decode` tokens
              fed one at a time with the cache / State carried (transformers: cache=, use_cache=True;
              ssmkit: model.step), tokens/s
 Peak MB is the growth of the cell's resident high-water mark during the timed calls (glibc's
@@ -207,17 +207,19 @@ def prefill_cell(family: str, path: str, L: int):
 def decode_cell(family: str, path: str, L: int, n: int):
     torch.set_num_threads(2)
     model = build(family, path)
-    ids = torch.randint(0, 1000, (1, L + n), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
+    ids = torch.randint(0, 1000, (1, L + 1 + n), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # the prompt, then one decode step as the warm-up (first-call costs untimed)
         if path == "hf":
             cache = model(ids[:, :L], use_cache=True, logits_to_keep=1).cache
+            model(ids[:, L : L + 1], cache=cache, use_cache=True)
         else:
             state = model.init_state(1)
             model(ids[:, :L], state=state, num_last_tokens=1)
+            model.step(ids[:, L], state)
 
     def run():
         with torch.no_grad():
-            for t in range(L, L + n):
+            for t in range(L + 1, L + 1 + n):
                 if path == "hf":
                     model(ids[:, t : t + 1], cache=cache, use_cache=True)
                 else:
@@ -283,7 +285,7 @@ def main(argv=None) -> None:
                 cells += (
                     [r["skipped"], ""]
                     if "skipped" in r
-                    else [f"{tokens / r['t']:.0f}", f"{r['peak_mb']:.0f}"]
+                    else [f"{tokens / r['t']:.3g}", f"{r['peak_mb']:.0f}"]
                 )
             name = "transformers" if path == "hf" else "ssmkit"
             lines.append(f"| {fam} | {size / 1e6:.0f}M | {err:.1e} | {name} | " + " | ".join(cells) + " |")
