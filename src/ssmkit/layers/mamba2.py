@@ -40,6 +40,45 @@ from ssmkit.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from ssmkit.ops.ssd import ssd
 
 
+def _check_sizes(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size, d_inner, A_init_range,
+                 in_proj_multipliers):
+    """Mamba2's size arguments checked, each error naming the argument; -> (d_inner, nheads, multipliers)."""
+    for name, v in (
+        ("d_model", d_model),
+        ("d_state", d_state),
+        ("d_conv", d_conv),
+        ("expand", expand),
+        ("headdim", headdim),
+        ("ngroups", ngroups),
+        ("chunk_size", chunk_size),
+    ):
+        if not isinstance(v, int) or v <= 0:
+            raise ValueError(f"Mamba2: {name} must be a positive int, got {v!r}")
+    # d_inner given: the SSM's width set apart from d_model (Nemotron-H: nheads * headdim)
+    if d_inner is not None and (not isinstance(d_inner, int) or d_inner <= 0):
+        raise ValueError(f"Mamba2: d_inner must be a positive int or None, got {d_inner!r}")
+    given = d_inner is not None
+    d_inner = d_inner if given else expand * d_model
+    if d_inner % headdim != 0:
+        how = "" if given else f" = expand * d_model = {expand} * {d_model}"
+        raise ValueError(f"Mamba2: d_inner{how} = {d_inner} must be divisible by headdim={headdim}")
+    nheads = d_inner // headdim
+    if nheads % ngroups != 0:
+        raise ValueError(f"Mamba2: ngroups={ngroups} must divide nheads = d_inner / headdim = {nheads}")
+    if not 0 < A_init_range[0] <= A_init_range[1]:
+        raise ValueError(
+            f"Mamba2: A_init_range must be (low, high) with 0 < low <= high, got {A_init_range}"
+        )
+    if in_proj_multipliers is not None:
+        if len(in_proj_multipliers) != 5:
+            raise ValueError(
+                f"Mamba2: in_proj_multipliers must be 5 factors (z, x, B, C, dt) or None, "
+                f"got {in_proj_multipliers!r}"
+            )
+        in_proj_multipliers = tuple(float(m) for m in in_proj_multipliers)
+    return d_inner, nheads, in_proj_multipliers
+
+
 @register("mamba2")
 class Mamba2(VarlenMixer):
     """Mamba-2: selective SSM with a scalar decay per head, computed in chunks by matmuls (SSD).
@@ -79,39 +118,10 @@ class Mamba2(VarlenMixer):
     ):
         init_args = dict(locals())
         super().__init__()
-        for name, v in (
-            ("d_model", d_model),
-            ("d_state", d_state),
-            ("d_conv", d_conv),
-            ("expand", expand),
-            ("headdim", headdim),
-            ("ngroups", ngroups),
-            ("chunk_size", chunk_size),
-        ):
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"Mamba2: {name} must be a positive int, got {v!r}")
-        # d_inner given: the SSM's width set apart from d_model (Nemotron-H: nheads * headdim)
-        if d_inner is not None and (not isinstance(d_inner, int) or d_inner <= 0):
-            raise ValueError(f"Mamba2: d_inner must be a positive int or None, got {d_inner!r}")
-        given = d_inner is not None
-        d_inner = d_inner if given else expand * d_model
-        if d_inner % headdim != 0:
-            how = "" if given else f" = expand * d_model = {expand} * {d_model}"
-            raise ValueError(f"Mamba2: d_inner{how} = {d_inner} must be divisible by headdim={headdim}")
-        nheads = d_inner // headdim
-        if nheads % ngroups != 0:
-            raise ValueError(f"Mamba2: ngroups={ngroups} must divide nheads = d_inner / headdim = {nheads}")
-        if not 0 < A_init_range[0] <= A_init_range[1]:
-            raise ValueError(
-                f"Mamba2: A_init_range must be (low, high) with 0 < low <= high, got {A_init_range}"
-            )
-        if in_proj_multipliers is not None:
-            if len(in_proj_multipliers) != 5:
-                raise ValueError(
-                    f"Mamba2: in_proj_multipliers must be 5 factors (z, x, B, C, dt) or None, "
-                    f"got {in_proj_multipliers!r}"
-                )
-            in_proj_multipliers = tuple(float(m) for m in in_proj_multipliers)
+        d_inner, nheads, in_proj_multipliers = _check_sizes(
+            d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size, d_inner, A_init_range,
+            in_proj_multipliers,
+        )
         self.in_proj_multipliers, self.norm_before_gate = in_proj_multipliers, norm_before_gate
         fk = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
