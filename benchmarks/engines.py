@@ -96,8 +96,8 @@ class LlamaCpp:
 
 
 class Ssmkit:
-    """ssmkit's SSMForCausalLM from the transformers checkpoint; decode through the State API
-    (`model.step`), and the same tokens through `generate` for its overhead."""
+    """ssmkit's SSMForCausalLM from the transformers checkpoint; decode by `model.step_` on the
+    prefill's State (in place, as generate decodes), and the same tokens through `generate` (its overhead)."""
 
     int8 = False
 
@@ -128,9 +128,9 @@ class Ssmkit:
         logits, st = self.prefill(prompt)
         on_ready()
         tok, times = logits.argmax(-1)[None], []
-        for _ in range(steps):
+        for _ in range(steps):  # step_: the State is this loop's own (generate decodes the same way)
             t0 = time.perf_counter()
-            tok = self.model.step(tok, st).argmax(-1)
+            tok = self.model.step_(tok, st).argmax(-1)
             times.append(time.perf_counter() - t0)
         return times
 

@@ -289,7 +289,7 @@ def print_report(res: dict, args) -> None:
     if "generate_ms" in res and "ssmkit" in res["table"]:
         step = res["table"]["ssmkit"]["decode_ms"][short]
         print(
-            f"ssmkit generate: {res['generate_ms']:.1f} ms/token vs {step:.1f} through model.step "
+            f"ssmkit generate: {res['generate_ms']:.1f} ms/token vs {step:.1f} through model.step_ "
             f"({res['generate_ms'] / step:.2f}x)"
         )
 

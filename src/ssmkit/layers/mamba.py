@@ -34,6 +34,7 @@ from ssmkit.layers.norm import RMSNorm
 from ssmkit.layers.registry import register
 from ssmkit.layers.varlen import VarlenMixer
 from ssmkit.math.init import inverse_softplus_dt
+from ssmkit.ops._decode import numba_step
 from ssmkit.ops._triton import decode
 from ssmkit.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from ssmkit.ops.selective_scan import selective_scan
@@ -130,6 +131,8 @@ class Mamba(VarlenMixer):
         """One token x_t (b, d_model) -> y_t (b, d_model), new state; O(1) in time and memory."""
         if (empty := self._empty_step(x_t, state)) is not None:
             return empty
+        if (fused := self._fused_step(x_t, state)) is not None:  # CPU inference: numba kernels
+            return fused
         u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (b, d_inner) each
         fused = decode.fused_step("selective_scan", self.backend, u)  # Triton's decode kernels
         u, conv = (decode.causal_conv1d_update if fused else causal_conv1d_update)(
@@ -158,6 +161,20 @@ class Mamba(VarlenMixer):
         return self.out_proj(y[..., 0]), {"conv": conv, "ssm": ssm}
 
     # ---- internals ---------------------------------------------------------------------------
+    def _numba_step(self, x_t, state):
+        return numba_step(
+            "selective_scan", self.backend, x_t, state["conv"], state["ssm"], self.conv1d.weight, self.A_log
+        )
+
+    def _fused_step_(self, kernels, x_t, state):
+        u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (b, d_inner) each
+        u = kernels.conv_step_(u, state["conv"], self._conv_weight(), self.conv1d.bias, silu_on=True)
+        dt, B, C = self._dt_B_C(self.x_proj(u))
+        delta = dt @ self.dt_proj.weight.t()  # (b, d_inner), bias and softplus inside the kernel
+        y = kernels.selective_state_update_(state["ssm"], u, delta, self.A_log, B, C, D=self.D, z=z,
+                                            delta_bias=self.dt_proj.bias, delta_softplus=True)
+        return self.out_proj(y)
+
     def _A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.float())  # (d_inner, d_state)
 

@@ -35,6 +35,7 @@ from ssmkit.layers.norm import RMSNorm
 from ssmkit.layers.registry import register
 from ssmkit.layers.varlen import VarlenMixer, mask_conv_state
 from ssmkit.math.init import inverse_softplus_dt
+from ssmkit.ops._decode import numba_step
 from ssmkit.ops._triton import decode
 from ssmkit.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from ssmkit.ops.ssd import ssd
@@ -170,6 +171,8 @@ class Mamba2(VarlenMixer):
         """One token x_t (b, d_model) -> y_t (b, d_model), new state; O(1) in time and memory."""
         if (empty := self._empty_step(x_t, state)) is not None:
             return empty
+        if (fused := self._fused_step(x_t, state)) is not None:  # CPU inference: numba kernels
+            return fused
         z, xBC, dt = self._project(x_t).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         if decode.fused_step("ssd", self.backend, xBC):  # conv, dt, state, output, gate: one Triton kernel
             D = self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
@@ -189,6 +192,22 @@ class Mamba2(VarlenMixer):
         return self.out_proj(y[:, 0]), {"conv": conv, "ssm": ssm}
 
     # ---- internals ---------------------------------------------------------------------------
+    def _numba_step(self, x_t, state):
+        if self.norm_before_gate and self.rmsnorm:  # the kernel gates before its norm
+            return None
+        conv, ssm = state["conv"], state["ssm"]
+        return numba_step("ssd", self.backend, x_t, conv, ssm, self.conv1d.weight, self.A_log)
+
+    def _fused_step_(self, kernels, x_t, state):
+        norm = self.norm if self.rmsnorm else None
+        y = kernels.mamba2_step_(
+            self._project(x_t), state["conv"], state["ssm"], self.conv1d.weight[:, 0, :], self.conv1d.bias,
+            self.dt_bias, self.A_log, self.D, ngroups=self.ngroups, dt_limit=self.dt_limit,
+            norm_weight=None if norm is None else norm.weight, norm_eps=0.0 if norm is None else norm.eps,
+            group_size=None if norm is None else norm.group_size,
+        )
+        return self.out_proj(y)
+
     def _ssd(self, xBC, dt, z, ssm0, seq_idx, mask, chunk_size):
         """xBC (b, l, conv_dim) after the conv, dt (b, l, H), z (b, l, d_inner) -> y (b, l, d_inner), ssm."""
         b, l = xBC.shape[:2]

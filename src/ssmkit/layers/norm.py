@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmkit._dtypes import acc_dtype
+from ssmkit.ops._decode import numba_norm
 
 
 class RMSNorm(nn.Module):
@@ -19,6 +20,9 @@ class RMSNorm(nn.Module):
     With `group_size` < `d`, the mean square is taken within consecutive groups of `group_size`
     channels (Mamba-2 normalizes each of `ngroups` groups separately). `forward(x, z)` gates first:
     x * silu(z), as Mamba-2 does (norm_before_gate=False).
+
+    A few float32 rows without gradients (decoding) take one numba kernel that forms the mean square
+    in float64, where it cannot overflow (ssmkit.ops._decode.numba_norm); the code below is its reference.
     """
 
     def __init__(self, d: int, eps: float = 1e-5, group_size: int | None = None):
@@ -31,6 +35,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        if z is None and self.group_size == x.shape[-1] and (kernels := numba_norm(x, self.weight)):
+            return kernels.rms_norm(x, self.weight, self.eps)
         dtype = x.dtype
         x = x.to(acc_dtype(dtype))
         if z is not None:

@@ -89,6 +89,29 @@ class VarlenMixer(Mixer):
     def _forward(self, x, state, seq_idx, mask):
         raise NotImplementedError
 
+    # ---- decoding through fused CPU kernels (ssmkit.ops._numba.decode), where a subclass has them ----
+    def _numba_step(self, x_t: torch.Tensor, state: StateDict):
+        """The decode kernels module when this step should run them (ssmkit.ops._decode), else None."""
+        return None
+
+    def _fused_step_(self, kernels, x_t: torch.Tensor, state: StateDict) -> torch.Tensor:
+        """y_t by the kernels, `state` written in place."""
+        raise NotImplementedError
+
+    def _fused_step(self, x_t: torch.Tensor, state: StateDict):
+        """step's (y_t, new state) by the kernels, on copies of `state`; None where they do not apply."""
+        if (kernels := self._numba_step(x_t, state)) is None:
+            return None
+        state = {k: v.clone() for k, v in state.items()}
+        return self._fused_step_(kernels, x_t, state), state
+
+    def step_(self, x_t: torch.Tensor, state: StateDict) -> torch.Tensor:
+        """step, writing `state` in place (Mixer.step_): the fused kernels for CPU inference, else step's
+        result copied in."""
+        if (empty := self._empty_step(x_t, state)) is None and (kernels := self._numba_step(x_t, state)):
+            return self._fused_step_(kernels, x_t, state)
+        return super().step_(x_t, state) if empty is None else empty[0]
+
     def forward(
         self,
         x: torch.Tensor,
