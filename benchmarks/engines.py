@@ -48,10 +48,22 @@ class PromptRead:
 class LlamaCpp:
     """A GGUF model in llama.cpp; greedy argmax over the last logits read through the C API."""
 
+    repack = True  # llama.cpp's extra buffer types (weights repacked for its CPU kernels)
+
     def __init__(self, ckpt: str, gguf: str, threads: int, n_ctx: int = 8192 + 1024):
         import llama_cpp
+        import llama_cpp.llama_cpp as capi
 
         self.lib = llama_cpp
+        if not self.repack:
+            defaults = capi.llama_model_default_params
+
+            def params():
+                p = defaults()
+                p.use_extra_bufts = False
+                return p
+
+            capi.llama_model_default_params = params  # Llama() takes no argument for it
         self.llm = llama_cpp.Llama(
             model_path=gguf,
             n_ctx=n_ctx,
@@ -93,6 +105,13 @@ class LlamaCpp:
             self.llm.eval([toks[-1]])
             toks.append(int(self._logits().argmax()))
         return toks
+
+
+class LlamaCppQ8(LlamaCpp):
+    """q8_0 without the repacking: llama-cpp-python 0.3.36's repacked q8_0 weights crash (SIGSEGV)
+    in the first decode of these Mamba and Mamba-2 models on an AVX-512/AMX CPU; unrepacked they run."""
+
+    repack = False
 
 
 class Ssmkit:
@@ -198,7 +217,7 @@ class Transformers:
 
 ENGINES = {
     "llama.cpp": LlamaCpp,
-    "llama.cpp q8_0": LlamaCpp,
+    "llama.cpp q8_0": LlamaCppQ8,
     "ssmkit": Ssmkit,
     "ssmkit int8": SsmkitInt8,
     "transformers": Transformers,
