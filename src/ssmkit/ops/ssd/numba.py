@@ -5,7 +5,8 @@ Glossary (code name: paper symbol, shapes):
     B, C: B_t, C_t (b, l, g, n), head j uses group j // (h // g)
     S: the state of one head, (p, n); each row S[r] (n,) evolves on its own given dt, B, C
     keep_t: 0 where seq_idx changes at t (the state restarts from zero), else 1
-    K: checkpoint interval; Sk (b, h, ceil(l/K), p, n) holds S_{t-1} for t = 0, K, 2K, ...
+    K: checkpoint interval; Sk (b, h, ceil(l/K), p, n) holds S_{t-1} for t = 0, K, 2K, ...; without
+       gradients K = l: no (l/K, p, n) checkpoints for a long prompt, memory bounded by the output
 Math, per head and row r (parallel over b x heads x blocks of rows; no (b, l, h, p, n) tensor):
     a_t = exp(dt_t A);  S_t[r] = a_t keep_t S_{t-1}[r] + dt_t x_t[r] B_t;  y_t[r] = <S_t[r], C_t>
 Backward, segment by segment from the end (recompute the segment's states from its checkpoint),
@@ -143,10 +144,9 @@ class _SSDScanFn(torch.autograd.Function):
     """(x, dt, A, B, C, S0, keep) -> (y = S_t C_t, S_L), all float32; the fused recurrence only."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, S0, keep):
+    def forward(ctx, x, dt, A, B, C, S0, keep, K):
         b, L, h, p = x.shape
         n = B.shape[-1]
-        K = K_CHECKPOINT
         arrs = tuple(as_array(t) for t in (x, dt, A, B, C))
         keep_np = as_array(keep)
         # forward jobs: b x h x row blocks, at least ~2 per thread
@@ -155,7 +155,7 @@ class _SSDScanFn(torch.autograd.Function):
         Sk = poison((b, h, (L + K - 1) // K, p, n))
         ST = poison((b, h, p, n))
         _ssd_forward(*arrs, as_array(S0), keep_np, nblk_f, K, y, Sk, ST)
-        ctx.arrs, ctx.keep, ctx.Sk = arrs, keep_np, Sk
+        ctx.arrs, ctx.keep, ctx.Sk, ctx.K = arrs, keep_np, Sk, K
         return torch.from_numpy(y), torch.from_numpy(ST)
 
     @staticmethod
@@ -171,10 +171,10 @@ class _SSDScanFn(torch.autograd.Function):
         dAp = np.zeros((nblk, b, h), np.float32)
         dBp = np.zeros((nblk, b, L, g, n), np.float32)
         dCp = np.zeros((nblk, b, L, g, n), np.float32)
-        _ssd_backward(x, dt, A, B, C, ctx.keep, nblk, K_CHECKPOINT, ctx.Sk, dy_np, dST_np,
+        _ssd_backward(x, dt, A, B, C, ctx.keep, nblk, ctx.K, ctx.Sk, dy_np, dST_np,
                       dx, dS0, ddtp, dAp, dBp, dCp)
         T = torch.from_numpy
-        return (T(dx), T(ddtp).sum(0), T(dAp).sum((0, 1)), T(dBp).sum(0), T(dCp).sum(0), T(dS0), None)
+        return (T(dx), T(ddtp).sum(0), T(dAp).sum((0, 1)), T(dBp).sum(0), T(dCp).sum(0), T(dS0), None, None)
 
 
 def ssd(x, dt, A, B, C, *, chunk_size=None, D=None, z=None, dt_bias=None, dt_softplus=False,
@@ -196,7 +196,10 @@ def ssd(x, dt, A, B, C, *, chunk_size=None, D=None, z=None, dt_bias=None, dt_sof
         keep[:, 1:] = (seq_idx[:, 1:] == seq_idx[:, :-1]).to(fl)
     S0 = initial_state.to(fl) if initial_state is not None else x.new_zeros(b, h, p, n, dtype=fl)
     x32 = x.to(fl)
-    y, ST = _SSDScanFn.apply(x32, dt, A.to(fl), B.to(fl), C.to(fl), S0, keep)
+    tensors = (x, dt, A, B, C, D, z, dt_bias, initial_state)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    K = K_CHECKPOINT if grad else max(L, 1)  # without a backward, one checkpoint (the initial state)
+    y, ST = _SSDScanFn.apply(x32, dt, A.to(fl), B.to(fl), C.to(fl), S0, keep, K)
     if D is not None:
         Df = D.to(fl)
         y = y + (Df[:, None] if Df.dim() == 1 else Df) * x32
