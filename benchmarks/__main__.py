@@ -23,6 +23,7 @@ SUITE = {
     "int8": "benchmarks.int8",  # int8 vs float32 weights on trained models: bits per byte, decode ms
     "llamacpp": "benchmarks.llamacpp",  # Mamba/Mamba-2 130M: ssmkit vs llama.cpp vs transformers
     "hf_families": "benchmarks.hf_families",  # transformers' SSM/hybrid families: their CPU path vs ssmkit
+    "train_speed": "benchmarks.train_speed",  # small models' training step vs the FLOP floor, before/after
 }
 
 

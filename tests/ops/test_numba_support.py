@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("numba")
+numba = pytest.importorskip("numba")
 
-from ssmkit.ops._numba import arrays, njit, numerics  # noqa: E402
+from ssmkit.ops import _numba  # noqa: E402
+from ssmkit.ops._numba import arrays, njit, numerics, prange  # noqa: E402
 
 
 def test_vexp_matches_exp():
@@ -54,3 +55,31 @@ def test_as_array_copies_transposed_inputs_exactly():
     assert a.flags["C_CONTIGUOUS"] and np.array_equal(a, x.contiguous().numpy())
     y = torch.randn(3, 4, 5)
     assert np.shares_memory(arrays.as_array(y), y.numpy())            # contiguous: a view, no copy
+
+
+@njit(parallel=True)
+def _thread_ids(out):
+    for i in prange(out.size):
+        out[i] = numba.get_thread_id()
+
+
+def test_parallel_kernels_run_on_at_most_torchs_threads():
+    """torch.set_num_threads is the one knob: a parallel kernel runs on min(numba's, torch's) threads,
+    and numba's own setting is back after the call."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: numba has one thread whatever torch says")
+    torch_before, numba_before = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        torch.set_num_threads(1)
+        out = np.full(4096, -1, np.int64)
+        _thread_ids(out)
+        assert set(out.tolist()) == {0}  # the calling thread alone
+        assert numba.get_num_threads() == 2 and _numba.num_threads() == 1
+        torch.set_num_threads(2)
+        assert _numba.num_threads() == 2
+        _thread_ids(out)
+        assert out.min() >= 0 and out.max() <= 1
+    finally:
+        torch.set_num_threads(torch_before)
+        numba.set_num_threads(numba_before)

@@ -85,8 +85,9 @@ def test_numba_blocks_split_across_threads(batch):
 
     from ssmkit.ops.parallel_scan import numba as tier
 
-    before = numba.get_num_threads()
+    before, torch_before = numba.get_num_threads(), torch.get_num_threads()
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(2)  # the kernels run on at most torch's threads
     try:
         for M, L in ((601, 9), (1 << 16, 64 // batch)):                # 601: blocks 301 + 300
             a, b, s = _inputs(torch.float32, (batch, L, M), (batch, L, M))
@@ -96,6 +97,7 @@ def test_numba_blocks_split_across_threads(batch):
                 assert_rel(x, y, TOL[torch.float32], f"M={M} {n}")
     finally:
         numba.set_num_threads(before)
+        torch.set_num_threads(torch_before)
 
 
 def test_out_tensor_is_a_plain_empty_tensor(monkeypatch):

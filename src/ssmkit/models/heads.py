@@ -133,11 +133,11 @@ class SSMForCausalLM(PretrainedMixin, nn.Module):
             check_tensor("labels", labels, shape=(b, L), dtypes=INT_DTYPES, legend="(batch, length)")
             if attention_mask is not None:
                 labels = labels.masked_fill(~attention_mask, -100)
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                labels[:, 1:].reshape(-1),
-                ignore_index=-100,
-            )
+            # position t predicts labels[t + 1]; the last position has no target (-100): the labels
+            # shift, not the logits (slicing them would copy (b, l, vocab) forward and backward)
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                   ignore_index=-100)
             loss = _with_aux(loss, aux, self.config.moe_aux_weight)
         return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux, state=state)
 

@@ -268,6 +268,7 @@ class _ScanFn(torch.autograd.Function):
         _scan_forward(u_, dt, A_, Bt_, Ct_, D_, z_np, z is not None, as_array(h0), K, y, yp, hk, hT)
         ctx.arrs = (u_, delta_, bias_, dt, A_, Bt_, Ct_, D_)
         ctx.z, ctx.yp, ctx.hk, ctx.do_softplus = (z_np if z is not None else None), yp, hk, do_softplus
+        ctx.set_materialize_grads(False)  # an unused final state's gradient stays None, not a zeros fill
         return torch.from_numpy(y), torch.from_numpy(hT)
 
     @staticmethod
@@ -289,10 +290,15 @@ class _ScanFn(torch.autograd.Function):
         _scan_backward(u, delta, bias, ctx.do_softplus, dt, A, Bt, Ct, D, z, has_z, K_CHECKPOINT, ctx.yp,
                        ctx.hk, dout_np, dhT_np, nwork, du, ddelta, dbias, dA, dD, dz, dh0, dBp, dCp)
         T = torch.from_numpy
-        dB = T(dBp).sum(0).transpose(-1, -2)
-        dC = T(dCp).sum(0).transpose(-1, -2)
+        dB = _sum_partials(T(dBp)).transpose(-1, -2)
+        dC = _sum_partials(T(dCp)).transpose(-1, -2)
         return (T(du), T(ddelta), T(dbias).sum(0), T(dA).sum(0), dB, dC, T(dD).sum(0),
                 T(dz) if has_z else None, T(dh0), None)
+
+
+def _sum_partials(t: torch.Tensor) -> torch.Tensor:
+    """The workers' partial sums (workers, ...) added up; one worker's as they are (no pass over them)."""
+    return t[0] if t.shape[0] == 1 else t.sum(0)
 
 
 def selective_scan(u, delta, A, B, C, *, D=None, z=None, delta_bias=None, delta_softplus=False,
