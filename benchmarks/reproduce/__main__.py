@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         load_before = round(os.getloadavg()[0], 1)
         result = module.run(module.CONFIGS[which], full=args.full, seed=args.seed)
         result["hardware"]["load_avg_1min_before"] = load_before
+        result.update(report.judge(name, result))
         H.log(f"{name}: done in {result['wall_s']:.0f} s -> {H.save(result, args.out)}")
     if not args.no_report:
         path = report.write(args.out) if os.path.abspath(args.out) == os.path.abspath(H.RESULTS_DIR) else None

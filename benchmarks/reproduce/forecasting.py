@@ -24,11 +24,11 @@ SOURCE = ("no paper number for this series (pmdarima load_taylor); the seasonal-
 DAY, WEEK = 48, 336
 
 CONFIGS = {
-    "tiny": dict(context=96, horizon=8, d_model=8, batch_size=4, steps=2, budget_s=0, lr=1e-3,
+    "tiny": dict(context=96, horizon=8, d_model=8, batch_size=4, steps=2, lr=1e-3,
                  test_stride=400),
-    "small": dict(context=2 * WEEK, horizon=DAY, d_model=32, batch_size=32, steps=2000, budget_s=40,
+    "small": dict(context=2 * WEEK, horizon=DAY, d_model=32, batch_size=32, steps=2000,
                   lr=2e-3, test_stride=12),
-    "full": dict(context=3 * WEEK, horizon=DAY, d_model=64, batch_size=32, steps=20000, budget_s=1800,
+    "full": dict(context=3 * WEEK, horizon=DAY, d_model=64, batch_size=32, steps=20000,
                  lr=1e-3, test_stride=1),
 }
 TEST_FRACTION, N_LAYER = 0.2, 2
@@ -98,9 +98,22 @@ def run(cfg: dict, full: bool = False, seed: int = 0) -> dict:
         rows.append({"model": label, "params": 0, **_scores(pred, y)})
 
     def row(label, pattern, mlp):
-        model = H.build(lambda: _model(pattern, mlp, cfg), seed)
-        fit = H.train(model, _Batches(s, cfg["context"], cfg["horizon"], split, cfg["batch_size"], seed),
-                      cfg["steps"], cfg["lr"], cfg["budget_s"], weight_decay=0.01)
+        # the curve's metric: MAE on 64 windows of the last tenth before the test split, held out of training
+        val = split - int(T * 0.1)
+        vx, vy = _windows(s[:split], cfg["context"], cfg["horizon"], val, max(1, (split - val) // 64))
+        vx, vy = vx[:64], vy[:64]
+
+        def val_mae(m):
+            m.eval()
+            with torch.no_grad():
+                mae = _scores(m(vx).prediction, vy)["mae"]
+            m.train()
+            return mae
+
+        model, fit = H.fit(lambda: H.build(lambda: _model(pattern, mlp, cfg), seed),
+                           _Batches(s, cfg["context"], cfg["horizon"], val, cfg["batch_size"], seed),
+                           cfg["steps"], H.lr_of(cfg["lr"], pattern), val_mae, label=f"{NAME}: {label}",
+                           higher_is_better=False, weight_decay=0.01)
         model.eval()
         with torch.no_grad():
             pred = torch.cat([model(x[i:i + 64]).prediction for i in range(0, x.shape[0], 64)])

@@ -5,9 +5,10 @@ An entry module defines CONFIGS = {"tiny": ..., "small": ..., "full": ...}, `run
 `markdown(result) -> str`. A row whose layer does not import (or cannot be built) is recorded with
 status "not available" and the reason, never a crash.
 
-Budgets: a row gets `budget_s` seconds of training. The number of steps is fixed before training, by
-timing a few probe steps (`ssmkit.training.demo.calibrate_steps`), capped by the config's `steps`, so
-the learning-rate schedule always completes; the steps actually run are recorded beside the result.
+Budgets: a fixed number of steps per task, the same for every model of a table (what the time
+depends on: the machine and its load, is recorded beside it, not the other way round). Each row's
+training records a learning curve (`train(evaluate=...)`), so a reader can see whether the budget let
+the model converge; learning rates come from a small sweep (`fit`) whose scores the JSON keeps.
 """
 
 from __future__ import annotations
@@ -114,30 +115,25 @@ def lm_batches(task: Callable, batch_size: int, seed: int, **task_kwargs) -> Tas
     return TaskBatches(lambda s: as_lm_batch(*task(batch_size, seed=s, **task_kwargs)), seed)
 
 
-def seconds_per_step(model, batches, probe: int = 2) -> float:
-    """Median forward+backward time after one warm-up step (numba compiles); weights untouched."""
-    times = []
-    for i in range(probe + 1):
-        t = time.perf_counter()
-        model(**batches.get(10**7 + i)).loss.backward()
-        times.append(time.perf_counter() - t)
-    model.zero_grad(set_to_none=True)
-    return sorted(times[1:])[probe // 2] * 1.1                      # + the optimizer step
+def train(model, batches, steps: int, lr: float, warmup: int | None = None, weight_decay: float = 0.1,
+          clip: float = 1.0, evaluate: Callable[[], float] | None = None, curve_points: int = 8) -> dict:
+    """AdamW + warmup-cosine (ssmkit.training.optim) for exactly `steps` steps.
 
-
-def train(model, batches, steps: int, lr: float, budget_s: float, weight_decay: float = 0.1,
-          warmup: int | None = None, clip: float = 1.0) -> dict:
-    """AdamW + warmup-cosine (ssmkit.training.optim) for min(steps, what fits in budget_s) steps."""
+    warmup: linear warm-up steps (default steps // 10, at most 200). evaluate: a metric of the model
+    (accuracy, error), taken at `curve_points` evenly spaced steps and at the end: the learning curve
+    that says whether the budget let the model converge. The training loss is recorded as the mean
+    over each of `curve_points` windows. Returns the steps, the time they took, the curves, the final
+    loss (mean of the last 5% of steps).
+    """
     from ssmkit.training.optim import build_optimizer, build_scheduler
 
     model.train()
-    fit = int(budget_s / seconds_per_step(model, batches)) if budget_s > 0 else steps
-    n = max(1, min(steps, fit))
-    warmup = min(n // 10, 200) if warmup is None else warmup
+    warmup = min(steps // 10, 200) if warmup is None else warmup
     opt = build_optimizer(model, lr, weight_decay, (0.9, 0.98))
-    sched = build_scheduler(opt, warmup, n, 0.05)
-    t0, losses = time.perf_counter(), []
-    for step in range(n):
+    sched = build_scheduler(opt, warmup, steps, 0.05)
+    marks = sorted({max(1, round(steps * (k + 1) / curve_points)) for k in range(curve_points)})
+    t0, losses, curve, eval_s = time.perf_counter(), [], [], 0.0
+    for step in range(steps):
         loss = model(**batches.get(step)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -145,9 +141,69 @@ def train(model, batches, steps: int, lr: float, budget_s: float, weight_decay: 
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
-    tail = losses[-max(1, n // 20):]
-    return {"steps": n, "steps_cap": steps, "train_s": round(time.perf_counter() - t0, 1),
-            "final_loss": round(sum(tail) / len(tail), 4)}
+        if step + 1 in marks:
+            point = {"step": step + 1, "loss": round(_mean(losses[-max(1, steps // curve_points):]), 4)}
+            if evaluate is not None:
+                te = time.perf_counter()
+                point["metric"] = evaluate()
+                eval_s += time.perf_counter() - te
+                model.train()
+            curve.append(point)
+            log(f"  step {step + 1}/{steps}: loss {point['loss']:.4g}"
+                + (f", metric {point['metric']:.4g}" if "metric" in point else ""))
+    train_s = time.perf_counter() - t0 - eval_s
+    return {"steps": steps, "lr": lr, "warmup": warmup, "train_s": round(train_s, 1),
+            "s_per_step": round(train_s / max(1, steps), 4),
+            "final_loss": round(_mean(losses[-max(1, steps // 20):]), 4), "curve": curve}
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def still_improving(curve: list[dict], key: str = "metric", higher_is_better: bool = True,
+                    tol: float = 0.01) -> bool:
+    """Whether the last quarter of a learning curve still moved the metric by more than tol (relative
+    to its scale): a budget that ends on a rising curve has not converged."""
+    pts = [p[key] for p in curve if key in p]
+    if len(pts) < 4:
+        return False
+    q = pts[-(len(pts) // 4 + 1):]
+    gain = (q[-1] - q[0]) if higher_is_better else (q[0] - q[-1])
+    return gain > tol * max(abs(q[0]), abs(q[-1]), 1e-12)
+
+
+def fit(make: Callable[[], torch.nn.Module], batches, steps: int, lrs, evaluate: Callable, label: str = "",
+        sweep_steps: int | None = None, higher_is_better: bool = True, **train_kw) -> tuple:
+    """A fresh make() trained `steps` steps at the best of `lrs`, with its learning curve.
+
+    lrs: one learning rate, or several: then each trains a fresh make() for `sweep_steps` (default a
+    quarter of `steps`) and the best final evaluate(model) wins; the sweep's scores are returned under
+    "lr_sweep". evaluate(model) -> the entry's metric (accuracy, error), also the curve's points.
+    Returns (model, train()'s record + "lr_sweep").
+    """
+    lrs = list(lrs) if isinstance(lrs, (list, tuple)) else [lrs]
+    sweep = None
+    if len(lrs) > 1:
+        n = sweep_steps or max(1, steps // 4)
+        scores = {}
+        for lr in lrs:
+            m = make()
+            r = train(m, batches, n, lr, evaluate=lambda m=m: evaluate(m), curve_points=1, **train_kw)
+            scores[str(lr)] = r["curve"][-1]["metric"]
+            log(f"{label}: sweep: lr {lr:g} -> {scores[str(lr)]:.4g} after {n} steps")
+        ok = {k: v for k, v in scores.items() if v == v}              # NaN (diverged) never wins
+        best = float((max if higher_is_better else min)(ok, key=ok.get)) if ok else lrs[0]
+        sweep = {"steps": n, "scores": scores, "best": best}
+        lrs = [best]
+    model = make()
+    record = train(model, batches, steps, lrs[0], evaluate=lambda: evaluate(model), **train_kw)
+    return model, {**record, "lr_sweep": sweep}
+
+
+def lr_of(lrs, key: str):
+    """A config's learning rates for one model: `lrs` itself, or lrs[key] when it is a dict."""
+    return lrs[key] if isinstance(lrs, dict) else lrs
 
 
 # ---- evaluation ----------------------------------------------------------------------------------

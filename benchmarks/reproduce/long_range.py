@@ -30,14 +30,14 @@ PAPER_LISTOPS = {"S4": "59.6%", "S4D": "60.5%", "Mamba": "n/a", "Transformer": "
 
 CONFIGS = {
     "tiny": dict(target_params=4000, listops=dict(min_len=8, max_len=32, n_train=16, n_test=8),
-                 fmnist=dict(n_train=16, n_test=8, length=64), batch_size=4, steps=2, budget_s=0, lr=1e-3,
+                 fmnist=dict(n_train=16, n_test=8, length=64), batch_size=4, steps=2, lr=1e-3,
                  d_ref=16),
     "small": dict(listops=dict(min_len=64, max_len=256, n_train=3000, n_test=500),
                   fmnist=dict(n_train=20000, n_test=1000, length=784), batch_size=32, steps=3000,
-                  budget_s=25, lr=3e-3, d_ref=32),
+                  lr=3e-3, d_ref=32),
     "full": dict(listops=dict(min_len=500, max_len=2000, n_train=96000, n_test=2000),
                  fmnist=dict(n_train=60000, n_test=10000, length=784), batch_size=32, steps=30000,
-                 budget_s=3600, lr=1e-3, d_ref=128),
+                 lr=1e-3, d_ref=128),
 }
 N_LAYER = 2
 MODELS = [  # label, pattern, mlp width factor (the Transformer has an MLP sublayer)
@@ -151,9 +151,11 @@ def _task(name, data, cfg, seed) -> dict:
 
     def row(label, pattern, mlp):
         d = _matched_width(pattern, mlp, target, 10, vocab, L)
-        model = H.build(lambda: _model(pattern, mlp, d, 10, vocab, L), seed)
-        fit = H.train(model, _Batches(xtr, ytr, mtr, cfg["batch_size"], seed), cfg["steps"], cfg["lr"],
-                      cfg["budget_s"], weight_decay=0.05)
+        model, fit = H.fit(lambda: H.build(lambda: _model(pattern, mlp, d, 10, vocab, L), seed),
+                           _Batches(xtr, ytr, mtr, cfg["batch_size"], seed), cfg["steps"],
+                           H.lr_of(cfg["lr"], pattern),
+                           lambda m: _accuracy(m, xte[:200], yte[:200], None if mte is None else mte[:200]),
+                           label=f"{NAME}/{name}: {label}", weight_decay=0.05)
         acc = _accuracy(model, xte, yte, mte)
         H.log(f"{NAME}/{name}: {label}: acc {acc:.3f} after {fit['steps']} steps")
         return {"model": label, "d_model": d, "params": H.n_params(model), **fit, "acc": acc}

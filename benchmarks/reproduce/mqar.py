@@ -19,12 +19,12 @@ SOURCE = ("Mamba-2 paper (Dao & Gu 2024), Figure 8 (MQAR, 2 layers, model dim 32
           "256-1024): Mamba-2 improves with N=16/64/256 and beats Mamba-1; only qualitative (a plot)")
 
 CONFIGS = {
-    "tiny": dict(seq_len=16, n_pairs=2, vocab_size=16, d_model=16, batch_size=4, steps=2, budget_s=0,
+    "tiny": dict(seq_len=16, n_pairs=2, vocab_size=16, d_model=16, batch_size=4, steps=2,
                  lr=1e-3, n_test=8, states=[16]),
-    "small": dict(seq_len=64, n_pairs=8, vocab_size=64, d_model=64, batch_size=64, steps=3000, budget_s=22,
+    "small": dict(seq_len=64, n_pairs=8, vocab_size=64, d_model=64, batch_size=64, steps=3000,
                   lr=3e-3, n_test=512, states=[16, 64, 256]),
     "full": dict(seq_len=256, n_pairs=32, vocab_size=8192, d_model=128, batch_size=64, steps=20000,
-                 budget_s=1800, lr=1e-3, n_test=3000, states=[16, 64, 256]),
+                 lr=1e-3, n_test=3000, states=[16, 64, 256]),
 }
 N_LAYER = 2
 
@@ -52,9 +52,11 @@ def run(cfg: dict, full: bool = False, seed: int = 0) -> dict:
     test_x, test_y = associative_recall(cfg["n_test"], seed=10**9 + seed, **task)
 
     def row(label, layers, kw, n):
-        model = H.build(lambda: _make(cfg, layers, kw), seed)
-        fit = H.train(model, H.lm_batches(associative_recall, cfg["batch_size"], seed, **task), cfg["steps"],
-                      cfg["lr"], cfg["budget_s"])
+        model, fit = H.fit(lambda: H.build(lambda: _make(cfg, layers, kw), seed),
+                           H.lm_batches(associative_recall, cfg["batch_size"], seed, **task), cfg["steps"],
+                           H.lr_of(cfg["lr"], layers),
+                           lambda m: H.lm_accuracy(m, test_x[:128], test_y[:128], batch_size=128)["acc"],
+                           label=f"{NAME}: {label}")
         acc = H.lm_accuracy(model, test_x, test_y, batch_size=256)
         H.log(f"{NAME}: {label}: acc {acc['acc']:.3f} after {fit['steps']} steps")
         return {"model": label, "d_state": n, "params": H.n_params(model), **fit, "acc": acc["acc"]}

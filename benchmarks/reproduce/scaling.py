@@ -6,13 +6,22 @@ than attention); a log-log plot.
 Claim (Mamba paper, Gu & Dao 2023, sec. 4.5 and Figure 8): SSM cost grows linearly in length, attention's
 quadratically; SSM decode cost per token is constant while attention's grows with the context.
 
-Peak memory on CPU: the rise of the process's resident-set high-water mark (VmHWM, reset through
-/proc/self/clear_refs) over the resident set before the measurement; on CUDA torch's peak allocation.
+Peak memory of a training step (forward + backward), on CPU: measured in a worker process of its own per
+model (`step_peaks`), one step per length, as the rise of the resident-set high-water mark (VmHWM, reset
+through /proc/self/clear_refs) over the resident set before the step. torch's CPU allocator keeps no
+statistics, and in the timing process glibc and the kernels' buffer cache keep freed memory resident, so
+there a later step reuses an earlier one's pages and shows a rise of 0; the worker runs with glibc
+returning every block of 64 KiB or more to the system at free (MALLOC_MMAP_THRESHOLD_), its heap
+trimmed (malloc_trim) before each step and the kernels' cache off, so the step faults in the pages of
+its own tensors. On CUDA torch's peak allocation.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 
 import torch
@@ -95,6 +104,7 @@ def _measure(model, L: int, cfg: dict, device) -> dict:
 
     with _PeakMemory(device) as mem:
         train = _timed(step, cfg["repeats"])
+    peak = mem.mb if device.type == "cuda" else None            # CPU: step_peaks, in a worker
     model.eval()
     with torch.no_grad():                                       # decode after a prompt of length L
         state = model.init_state(1)
@@ -106,7 +116,51 @@ def _measure(model, L: int, cfg: dict, device) -> dict:
         decode = (time.perf_counter() - t) / cfg["decode_tokens"]
     model.train()
     return {"forward_s": fwd, "train_step_s": train, "decode_ms_per_token": 1e3 * decode,
-            "peak_mem_mb": mem.mb}
+            "peak_mem_mb": peak}
+
+
+# the worker's allocator: blocks of 64 KiB and more are mmapped and unmapped at free, the heap trimmed
+PEAK_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "SSMKIT_CPU_CACHE_MB": "0"}
+
+
+def step_peaks(pattern: str, mlp: int, cfg: dict, seed: int, lengths: list[int]) -> dict[str, float]:
+    """{length: peak MB of one training step} for one model, measured in a fresh worker process (see
+    the module docstring); lengths in increasing order. A length the worker did not reach is missing."""
+    env = dict(os.environ, **PEAK_ENV)
+    env["PYTHONPATH"] = os.pathsep.join([H.ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    job = json.dumps([pattern, mlp, cfg, seed, lengths])
+    try:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.reproduce.scaling", job], env=env,
+                              cwd=H.ROOT, capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        return {}
+    if proc.returncode != 0:
+        H.log(f"{NAME}: peak-memory worker for {pattern} failed: {proc.stderr.strip()[-300:]}")
+    out = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    return json.loads(out[-1]) if out else {}
+
+
+def _peak_worker(pattern: str, mlp: int, cfg: dict, seed: int, lengths: list[int]) -> None:
+    from benchmarks._cells import PeakRSS
+
+    torch.set_num_threads(1)
+    model = H.build(lambda: _model(pattern, mlp, cfg), seed)
+    model.train()
+
+    def step(L):
+        ids = torch.randint(0, VOCAB, (1, L))
+        model(ids, labels=ids).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    step(min(lengths))                                          # numba's cache, lazy imports
+    trim = _malloc_trim()
+    peaks = {}
+    for L in lengths:
+        trim()                                                  # free heap pages back: the step faults its own
+        with PeakRSS() as mem:
+            step(L)
+        peaks[str(L)] = round(mem.mb, 1)
+        print(json.dumps(peaks), flush=True)                    # what was reached, if a later one dies
 
 
 def crossovers(rows: list[dict], metric: str) -> dict:
@@ -119,7 +173,8 @@ def crossovers(rows: list[dict], metric: str) -> dict:
         common = [L for L in r["by_length"] if L in attn["by_length"]]
         cross = None
         for L in sorted(common, key=int, reverse=True):
-            if r["by_length"][L][metric] < attn["by_length"][L][metric]:
+            mine, theirs = r["by_length"][L].get(metric), attn["by_length"][L].get(metric)
+            if mine is not None and theirs is not None and mine < theirs:
                 cross = int(L)
             else:
                 break
@@ -148,6 +203,10 @@ def run(cfg: dict, full: bool = False, seed: int = 0, plot: bool = True) -> dict
             if m["train_step_s"] > cfg["cap_s"] and L != cfg["lengths"][-1]:
                 stopped = f"stopped after {L}: training step {m['train_step_s']:.1f}s > cap {cfg['cap_s']}s"
                 break
+        if device.type == "cpu" and by_len:
+            peaks = step_peaks(pattern, mlp, cfg, seed, [int(L) for L in by_len])
+            for L, m in by_len.items():
+                m["peak_mem_mb"] = peaks.get(L)
         return {"model": label, "params": H.n_params(model), "by_length": by_len, "stopped": stopped}
 
     rows = [H.guarded(m[0], lambda m=m: row(*m)) for m in MODELS]
@@ -174,7 +233,7 @@ def _plot(r: dict, path: str | None = None) -> str | None:
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
     for ax, metric in zip(axes, METRICS):
         for row in r["rows"]:
-            pts = [(int(L), v[metric]) for L, v in row.get("by_length", {}).items() if v[metric] > 0]
+            pts = [(int(L), v[metric]) for L, v in row.get("by_length", {}).items() if (v.get(metric) or 0) > 0]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=row["model"])
         ax.set_xscale("log", base=2)
@@ -221,3 +280,18 @@ def markdown(r: dict) -> str:
     if r.get("plot"):
         out.append(f"![scaling]({os.path.relpath(r['plot'], 'docs')})")
     return "\n\n".join(out)
+
+
+def _malloc_trim():
+    """glibc's malloc_trim(0) (free pages of the heap back to the system), or a no-op elsewhere."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None).malloc_trim
+        return lambda: fn(0)
+    except (OSError, AttributeError):
+        return lambda: None
+
+
+if __name__ == "__main__":                                      # the peak-memory worker (step_peaks)
+    _peak_worker(*json.loads(sys.argv[1]))

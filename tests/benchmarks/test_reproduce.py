@@ -12,6 +12,7 @@ import torch
 
 from benchmarks.reproduce import harness as H
 from benchmarks.reproduce import listops as LO
+from benchmarks.reproduce import scaling as SC
 from benchmarks.reproduce import report
 
 ENTRIES = report.ENTRIES
@@ -26,6 +27,7 @@ def _check_rows(r: dict) -> None:
             continue
         if "steps" in row:
             assert row["steps"] == 2 and math.isfinite(row["final_loss"]), row
+            assert row["curve"] and all("metric" in p for p in row["curve"]), row   # the learning curve
         for key in ("acc", "seq_acc"):
             if key in row:
                 assert 0.0 <= row[key] <= 1.0
@@ -48,6 +50,70 @@ def test_entry_tiny_config_runs(tiny_results, name):
     assert r["name"] == name and r["command"].endswith(name)
     assert r["hardware"]["torch"] == torch.__version__
     _check_rows(r)
+
+
+def test_scaling_peak_memory_is_each_steps_own(tiny_results):
+    """Measured in a worker per model (glibc returning freed blocks): never 0, and a longer sequence's
+    step needs more than a shorter one's (in the timing process most cells read 0)."""
+    if torch.cuda.is_available():
+        pytest.skip("CPU measurement")
+    for row in tiny_results["scaling"]["rows"]:
+        peaks = [v["peak_mem_mb"] for _, v in sorted(row["by_length"].items(), key=lambda kv: int(kv[0]))]
+        assert all(p is not None and p > 0 for p in peaks), row
+    lengths = [1024, 8192]
+    peaks = SC.step_peaks("mamba", 0, dict(SC.CONFIGS["tiny"], d_model=32), 0, lengths)
+    assert peaks[str(lengths[1])] > 3 * peaks[str(lengths[0])] > 0, peaks
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_every_result_carries_a_verdict(tiny_results, name):
+    v = report.judge(name, tiny_results[name])
+    assert isinstance(v["reproduced"], bool) and isinstance(v["figures"], dict) and v["verdict"]
+
+
+def _copying(mamba: float, h3: float) -> dict:
+    rows = [{"model": "Mamba", "acc": mamba, "steps": 10, "curve": []}, {"model": "H3", "acc": h3, "steps": 10}]
+    return {"rows": rows}
+
+
+def test_verdict_thresholds():
+    assert report.judge("selective_copying", _copying(0.97, 0.5))["reproduced"]
+    assert not report.judge("selective_copying", _copying(0.97, 0.9))["reproduced"]       # not clearly below
+    assert not report.judge("selective_copying", _copying(0.9, 0.1))["reproduced"]        # Mamba short of 95%
+    rising = [{"step": s, "metric": m} for s, m in ((25, 0.2), (50, 0.4), (75, 0.6), (100, 0.8))]
+    r = _copying(0.8, 0.1)
+    r["rows"][0].update(curve=rising, steps=100)
+    assert "still improving" in report.judge("selective_copying", r)["verdict"]
+
+    def scaling(attn_power: float, mem: float) -> dict:
+        lengths = (1024, 2048, 4096)
+        row = lambda m, p: {"model": m, "by_length": {str(L): {"train_step_s": (L / 1024) ** p,  # noqa: E731
+                                                               "peak_mem_mb": mem * L} for L in lengths}}
+        return {"rows": [row("Mamba", 1.0), row("Transformer", attn_power)]}
+
+    assert report.judge("scaling", scaling(2.0, 1.0))["reproduced"]
+    assert not report.judge("scaling", scaling(1.0, 1.0))["reproduced"]
+    assert not report.judge("scaling", scaling(2.0, 0.0))["reproduced"]                   # memory never 0
+
+
+class _Quadratic(torch.nn.Module):
+    """loss = (w - 1)^2: in two Adam steps a larger learning rate gets closer to the minimum."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return type("Out", (), {"loss": (self.w - 1) ** 2 + 0 * x.sum()})
+
+
+def test_fit_sweeps_learning_rates_and_keeps_the_best():
+    batches = H.TaskBatches(lambda s: {"x": torch.zeros(1)}, 0)
+    model, rec = H.fit(_Quadratic, batches, 4, [1e-3, 1e-1], lambda m: -float((m.w - 1) ** 2),
+                       sweep_steps=2, warmup=0, weight_decay=0.0)
+    assert rec["lr_sweep"]["best"] == 1e-1 and set(rec["lr_sweep"]["scores"]) == {"0.001", "0.1"}
+    assert rec["lr_sweep"]["scores"]["0.1"] > rec["lr_sweep"]["scores"]["0.001"]
+    assert rec["lr"] == 1e-1 and rec["steps"] == 4 and rec["curve"][-1]["step"] == 4
 
 
 def test_report_renders_every_entry(tiny_results, tmp_path):
