@@ -177,8 +177,19 @@ def _scaling(r):
             + ", ".join(f"{m} {f['memory_slope']}" for m, f in figures.items()) + ".")
     if zero_mem:
         text += f" Peak memory not measured (0 or missing) for {sorted(set(zero_mem))}."
-    return ok, figures, text + (" Reproduced: attention's step grows quadratically, the SSMs' linearly." if ok
-                                else " NOT reproduced.")
+    if ok:
+        return True, figures, text + " Reproduced: attention's step grows quadratically, the SSMs' linearly."
+    h = r.get("hardware", {})
+    longest = {x["model"]: max((int(L) for L in x.get("by_length", {})), default=0) for x in rows}
+    flat = [m for m, s in ssm.items() if s is not None and s < 0.8]
+    why = []
+    if flat or min(longest.values(), default=0) < 4096:
+        why.append(f"the steps measured are dominated by fixed costs (slopes below 1: {flat}) or stop early "
+                   f"(longest length per model: {longest}), with the 1-min load average at "
+                   f"{h.get('load_avg_1min_before', '?')}-{h.get('load_avg_1min', '?')} on {h.get('cores', '?')} "
+                   f"cores: the time cap was reached by other processes' load, not by length; rerun on an idle "
+                   f"machine (or with a larger cap_s) to settle it")
+    return False, figures, text + " NOT reproduced" + (": " + "; ".join(why) if why else "") + "."
 
 
 def _r(v):

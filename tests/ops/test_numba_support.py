@@ -76,6 +76,7 @@ def test_parallel_kernels_run_on_at_most_torchs_threads():
         _thread_ids(out)
         assert set(out.tolist()) == {0}  # the calling thread alone
         assert numba.get_num_threads() == 2 and _numba.num_threads() == 1
+        assert torch.get_num_threads() == 1  # numba's OpenMP layer shares the count: put back
         torch.set_num_threads(2)
         assert _numba.num_threads() == 2
         _thread_ids(out)

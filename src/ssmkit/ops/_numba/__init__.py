@@ -52,8 +52,8 @@ class _TorchThreads:
         functools.update_wrapper(self, kernel.py_func)
 
     def __call__(self, *args):
-        mine = nb.get_num_threads()
-        n = min(mine, torch.get_num_threads())
+        mine, theirs = nb.get_num_threads(), torch.get_num_threads()
+        n = min(mine, theirs)
         if n == mine:
             return self.kernel(*args)
         nb.set_num_threads(n)
@@ -61,6 +61,9 @@ class _TorchThreads:
             return self.kernel(*args)
         finally:
             nb.set_num_threads(mine)
+            # numba's OpenMP layer sets the OpenMP thread count, which torch shares: put torch's back
+            if torch.get_num_threads() != theirs:
+                torch.set_num_threads(theirs)
 
     def __getattr__(self, name):
         return getattr(self.kernel, name)
