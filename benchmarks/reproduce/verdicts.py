@@ -66,8 +66,8 @@ def _selective_copying(r):
     figures = {"mamba_acc": sel["acc"], "best_time_invariant": best["model"], "best_time_invariant_acc": best["acc"],
                "steps": sel.get("steps")}
     ok = sel["acc"] >= 0.95 and best["acc"] <= sel["acc"] - LTI_MARGIN
-    text = (f"Mamba {H.pct(sel['acc'])} per token vs the best time-invariant row ({best['model']}) "
-            f"{H.pct(best['acc'])} after {sel.get('steps')} steps each.")
+    text = (f"Mamba {H.pct(sel['acc'])} per token after {sel.get('steps')} steps vs the best time-invariant "
+            f"row ({best['model']}) {H.pct(best['acc'])} after {best.get('steps')}.")
     if ok:
         return True, figures, text + " Reproduced: the selective layer solves it, the time-invariant ones do not."
     why = _cause(sel) if sel["acc"] < 0.95 else (f"{best['model']} came within {LTI_MARGIN:.0%} of Mamba")
