@@ -19,7 +19,8 @@ SUITE = {
     "parallel_scan": "benchmarks.parallel_scan",
     "decode": "benchmarks.decode",
     "kernel_memory": "benchmarks.kernel_memory",  # S4D Vandermonde kernel vs the one-shot (d, n, L) einsum
-    "serve_load": "benchmarks.serve_load",  # ssmkit serve on loopback: batching, prefix cache, 1,000 sessions, SIGKILL
+    # ssmkit serve on loopback: batching, prefix cache, 1,000 sessions, SIGKILL
+    "serve_load": "benchmarks.serve_load",
     "int8": "benchmarks.int8",  # int8 vs float32 weights on trained models: bits per byte, decode ms
     "llamacpp": "benchmarks.llamacpp",  # Mamba/Mamba-2 130M: ssmkit vs llama.cpp vs transformers
     "hf_families": "benchmarks.hf_families",  # transformers' SSM/hybrid families: their CPU path vs ssmkit

@@ -156,7 +156,7 @@ def _peak_worker(pattern: str, mlp: int, cfg: dict, seed: int, lengths: list[int
     trim = _malloc_trim()
     peaks = {}
     for L in lengths:
-        trim()                                                  # free heap pages back: the step faults its own
+        trim()  # free heap pages back: the step faults its own
         with PeakRSS() as mem:
             step(L)
         peaks[str(L)] = round(mem.mb, 1)
@@ -233,7 +233,8 @@ def _plot(r: dict, path: str | None = None) -> str | None:
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
     for ax, metric in zip(axes, METRICS):
         for row in r["rows"]:
-            pts = [(int(L), v[metric]) for L, v in row.get("by_length", {}).items() if (v.get(metric) or 0) > 0]
+            by_length = row.get("by_length", {}).items()
+            pts = [(int(L), v[metric]) for L, v in by_length if (v.get(metric) or 0) > 0]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=row["model"])
         ax.set_xscale("log", base=2)

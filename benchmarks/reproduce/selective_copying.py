@@ -65,7 +65,8 @@ def run(cfg: dict, full: bool = False, seed: int = 0) -> dict:
     def row(label, arch, layer, paper, spec):
         batches = H.lm_batches(selective_copying, cfg["batch_size"], seed, **task)
         model, fit = H.fit(lambda: H.build(lambda: _make(spec, L), seed), batches, cfg["steps"], cfg["lr"],
-                           lambda m: H.lm_accuracy(m, test_x[:64], test_y[:64])["acc"], label=f"{NAME}: {label}",
+                           lambda m: H.lm_accuracy(m, test_x[:64], test_y[:64])["acc"],
+                           label=f"{NAME}: {label}",
                            sweep_steps=cfg.get("sweep_steps"))
         acc = H.lm_accuracy(model, test_x, test_y)
         H.log(f"{NAME}: {label}: acc {acc['acc']:.3f} after {fit['steps']} steps ({fit['train_s']} s)")

@@ -8,7 +8,8 @@ stores them in docs/results/<entry>.json; the report prints them. Thresholds are
     long range         on every task, the best SSM ahead of the same-size Transformer
     forecasting        on every series, the best SSM's MAE below the seasonal-naive one and the Transformer's
     scaling            the Transformer's training step grows faster than linearly (log-log slope over the
-                       longest lengths >= 1.5), every SSM's about linearly (<= 1.25); peak memory > 0 everywhere
+                       longest lengths >= 1.5), every SSM's about linearly (<= 1.25);
+                       peak memory > 0 everywhere
 
 Where a claim is not reproduced, the verdict names the measured cause the numbers show (a learning curve
 still improving at the end of the budget, a model at chance) and the run that would settle it.
@@ -24,8 +25,14 @@ LTI_MARGIN = 0.20
 
 
 def judge(name: str, r: dict) -> dict:
-    fn = {"selective_copying": _selective_copying, "induction_heads": _induction_heads, "mqar": _mqar,
-          "long_range": _long_range, "forecasting": _forecasting, "scaling": _scaling}[name]
+    fn = {
+        "selective_copying": _selective_copying,
+        "induction_heads": _induction_heads,
+        "mqar": _mqar,
+        "long_range": _long_range,
+        "forecasting": _forecasting,
+        "scaling": _scaling,
+    }[name]
     reproduced, figures, text = fn(r)
     return {"reproduced": bool(reproduced), "figures": figures, "verdict": text}
 
@@ -44,12 +51,18 @@ def _cause(x: dict, metric: str = "acc", higher: bool = True) -> str:
     pts = [p for p in curve if "metric" in p]
     if len(pts) >= 4:
         if H.still_improving(curve, higher_is_better=higher):
-            return (f"{x['model']}'s learning curve was still improving at the end ({_curve_text(pts)}): the "
-                    f"budget of {x['steps']} steps is too short; rerun with more steps (`--full`) to settle it")
-        return (f"{x['model']}'s learning curve had flattened ({_curve_text(pts)}): more steps of this "
-                f"configuration would not change it; a learning-rate sweep or a larger model would")
-    return (f"{x['model']} trained {x.get('steps', '?')} steps (final training loss {x.get('final_loss', '?')}) "
-            f"and its run recorded no learning curve; rerun with curves and more steps (`--full`)")
+            return (
+                f"{x['model']}'s learning curve was still improving at the end ({_curve_text(pts)}): the "
+                f"budget of {x['steps']} steps is too short; rerun with more steps (`--full`) to settle it"
+            )
+        return (
+            f"{x['model']}'s learning curve had flattened ({_curve_text(pts)}): more steps of this "
+            f"configuration would not change it; a learning-rate sweep or a larger model would"
+        )
+    return (
+        f"{x['model']} trained {x.get('steps', '?')} steps (final training loss {x.get('final_loss', '?')}) "
+        f"and its run recorded no learning curve; rerun with curves and more steps (`--full`)"
+    )
 
 
 def _curve_text(pts: list[dict]) -> str:
@@ -59,17 +72,27 @@ def _curve_text(pts: list[dict]) -> str:
 def _selective_copying(r):
     rows = _ran(r)
     sel = _row(rows, "Mamba")
-    lti = [x for x in rows if x["model"] not in ("Mamba", "S5")]   # the claim's: S4D, H3, Hyena (S5 shown)
+    lti = [x for x in rows if x["model"] not in ("Mamba", "S5")]  # the claim's: S4D, H3, Hyena (S5 shown)
     if not sel or not lti:
         return False, {}, "Not enough rows ran to compare."
     best = max(lti, key=lambda x: x["acc"])
-    figures = {"mamba_acc": sel["acc"], "best_time_invariant": best["model"], "best_time_invariant_acc": best["acc"],
-               "steps": sel.get("steps")}
+    figures = {
+        "mamba_acc": sel["acc"],
+        "best_time_invariant": best["model"],
+        "best_time_invariant_acc": best["acc"],
+        "steps": sel.get("steps"),
+    }
     ok = sel["acc"] >= 0.95 and best["acc"] <= sel["acc"] - LTI_MARGIN
-    text = (f"Mamba {H.pct(sel['acc'])} per token after {sel.get('steps')} steps vs the best time-invariant "
-            f"row ({best['model']}) {H.pct(best['acc'])} after {best.get('steps')}.")
+    text = (
+        f"Mamba {H.pct(sel['acc'])} per token after {sel.get('steps')} steps vs the best time-invariant "
+        f"row ({best['model']}) {H.pct(best['acc'])} after {best.get('steps')}."
+    )
     if ok:
-        return True, figures, text + " Reproduced: the selective layer solves it, the time-invariant ones do not."
+        return (
+            True,
+            figures,
+            text + " Reproduced: the selective layer solves it, the time-invariant ones do not.",
+        )
     why = _cause(sel) if sel["acc"] < 0.95 else (f"{best['model']} came within {LTI_MARGIN:.0%} of Mamba")
     return False, figures, text + f" NOT reproduced: {why}."
 
@@ -78,16 +101,27 @@ def _induction_heads(r):
     rows = _ran(r)
     train_len = r["config"]["train_len"]
     L16 = str(16 * train_len)
-    acc = {m: (_row(rows, m) or {}).get("by_length", {}).get(L16) for m in ("Mamba", "Mamba-2", "Attention (rotary)")}
+    acc = {
+        m: (_row(rows, m) or {}).get("by_length", {}).get(L16)
+        for m in ("Mamba", "Mamba-2", "Attention (rotary)")
+    }
     figures = {f"{m} acc at {L16}": (a or {}).get("acc") for m, a in acc.items()}
     m, a = acc["Mamba"], acc["Attention (rotary)"]
     ok = bool(m and m["acc"] >= 0.95 and (a is None or a["acc"] < 0.5))
-    text = "; ".join(f"{k} at 16x ({L16}): {H.pct(v['acc']) if v else 'not run'}" for k, v in acc.items()) + "."
+    text = (
+        "; ".join(f"{k} at 16x ({L16}): {H.pct(v['acc']) if v else 'not run'}" for k, v in acc.items()) + "."
+    )
     if ok:
         return True, figures, text + " Reproduced: Mamba extrapolates, attention collapses."
     mr = _row(rows, "Mamba")
     reach = [int(L) for L, v in (mr or {}).get("by_length", {}).items() if v and v["acc"] >= 0.95]
-    why = (f"Mamba keeps >= 95% up to length {max(reach)} only" if reach else _cause(mr) if mr else "Mamba did not run")
+    why = (
+        f"Mamba keeps >= 95% up to length {max(reach)} only"
+        if reach
+        else _cause(mr)
+        if mr
+        else "Mamba did not run"
+    )
     return False, figures, text + f" NOT reproduced: {why}."
 
 
@@ -102,10 +136,15 @@ def _mqar(r):
         return False, figures, "Not enough rows ran to compare."
     grows = all(b["acc"] > a["acc"] + 0.02 for a, b in zip(m2, m2[1:]))
     solved = attn is not None and attn["acc"] >= 0.9
-    text = (" -> ".join(f"Mamba-2 N={x['d_state']}: {H.pct(x['acc'])}" for x in m2)
-            + (f"; attention {H.pct(attn['acc'])}." if attn else "."))
+    text = " -> ".join(f"Mamba-2 N={x['d_state']}: {H.pct(x['acc'])}" for x in m2) + (
+        f"; attention {H.pct(attn['acc'])}." if attn else "."
+    )
     if grows and solved:
-        return True, figures, text + " Reproduced: accuracy grows with the state size and attention solves it."
+        return (
+            True,
+            figures,
+            text + " Reproduced: accuracy grows with the state size and attention solves it.",
+        )
     bad = [] if grows else [f"accuracy does not grow with the state ({_cause(m2[-1])})"]
     if not solved:
         bad.append("attention does not solve it" + (f" ({_cause(attn)})" if attn else ""))
@@ -125,8 +164,10 @@ def _long_range(r):
         figures[task] = {"best_ssm": best["model"], "best_ssm_acc": best["acc"], "transformer_acc": tf["acc"]}
         ahead = best["acc"] > tf["acc"]
         ok = ok and ahead
-        parts.append(f"{task}: best SSM {best['model']} {H.pct(best['acc'])} vs Transformer {H.pct(tf['acc'])}"
-                     + ("" if ahead else f" (behind: {_cause(best)})"))
+        parts.append(
+            f"{task}: best SSM {best['model']} {H.pct(best['acc'])} vs Transformer {H.pct(tf['acc'])}"
+            + ("" if ahead else f" (behind: {_cause(best)})")
+        )
     text = "; ".join(parts) + "." if parts else "No task ran."
     return ok, figures, text + (" Reproduced." if ok else " NOT reproduced.")
 
@@ -136,7 +177,9 @@ def _forecasting(r):
     figures, parts, ok = {}, [], True
     for name, s in series.items():
         rows = [x for x in s.get("rows", []) if "mae" in x]
-        base = min((x for x in rows if x["model"].startswith("seasonal")), key=lambda x: x["mae"], default=None)
+        base = min(
+            (x for x in rows if x["model"].startswith("seasonal")), key=lambda x: x["mae"], default=None
+        )
         tf = _row(rows, "Transformer")
         ssm = [x for x in rows if not x["model"].startswith("seasonal") and x["model"] != "Transformer"]
         if base is None or not ssm:
@@ -145,11 +188,18 @@ def _forecasting(r):
         best = min(ssm, key=lambda x: x["mae"])
         beats = best["mae"] < base["mae"] and (tf is None or best["mae"] < tf["mae"])
         ok = ok and beats
-        figures[name] = {"best_ssm": best["model"], "best_ssm_mae": best["mae"], "baseline": base["model"],
-                         "baseline_mae": base["mae"], "transformer_mae": tf and tf["mae"]}
-        parts.append(f"{name}: best SSM {best['model']} MAE {best['mae']:.4g} vs {base['model']} {base['mae']:.4g}"
-                     + (f", Transformer {tf['mae']:.4g}" if tf else "")
-                     + ("" if beats else f" (not below both: {_cause(best, 'mae', higher=False)})"))
+        figures[name] = {
+            "best_ssm": best["model"],
+            "best_ssm_mae": best["mae"],
+            "baseline": base["model"],
+            "baseline_mae": base["mae"],
+            "transformer_mae": tf and tf["mae"],
+        }
+        parts.append(
+            f"{name}: best SSM {best['model']} MAE {best['mae']:.4g} vs {base['model']} {base['mae']:.4g}"
+            + (f", Transformer {tf['mae']:.4g}" if tf else "")
+            + ("" if beats else f" (not below both: {_cause(best, 'mae', higher=False)})")
+        )
     text = "; ".join(parts) + "." if parts else "Nothing ran."
     return ok and bool(parts), figures, text + (" Reproduced." if ok and parts else " NOT reproduced.")
 
@@ -165,16 +215,34 @@ def slope(by_length: dict, metric: str, last: int = 3) -> float | None:
 
 def _scaling(r):
     rows = _ran(r)
-    figures = {x["model"]: {"train_slope": _r(slope(x.get("by_length", {}), "train_step_s")),
-                            "memory_slope": _r(slope(x.get("by_length", {}), "peak_mem_mb"))} for x in rows}
-    zero_mem = [x["model"] for x in rows for v in x.get("by_length", {}).values() if not (v.get("peak_mem_mb") or 0) > 0]
+    figures = {
+        x["model"]: {
+            "train_slope": _r(slope(x.get("by_length", {}), "train_step_s")),
+            "memory_slope": _r(slope(x.get("by_length", {}), "peak_mem_mb")),
+        }
+        for x in rows
+    }
+    zero_mem = [
+        x["model"]
+        for x in rows
+        for v in x.get("by_length", {}).values()
+        if not (v.get("peak_mem_mb") or 0) > 0
+    ]
     tf = figures.get("Transformer", {}).get("train_slope")
     ssm = {m: f["train_slope"] for m, f in figures.items() if m != "Transformer"}
-    ok = (tf is not None and tf >= 1.5 and all(s is not None and s <= 1.25 for s in ssm.values())
-          and not zero_mem)
-    text = (f"log-log slope of the training step over the longest lengths: Transformer {tf}, "
-            + ", ".join(f"{m} {s}" for m, s in ssm.items()) + "; peak memory slopes: "
-            + ", ".join(f"{m} {f['memory_slope']}" for m, f in figures.items()) + ".")
+    ok = (
+        tf is not None
+        and tf >= 1.5
+        and all(s is not None and s <= 1.25 for s in ssm.values())
+        and not zero_mem
+    )
+    text = (
+        f"log-log slope of the training step over the longest lengths: Transformer {tf}, "
+        + ", ".join(f"{m} {s}" for m, s in ssm.items())
+        + "; peak memory slopes: "
+        + ", ".join(f"{m} {f['memory_slope']}" for m, f in figures.items())
+        + "."
+    )
     if zero_mem:
         text += f" Peak memory not measured (0 or missing) for {sorted(set(zero_mem))}."
     if ok:
@@ -184,11 +252,13 @@ def _scaling(r):
     flat = [m for m, s in ssm.items() if s is not None and s < 0.8]
     why = []
     if flat or min(longest.values(), default=0) < 4096:
-        why.append(f"the steps measured are dominated by fixed costs (slopes below 1: {flat}) or stop early "
-                   f"(longest length per model: {longest}), with the 1-min load average at "
-                   f"{h.get('load_avg_1min_before', '?')}-{h.get('load_avg_1min', '?')} on {h.get('cores', '?')} "
-                   f"cores: the time cap was reached by other processes' load, not by length; rerun on an idle "
-                   f"machine (or with a larger cap_s) to settle it")
+        why.append(
+            f"the steps measured are dominated by fixed costs (slopes below 1: {flat}) or stop early "
+            f"(longest length per model: {longest}), with the 1-min load average at "
+            f"{h.get('load_avg_1min_before', '?')}-{h.get('load_avg_1min', '?')} on {h.get('cores', '?')} "
+            f"cores: the time cap was reached by other processes' load, not by length; rerun on an idle "
+            f"machine (or with a larger cap_s) to settle it"
+        )
     return False, figures, text + " NOT reproduced" + (": " + "; ".join(why) if why else "") + "."
 
 

@@ -12,8 +12,8 @@ import torch
 
 from benchmarks.reproduce import harness as H
 from benchmarks.reproduce import listops as LO
-from benchmarks.reproduce import scaling as SC
 from benchmarks.reproduce import report
+from benchmarks.reproduce import scaling as SC
 
 ENTRIES = report.ENTRIES
 
@@ -72,7 +72,10 @@ def test_every_result_carries_a_verdict(tiny_results, name):
 
 
 def _copying(mamba: float, h3: float) -> dict:
-    rows = [{"model": "Mamba", "acc": mamba, "steps": 10, "curve": []}, {"model": "H3", "acc": h3, "steps": 10}]
+    rows = [
+        {"model": "Mamba", "acc": mamba, "steps": 10, "curve": []},
+        {"model": "H3", "acc": h3, "steps": 10},
+    ]
     return {"rows": rows}
 
 
