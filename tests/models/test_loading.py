@@ -96,9 +96,10 @@ PEAK_SCRIPT = textwrap.dedent(
             if line.startswith(field + ":"):
                 return int(line.split()[1])
 
+    loader = ssmkit.SSMForCausalLM.from_pretrained if sys.argv[2] == "ssmkit" else from_hf
+    loader(sys.argv[1])  # lazy imports (and a fresh clone's bytecode compiling) happen here, not below
     open("/proc/self/clear_refs", "w").write("5")
     base = kb("VmRSS")
-    loader = ssmkit.SSMForCausalLM.from_pretrained if sys.argv[2] == "ssmkit" else from_hf
     model = loader(sys.argv[1])
     print(json.dumps({"peak_kb": kb("VmHWM") - base}))
     """
