@@ -8,9 +8,10 @@ Mamba / Mamba-2 checkpoint (converted by ssmkit.interop.from_hf). On the corpus'
   forward bpb   ssmkit.training.loop.evaluate over --windows windows: the prompt path of the int8
                 model (weights rounded to int8, activations in float32);
   decode bpb    --decode-windows windows read one token at a time through model.step: the decoding
-                path (PyTorch's int8 kernel: the activations too are rounded to 8 bits, per token);
-  decode ms     per token through model.step after a --prompt-token prompt, float32 and int8 in
-                interleaved rounds (median), batch 1, --threads threads.
+                path (ssmkit.ops.int8_linear's numba kernel; activations stay float32);
+  decode ms     per token through model.step_ (in place on its own State, as generate decodes) after
+                a --prompt-token prompt, float32 and int8 in interleaved rounds (median), batch 1,
+                --threads threads.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def decode_ms(models: dict, prompt: torch.Tensor, steps: int, rounds: int) -> di
         for name, m in models.items():
             for _ in range(steps):
                 t0 = time.perf_counter()
-                m.step(tok, states[name])
+                m.step_(tok, states[name])
                 times[name].append(time.perf_counter() - t0)
     return {name: 1e3 * statistics.median(ts[2:]) for name, ts in times.items()}
 

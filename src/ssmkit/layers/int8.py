@@ -3,33 +3,21 @@
     W ~= weight_scale[:, None] * weight,  weight = round(W / weight_scale[:, None]) in [-127, 127],
     weight_scale = max_j |W[i, j]| / 127          (symmetric, per output row; int8 "weight", float32 scale)
 
-Int8Linear.forward, by backend:
-    fbgemm (PyTorch's quantized engine on x86; qnnpack on ARM), for calls of at most MAX_INT8_ROWS
-        rows (decoding): `torch.ops.quantized.linear_dynamic`, the weight packed once; each call
-        quantizes its input to uint8 (one scale and zero point per call: per token when decoding one
-        sequence) and multiplies in integers with int32 sums. The input's 8 bits are reduced to 7 on
-        x86 CPUs without VNNI (whose int16 pair sums would saturate).
-    float (more rows: a prompt; any device; where packing is unavailable; with autograd): the weight
-        dequantized, then F.linear: only the weight is rounded.
+Int8Linear.forward is `ssmkit.ops.int8_linear` on this one int8 copy: a numba matrix-vector kernel
+for a few rows without gradients on CPU (decoding), else the weight dequantized and F.linear (prompts,
+other devices, autograd: only the weight is rounded, in both).
 Int8Embedding looks rows up and scales them; with tied embeddings the LM head is an Int8Linear on the
 same int8 rows and scales (one row per token serves both).
-
-PyTorch marks its quantized tensor types deprecated: if packing fails in a future release, the
-reference path runs, with a one-time warning. Use `ssmkit.models.int8.quantize_int8` on a model.
+Use `ssmkit.models.int8.quantize_int8` on a model.
 """
 
 from __future__ import annotations
 
-import functools
-import warnings
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-_warned = False
-MAX_INT8_ROWS = 16  # calls with more rows (a prompt) take the float path: one input scale per call
-# would span every token, and at that size the product is compute-bound anyway
+from ssmkit.ops.int8_linear import int8_linear
+from ssmkit.ops.int8_linear.reference import dequantize
 
 
 def quantize_rows(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,19 +25,6 @@ def quantize_rows(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     W = W.detach().float()
     scale = (W.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
     return torch.round(W / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
-
-
-@functools.cache
-def _reduce_range() -> bool:
-    """x86 without VNNI sums pairs of uint8 x int8 products in int16: 7-bit inputs avoid saturation."""
-    if torch.backends.quantized.engine == "qnnpack":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return True
-    return not ({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags.split()))
 
 
 class Int8Linear(nn.Module):
@@ -63,7 +38,6 @@ class Int8Linear(nn.Module):
         )
         self.register_buffer("weight_scale", torch.ones(out_features, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
-        self._packed = None  # (key of the tensors it was packed from, packed weight)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
@@ -79,51 +53,10 @@ class Int8Linear(nn.Module):
         )
 
     def dequantize(self) -> torch.Tensor:
-        return self.weight.float() * self.weight_scale[:, None]
+        return dequantize(self.weight, self.weight_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
-        fast = x.device.type == "cpu" and rows <= MAX_INT8_ROWS and not torch.is_grad_enabled()
-        packed = self._packed_weight() if fast else None
-        if packed is None:
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            return F.linear(x, self.dequantize().to(x.dtype), bias)
-        y = torch.ops.quantized.linear_dynamic(
-            x.reshape(-1, self.in_features).float(), packed, _reduce_range()
-        )
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-
-    def _packed_weight(self):
-        """The weight packed for the quantized engine (redone when weight, scale or bias change)."""
-        tensors = (self.weight, self.weight_scale, self.bias)
-        key = tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors)
-        if self._packed is not None and self._packed[0] == key:
-            return self._packed[1]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # PyTorch's deprecation notice of qint8
-                q = torch._make_per_channel_quantized_tensor(
-                    self.weight,
-                    self.weight_scale.double(),
-                    torch.zeros_like(self.weight_scale, dtype=torch.long),
-                    0,
-                )
-                packed = torch.ops.quantized.linear_prepack(
-                    q, None if self.bias is None else self.bias.float()
-                )
-        except (RuntimeError, AttributeError) as e:
-            global _warned
-            if not _warned:
-                _warned = True
-                warnings.warn(
-                    f"Int8Linear: PyTorch's int8 kernels are unavailable ({e}); dequantizing "
-                    "the weights on every call instead (slow)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            packed = None
-        self._packed = (key, packed)
-        return packed
+        return int8_linear(x, self.weight, self.weight_scale.float(), bias=self.bias)
 
 
 class Int8Embedding(nn.Module):

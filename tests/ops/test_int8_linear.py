@@ -1,0 +1,96 @@
+"""ssmkit.ops.int8_linear: the numba matrix-vector kernel against the reference (the dequantized
+weight and F.linear) on fresh random int8 weights, scales, inputs and biases: several shapes and
+row counts, odd sizes (not multiples of the kernel's four output rows or its vector lanes), the
+serial and the parallel driver, outputs poisoned with NaN first; which tier "auto" takes; errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssmkit.ops import _dispatch
+from ssmkit.ops.int8_linear import int8_linear
+from ssmkit.ops.int8_linear import numba as tier
+from ssmkit.ops.int8_linear.reference import dequantize
+from tests.helpers import assert_rel
+
+
+def _inputs(lead, n_in, n_out, bias, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, n_in, generator=g)
+    weight = torch.randint(-127, 128, (n_out, n_in), generator=g, dtype=torch.int8)
+    scale = torch.rand(n_out, generator=g) * 0.02 + 1e-3
+    b = torch.randn(n_out, generator=g) if bias else None
+    return x, weight, scale, b
+
+
+@pytest.fixture(autouse=True)
+def _poisoned(monkeypatch):
+    monkeypatch.setenv("SSMKIT_POISON", "1")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize(
+    "lead, n_in, n_out",
+    [((1,), 96, 200), ((3,), 64, 7), ((2, 5), 33, 129), ((tier.MAX_ROWS,), 17, 5), ((1,), 1, 1),
+     ((4,), 768, 3)],
+)
+def test_numba_matches_the_reference(lead, n_in, n_out, bias):
+    x, weight, scale, b = _inputs(lead, n_in, n_out, bias)
+    with torch.no_grad():
+        fast = int8_linear(x, weight, scale, bias=b, backend="numba")
+        ref = int8_linear(x, weight, scale, bias=b, backend="reference")
+    assert fast.shape == (*lead, n_out)
+    assert_rel(fast, ref, 1e-5, "numba vs dequantized reference")
+    exact = torch.nn.functional.linear(x.double(), dequantize(weight, scale, torch.float64),
+                                       None if b is None else b.double())
+    assert_rel(ref.double(), exact, 1e-5, "reference vs float64")
+
+
+def test_parallel_driver_matches_the_serial_one(monkeypatch):
+    x, weight, scale, b = _inputs((2,), 50, 1001, True, seed=1)  # blocks of BLOCK rows, the last partial
+    with torch.no_grad():
+        serial = int8_linear(x, weight, scale, bias=b, backend="numba")
+        monkeypatch.setattr(tier, "PARALLEL_ABOVE", 0)
+        parallel = int8_linear(x, weight, scale, bias=b, backend="numba")
+    torch.testing.assert_close(parallel, serial, rtol=1e-6, atol=1e-6)
+
+
+def test_non_contiguous_input():
+    x, weight, scale, b = _inputs((4,), 40, 24, True, seed=2)
+    x = torch.randn(40, 4).t()  # (4, 40), stride 1 along the rows
+    with torch.no_grad():
+        fast = int8_linear(x, weight, scale, bias=b, backend="numba")
+    assert_rel(fast, int8_linear(x, weight, scale, bias=b, backend="reference"), 1e-5, "transposed x")
+
+
+def test_auto_takes_numba_for_decoding_only():
+    x, weight, scale, b = _inputs((1,), 16, 8, True)
+    with torch.no_grad():
+        assert _dispatch.resolve("int8_linear", "auto", x, weight, scale, b).name == "numba"
+        many = torch.randn(tier.MAX_ROWS + 1, 16)
+        assert _dispatch.resolve("int8_linear", "auto", many, weight, scale, b).name == "reference"
+    x.requires_grad_(True)
+    assert _dispatch.resolve("int8_linear", "auto", x, weight, scale, b).name == "reference"
+    assert _dispatch.resolve("int8_linear", "auto", x.detach().double(), weight, scale, b).name == "reference"
+
+
+def test_gradients_flow_through_the_reference():
+    x, weight, scale, b = _inputs((3,), 12, 5, True)
+    x.requires_grad_(True)
+    b.requires_grad_(True)
+    int8_linear(x, weight, scale, bias=b).sum().backward()
+    torch.testing.assert_close(x.grad, dequantize(weight, scale).sum(0).expand(3, 12))
+    torch.testing.assert_close(b.grad, torch.full((5,), 3.0))
+
+
+def test_bad_inputs_name_the_argument():
+    x, weight, scale, _ = _inputs((2,), 12, 5, False)
+    with pytest.raises(TypeError, match="weight must have dtype"):
+        int8_linear(x, weight.float(), scale)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 12\)"):
+        int8_linear(x[:, :7], weight, scale)
+    with pytest.raises(ValueError, match="scale must have shape"):
+        int8_linear(x, weight, scale[:4])
+    with pytest.raises(ValueError, match="bias must have shape"):
+        int8_linear(x, weight, scale, bias=torch.zeros(6))
