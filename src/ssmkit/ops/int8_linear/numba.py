@@ -16,12 +16,13 @@ Why numba: see ssmkit/ops/_numba/__init__.py.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
 from ssmkit.ops._dispatch import Backend
 from ssmkit.ops._numba import njit, prange
-from ssmkit.ops._numba.buffers import out_tensor
 from ssmkit.ops._numba.numerics import ZERO
 
 BACKEND = Backend(devices=("cpu",), dtypes=(torch.float32,), priority=20)
@@ -30,7 +31,8 @@ PARALLEL_ABOVE = 1 << 22  # weights (out x in)
 BLOCK = 256  # output rows per parallel job
 
 
-def unsupported_reason(x, weight, scale, bias=None) -> str | None:
+def unsupported_reason(x, *weight_scale_bias) -> str | None:
+    bias = weight_scale_bias[2] if len(weight_scale_bias) > 2 else None
     rows = x.numel() // max(x.shape[-1], 1)
     if rows > MAX_ROWS:
         return f"the numba int8 kernel takes at most {MAX_ROWS} rows of x (decoding), got {rows}"
@@ -84,7 +86,9 @@ def int8_linear(x, weight, scale, *, bias=None):
     n_out, n_in = weight.shape
     x2 = x.detach().reshape(-1, n_in)
     x2 = x2 if x2.is_contiguous() else x2.contiguous()
-    y = out_tensor((x2.shape[0], n_out))
+    y = torch.empty(x2.shape[0], n_out)  # small: not ssmkit.ops._numba.buffers.out_tensor (~7 us a call)
+    if os.environ.get("SSMKIT_POISON") == "1":
+        y.fill_(float("nan"))
     b = np.empty(0, np.float32) if bias is None else bias.detach().float().numpy()
     kernel = _gemv_parallel if weight.numel() > PARALLEL_ABOVE else _gemv_serial
     kernel(x2.numpy(), weight.contiguous().numpy(), scale.contiguous().numpy(), b, y.numpy())
