@@ -80,6 +80,28 @@ def test_chunked_prefill_equals_one_call(pattern):
             torch.testing.assert_close(d1[k], d2[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("pattern", ["mamba2", "mamba,attention"])
+def test_default_prefill_is_chunked_and_equals_one_call(pattern, monkeypatch):
+    from ssmkit.inference import generate as gen
+
+    model = tiny_lm(pattern)
+    ids = torch.randint(0, 37, (2, 11))
+    calls = []
+    forward = type(model).forward
+    monkeypatch.setattr(
+        type(model), "forward", lambda self, x, **kw: calls.append(x.shape[1]) or forward(self, x, **kw)
+    )
+    monkeypatch.setattr(gen, "PREFILL_CHUNK", 4)
+    st1, st2 = model.init_state(2), model.init_state(2)
+    a = model.generate(ids, max_new_tokens=5, state=st1)
+    assert calls == [4, 4, 3], "the prompt was not read in chunks of PREFILL_CHUNK"
+    b = model.generate(ids, max_new_tokens=5, state=st2, prefill_chunk_size=11)
+    assert torch.equal(a, b)
+    for d1, d2 in zip(st1.layers, st2.layers):
+        for k in d1:
+            torch.testing.assert_close(d1[k], d2[k], rtol=1e-4, atol=1e-5)
+
+
 def test_state_consumes_prompt_and_every_generated_token():
     """generate(p1, state) then generate(p2, state) == generate on the whole transcript without a state."""
     model = tiny_lm("attention")

@@ -7,7 +7,9 @@
 
 Decoding calls every layer's `step`, so a token costs the same at context 10 and 100,000 for SSM
 layers (attention layers read their growing KV cache). Prefill reads the prompt in chunks of
-`prefill_chunk_size` tokens carrying the State, so memory is bounded by the chunk, not the prompt.
+`prefill_chunk_size` tokens (default PREFILL_CHUNK) carrying the State, so the intermediates (the
+projections' outputs, the scan's buffers) are bounded by the chunk, not the prompt; the result is the
+one-call prefill's (the chunking law every mixer obeys).
 
 Contract with `state=`: when generation returns (or a streamed token is handed out), the State has
 consumed the prompt and every token returned so far, padding after a stop token included; so
@@ -27,6 +29,9 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ssmkit._checks import check_tensor
+
+PREFILL_CHUNK = 2048  # tokens per prefill call when not given: long enough that per-call overhead is
+# small, short enough that a 130M model's intermediates stay well under its weights
 
 
 def sample_next(
@@ -87,7 +92,8 @@ def generate(
         stop token) afterwards, and generation ends when every row has stopped.
     seed: seeds a private torch.Generator for sampling (the global RNG is untouched).
     attention_mask (b, l): 1 = token, 0 = left padding; each row is generated as if it were alone.
-    prefill_chunk_size: read the prompt in chunks of this many tokens (bounded memory).
+    prefill_chunk_size: read the prompt in chunks of this many tokens (bounded memory); None:
+        PREFILL_CHUNK.
     state: an `ssmkit.State` (batch b) to continue; it is updated in place (see the module docstring).
     stream: return an iterator yielding the new tokens, one (b,) tensor per step.
     cuda_graphs: decode through a CUDA graph of the model's step, captured once per batch size
@@ -181,7 +187,7 @@ def _decode(
         return
     if own_state:
         state = model.init_state(b, device=input_ids.device)
-    chunk = chunk or L
+    chunk = chunk or PREFILL_CHUNK
     with torch.no_grad():
         for a in range(0, L, chunk):
             m = None if mask is None else mask[:, a : a + chunk]
