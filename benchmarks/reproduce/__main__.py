@@ -1,4 +1,4 @@
-"""python -m benchmarks.reproduce [names ...] [--full] [--tiny] [--out DIR]
+"""python -m benchmarks.reproduce [names ...] [--full] [--tiny] [--out DIR] [--threads N]
 
 Runs the named entries (default: all, in order), writes docs/results/<name>.json for each as soon as it
 finishes, then regenerates docs/results.md from every JSON present. --tiny is the smoke configuration
@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 import time
+
+import torch
 
 from benchmarks.reproduce import harness as H
 from benchmarks.reproduce import report
@@ -28,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="directory of the JSON results (default: docs/results; only then docs/results.md)")
     p.add_argument("--no-report", action="store_true", help="do not rewrite docs/results.md")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's, one per core); 1 to run entries side by side")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = args.names or report.ENTRIES
     unknown = [n for n in names if n not in report.ENTRIES]
     if unknown:

@@ -37,7 +37,10 @@ CONFIGS = {
 D_MODEL, N_LAYER, VOCAB = 64, 2, 16
 ROWS = [
     ("Mamba", "mamba", {"mamba": {"d_state": 16}}, "100% at every length to 2^20"),
-    ("Mamba-2", "mamba2", {"mamba2": {"d_state": 64, "headdim": 16, "chunk_size": 64}},
+    # Mamba-2 at two state sizes: whether a larger state changes its extrapolation
+    ("Mamba-2 N=16", "mamba2", {"mamba2": {"d_state": 16, "headdim": 16, "chunk_size": 64}},
+     "n/a (not in Table 2)"),
+    ("Mamba-2 N=64", "mamba2", {"mamba2": {"d_state": 64, "headdim": 16, "chunk_size": 64}},
      "n/a (not in Table 2)"),
     ("Attention (rotary)", "attention", {}, "fails beyond ~2x training length"),
 ]

@@ -20,7 +20,7 @@ TITLES = {
     "induction_heads": "Induction heads: length extrapolation",
     "mqar": "Multi-query associative recall (MQAR)",
     "long_range": "Long-range classification",
-    "forecasting": "Forecasting electricity demand",
+    "forecasting": "Forecasting: electricity demand and sunspots",
     "scaling": "Scaling with sequence length",
 }
 
