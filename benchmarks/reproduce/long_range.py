@@ -126,12 +126,18 @@ def _fmnist(cfg: dict):
     te = torch.randperm(xte.shape[0], generator=g)[:cfg["n_test"]]
     L, k = cfg["length"], cfg.get("pool", 1)
 
-    def prep(x):                                              # pixel ids -> standardized values (n, L, 1)
-        x = x.float().view(-1, 1, 28, 28)
-        x = torch.nn.functional.avg_pool2d(x, k).flatten(1) if k > 1 else x.flatten(1)   # (n, (28/k)^2)
-        return ((x[:, :L] / 255.0 - 0.2860) / 0.3530)[..., None]
+    def prep(x):
+        return pixels(x, k)[:, :L]
 
     return (prep(xtr[tr]), ytr[tr], None, prep(xte[te]), yte[te], None), None
+
+
+def pixels(x: torch.Tensor, pool: int = 1) -> torch.Tensor:
+    """Pixel ids (n, 784) -> standardized values (n, (28 / pool)^2, 1): the image averaged over
+    pool x pool blocks, then read in raster order."""
+    x = x.float().view(-1, 1, 28, 28)
+    x = torch.nn.functional.avg_pool2d(x, pool).flatten(1) if pool > 1 else x.flatten(1)
+    return ((x / 255.0 - 0.2860) / 0.3530)[..., None]
 
 
 def _listops(cfg: dict, seed: int):

@@ -167,3 +167,42 @@ def test_gated_s4d_is_causal():
     y[:, 5].sum().backward()
     past = x.grad[:, :6].abs().max()
     assert past > 0 and x.grad[:, 6:].abs().max() <= 1e-6 * past      # FFT rounding only
+
+
+def test_patched_forecaster_predicts_the_next_patch():
+    """A look-back of 4 patches of 6 steps is a sequence of 4 tokens with 6 channels; the forecast is
+    the next patch, (b, 6, 1); the loss is the MSE against it."""
+    from benchmarks.reproduce import forecasting as FC
+
+    torch.manual_seed(0)
+    model = FC._model("s4d", 0, 8, 6)
+    x, y = torch.randn(3, 24, 1), torch.randn(3, 6, 1)
+    out = model(x, y)
+    assert out.prediction.shape == (3, 6, 1)
+    assert torch.allclose(out.loss, torch.nn.functional.mse_loss(out.prediction, y), rtol=1e-5)
+    # the inner model sees (b, tokens, patch): the same numbers, patch by patch
+    inner = model.model(x.reshape(3, 4, 6)).prediction
+    assert torch.equal(inner.reshape(3, 6, 1), out.prediction)
+
+
+def test_forecasting_verdict_takes_the_best_baseline():
+    rows = [{"model": "naive (last value)", "mae": 10.0, "baseline": True},
+            {"model": "seasonal naive (11 years)", "mae": 30.0, "baseline": True},
+            {"model": "S4D", "mae": 12.0}, {"model": "Transformer", "mae": 20.0}]
+    r = {"series": {"sunspots": {"rows": rows}}}
+    v = report.judge("forecasting", r)
+    assert not v["reproduced"] and v["figures"]["sunspots"]["baseline"] == "naive (last value)"
+    rows[2]["mae"] = 9.0
+    assert report.judge("forecasting", r)["reproduced"]
+
+
+def test_fashion_mnist_pooling_keeps_the_raster_order():
+    """2x2 pooling of a 28x28 image -> 196 values in raster order of the 14x14 image."""
+    from benchmarks.reproduce.long_range import pixels
+
+    img = torch.arange(784).remainder(256)[None]                           # pixel ids, (1, 784)
+    pooled = pixels(img, 2) * 0.3530 + 0.2860                             # back to [0, 1]
+    assert pooled.shape == (1, 196, 1)
+    want = torch.tensor([(0 + 1 + 28 + 29) / 4, (56 + 57 + 84 + 85) / 4]) / 255.0
+    assert torch.allclose(pooled[0, [0, 14], 0], want, atol=1e-6)
+    assert torch.equal(pixels(img)[0, :, 0], (img[0].float() / 255.0 - 0.2860) / 0.3530)
