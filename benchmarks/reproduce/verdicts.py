@@ -128,10 +128,13 @@ def _induction_heads(r):
 def _mqar(r):
     rows = {x["model"]: x for x in _ran(r)}
     m2 = sorted((x for k, x in rows.items() if k.startswith("Mamba-2")), key=lambda x: x["d_state"])
-    attn = next((x for k, x in rows.items() if k.startswith("Attention")), None)
+    attn = next((x for k, x in rows.items() if k.startswith("Attention") and not x.get("probe")), None)
+    probe = next((x for x in rows.values() if x.get("probe")), None)
     figures = {f"Mamba-2 N={x['d_state']}": x["acc"] for x in m2}
     if attn:
         figures["attention"] = attn["acc"]
+    if probe:
+        figures[probe["model"]] = probe["acc"]
     if len(m2) < 2:
         return False, figures, "Not enough rows ran to compare."
     grows = all(b["acc"] > a["acc"] + 0.02 for a, b in zip(m2, m2[1:]))
@@ -145,6 +148,17 @@ def _mqar(r):
             figures,
             text + " Reproduced: accuracy grows with the state size and attention solves it.",
         )
+    in_context = r.get("in_context")
+    ref = probe or attn
+    if not solved and ref and in_context and ref["acc"] < 2 * in_context:
+        pts = [p for p in ref.get("curve", []) if "metric" in p]
+        return False, figures, text + (
+            f" NOT reproduced, and not testable in this budget: every model, attention included, is at "
+            f"or near {H.pct(in_context)}, a value picked among the {round(1 / in_context)} in context "
+            f"without its key; {ref['model']} stays there through {ref['steps']} steps "
+            f"({_curve_text(pts)}): the associations have not begun to be learned. The experiment that "
+            f"settles it: train until attention leaves that plateau (Zoology trains ~10^5 steps; "
+            f"`--full`: 20000 steps of batch 64), then compare Mamba-2's N at that budget.")
     bad = [] if grows else [f"accuracy does not grow with the state ({_cause(m2[-1])})"]
     if not solved:
         bad.append("attention does not solve it" + (f" ({_cause(attn)})" if attn else ""))
