@@ -206,3 +206,19 @@ def test_fashion_mnist_pooling_keeps_the_raster_order():
     want = torch.tensor([(0 + 1 + 28 + 29) / 4, (56 + 57 + 84 + 85) / 4]) / 255.0
     assert torch.allclose(pooled[0, [0, 14], 0], want, atol=1e-6)
     assert torch.equal(pixels(img)[0, :, 0], (img[0].float() / 255.0 - 0.2860) / 0.3530)
+
+
+def test_mqar_verdict_names_the_in_context_plateau():
+    """When attention, the reference, sits near 1/n_pairs even after its longer run, the verdict says
+    the task was not learned by anyone (not that the state is too small)."""
+    flat = [{"step": s, "metric": 0.16} for s in (2000, 4000, 6000, 8000)]
+    rows = [{"model": "Attention (rotary)", "acc": 0.16, "steps": 300, "d_state": None},
+            {"model": "Attention (rotary), 8000 steps", "acc": 0.17, "steps": 8000, "curve": flat,
+             "probe": True, "d_state": None},
+            {"model": "Mamba-2 N=16", "acc": 0.03, "d_state": 16, "steps": 300},
+            {"model": "Mamba-2 N=64", "acc": 0.04, "d_state": 64, "steps": 300}]
+    v = report.judge("mqar", {"rows": rows, "in_context": 1 / 8})
+    assert not v["reproduced"] and "not testable in this budget" in v["verdict"]
+    rows[1]["acc"] = rows[0]["acc"] = 0.95                       # attention solved it: the usual verdict
+    v = report.judge("mqar", {"rows": rows, "in_context": 1 / 8})
+    assert "not testable" not in v["verdict"] and "does not grow" in v["verdict"]
