@@ -173,7 +173,8 @@ def _task(name, data, cfg, seed) -> dict:
         return {"model": label, "d_model": d, "params": H.n_params(model), **fit, "acc": acc}
 
     rows = [H.guarded(m[0], lambda m=m: row(*m)) for m in MODELS]
-    return {"rows": rows, "length": L, "n_train": xtr.shape[0], "n_test": xte.shape[0]}
+    majority = float(torch.bincount(yte, minlength=10).max()) / yte.shape[0]   # always the commonest class
+    return {"rows": rows, "length": L, "n_train": xtr.shape[0], "n_test": xte.shape[0], "majority": majority}
 
 
 def run(cfg: dict, full: bool = False, seed: int = 0) -> dict:

@@ -178,9 +178,15 @@ def _long_range(r):
         figures[task] = {"best_ssm": best["model"], "best_ssm_acc": best["acc"], "transformer_acc": tf["acc"]}
         ahead = best["acc"] > tf["acc"]
         ok = ok and ahead
+        floor = t.get("majority")
+        if floor is not None and max(best["acc"], tf["acc"]) < floor + 0.03:
+            why = (f"neither is above the majority class's {H.pct(floor)}: the task was not learned in this "
+                   f"budget ({_cause(best)})")
+        else:
+            why = f"behind: {_cause(best)}"
         parts.append(
             f"{task}: best SSM {best['model']} {H.pct(best['acc'])} vs Transformer {H.pct(tf['acc'])}"
-            + ("" if ahead else f" (behind: {_cause(best)})")
+            + ("" if ahead else f" ({why})")
         )
     text = "; ".join(parts) + "." if parts else "No task ran."
     return ok, figures, text + (" Reproduced." if ok else " NOT reproduced.")
