@@ -275,8 +275,8 @@ def _scaling(r):
             f"the steps measured are dominated by fixed costs (slopes below 1: {flat}) or stop early "
             f"(longest length per model: {longest}), with the 1-min load average at "
             f"{h.get('load_avg_1min_before', '?')}-{h.get('load_avg_1min', '?')} on {h.get('cores', '?')} "
-            f"cores: the time cap was reached by other processes' load, not by length; rerun on an idle "
-            f"machine (or with a larger cap_s) to settle it"
+            f"cores; rerun with a larger cap_s (longer sequences, where the length term dominates) to "
+            f"settle it"
         )
     return False, figures, text + " NOT reproduced" + (": " + "; ".join(why) if why else "") + "."
 
