@@ -7,16 +7,23 @@ finishes, then regenerates docs/results.md from every JSON present. --tiny is th
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import sys
-import time
 
-import torch
+# Before torch and numba load their OpenMP runtimes: idle OpenMP workers sleep instead of spinning. With
+# the default (spin), numba's pool spun beside each 1-thread training step on this 2-core machine: an
+# H3 step of the selective-copying task took 1.0 CPU s for its first ~40 steps, 0.04 s with this set
+# (or with NUMBA_NUM_THREADS=1), measured.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from benchmarks.reproduce import harness as H
-from benchmarks.reproduce import report
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from benchmarks.reproduce import harness as H  # noqa: E402
+from benchmarks.reproduce import report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
