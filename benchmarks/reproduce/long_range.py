@@ -36,8 +36,8 @@ CONFIGS = {
     # of 196 pixels (the full 784 cost a Transformer 1.1 s per step here): the same steps for every row,
     # each row's learning rate the best of the sweep after sweep_steps steps
     "small": dict(listops=dict(min_len=64, max_len=256, n_train=10000, n_test=500),
-                  fmnist=dict(n_train=20000, n_test=1000, length=196, pool=2), batch_size=32, steps=600,
-                  lr=[1e-3, 3e-3], sweep_steps=100, d_ref=32),
+                  fmnist=dict(n_train=20000, n_test=1000, length=196, pool=2), batch_size=32, steps=1500,
+                  lr=[1e-3, 3e-3], sweep_steps=150, d_ref=32),
     "full": dict(listops=dict(min_len=500, max_len=2000, n_train=96000, n_test=2000),
                  fmnist=dict(n_train=60000, n_test=10000, length=784), batch_size=32, steps=30000,
                  lr=1e-3, d_ref=128),
