@@ -4,7 +4,9 @@ stores them in docs/results/<entry>.json; the report prints them. Thresholds are
 
     selective copying  Mamba >= 95% per token, every time-invariant row at least 20 points below
     induction heads    Mamba >= 95% at 16x the training length, attention below 50% there
-    MQAR               Mamba-2's accuracy rises with its state (each N above the last), attention >= 90%
+    MQAR               Mamba-2's accuracy rises with its state (each N above the last by 2 points, or
+                       both solved at >= 95%: no room left; the largest N above the smallest), attention
+                       >= 90%
     long range         on every task, the best SSM ahead of the same-size Transformer
     forecasting        on every series, the best SSM's MAE below the best naive baseline's and the
                        Transformer's
@@ -23,6 +25,7 @@ import math
 from benchmarks.reproduce import harness as H
 
 LTI_MARGIN = 0.20
+SOLVED = 0.95                     # MQAR: accuracy at which a larger state has no room to add
 
 
 def judge(name: str, r: dict) -> dict:
@@ -137,7 +140,8 @@ def _mqar(r):
         figures[probe["model"]] = probe["acc"]
     if len(m2) < 2:
         return False, figures, "Not enough rows ran to compare."
-    grows = all(b["acc"] > a["acc"] + 0.02 for a, b in zip(m2, m2[1:]))
+    grows = all(b["acc"] > a["acc"] + 0.02 or min(a["acc"], b["acc"]) >= SOLVED for a, b in zip(m2, m2[1:]))
+    grows = grows and m2[-1]["acc"] > m2[0]["acc"] + 0.02
     solved = attn is not None and attn["acc"] >= 0.9
     text = " -> ".join(f"Mamba-2 N={x['d_state']}: {H.pct(x['acc'])}" for x in m2) + (
         f"; attention {H.pct(attn['acc'])}." if attn else "."
@@ -150,7 +154,8 @@ def _mqar(r):
         )
     in_context = r.get("in_context")
     ref = probe or attn
-    if not solved and ref and in_context and ref["acc"] < 2 * in_context:
+    stuck = bool(not solved and ref and in_context and ref["acc"] < 2 * in_context)
+    if stuck and max(x["acc"] for x in m2) < 2 * in_context:
         pts = [p for p in ref.get("curve", []) if "metric" in p]
         return False, figures, text + (
             f" NOT reproduced, and not testable in this budget: every model, attention included, is at "
@@ -160,7 +165,16 @@ def _mqar(r):
             f"settles it: train until attention leaves that plateau (Zoology trains ~10^5 steps; "
             f"`--full`: 20000 steps of batch 64), then compare Mamba-2's N at that budget.")
     bad = [] if grows else [f"accuracy does not grow with the state ({_cause(m2[-1])})"]
-    if not solved:
+    if stuck:
+        pts = [p for p in ref.get("curve", []) if "metric" in p]
+        bad.append(
+            f"attention does not learn it: {ref['model']} stays near {H.pct(in_context)} (a value picked "
+            f"among the {round(1 / in_context)} in context, without its key) through {ref['steps']} steps "
+            f"({_curve_text(pts)}) where Mamba-2 learned the associations; Mamba-2's short convolution "
+            f"puts each key beside its value in one layer, attention has to learn a previous-token head "
+            f"first. The experiment that settles it: attention with a learning-rate sweep and a budget "
+            f"of ~10^5 steps (Zoology's), or with a short convolution before it")
+    elif not solved:
         bad.append("attention does not solve it" + (f" ({_cause(attn)})" if attn else ""))
     return False, figures, text + " NOT reproduced: " + "; ".join(bad) + "."
 

@@ -222,3 +222,16 @@ def test_mqar_verdict_names_the_in_context_plateau():
     rows[1]["acc"] = rows[0]["acc"] = 0.95                       # attention solved it: the usual verdict
     v = report.judge("mqar", {"rows": rows, "in_context": 1 / 8})
     assert "not testable" not in v["verdict"] and "does not grow" in v["verdict"]
+
+
+def test_mqar_growth_allows_saturation_but_not_a_drop():
+    def judge(*accs):
+        rows = [{"model": "Attention (rotary)", "acc": 0.99, "d_state": None, "steps": 10}]
+        rows += [{"model": f"Mamba-2 N={n}", "acc": a, "d_state": n, "steps": 10}
+                 for n, a in zip((16, 64, 256), accs)]
+        return report.judge("mqar", {"rows": rows})["reproduced"]
+
+    assert judge(0.5, 0.8, 0.9)
+    assert judge(0.5, 0.97, 0.99)                      # solved from N=64 on: no room to grow
+    assert not judge(0.5, 0.97, 0.90)                  # a larger state lost accuracy
+    assert not judge(0.97, 0.98, 0.99)                 # the state never mattered
