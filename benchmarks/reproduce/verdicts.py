@@ -97,8 +97,18 @@ def _selective_copying(r):
             figures,
             text + " Reproduced: the selective layer solves it, the time-invariant ones do not.",
         )
-    why = _cause(sel) if sel["acc"] < 0.95 else (f"{best['model']} came within {LTI_MARGIN:.0%} of Mamba")
-    return False, figures, text + f" NOT reproduced: {why}."
+    whys = [_cause(sel)] if sel["acc"] < 0.95 else []
+    if best["acc"] > sel["acc"] - LTI_MARGIN:
+        noise = r.get("config", {}).get("seq_len")
+        pts = [p for p in best.get("curve", []) if "metric" in p]
+        whys.append(
+            f"{best['model']} came within {100 * LTI_MARGIN:.0f} points of Mamba"
+            + (f" ({_curve_text(pts)})" if pts else "")
+            + (f": over a noise region of {noise} tokens (the paper's: 4096) a time-invariant layer of this "
+               f"size can learn where the tokens sit; the paper's gap is a long-sequence one. The experiment "
+               f"that settles it: the same rows over a longer region (`--full`: 1024)" if noise else "")
+        )
+    return False, figures, text + f" NOT reproduced: {'; '.join(whys)}."
 
 
 def _induction_heads(r):
