@@ -124,6 +124,13 @@ def _induction_heads(r):
     text = (
         "; ".join(f"{k} at 16x ({L16}): {H.pct(v['acc']) if v else 'not run'}" for k, v in acc.items()) + "."
     )
+    states = [(m, acc[m]["acc"]) for m in mamba2 if acc.get(m)]
+    if len(states) > 1:
+        change = states[-1][1] - states[0][1]
+        text += (f" Mamba-2 with a larger state ({states[0][0]} -> {states[-1][0]}): "
+                 f"{H.pct(states[0][1])} -> {H.pct(states[-1][1])} at 16x, "
+                 + ("no better: a larger state does not change it." if change <= 0.05
+                    else "better.") )
     if ok:
         return True, figures, text + " Reproduced: Mamba extrapolates, attention collapses."
     mr = _row(rows, "Mamba")
