@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"benchmarks.reproduce.{name}")
         H.log(f"{name}: {which} configuration")
         load_before = round(os.getloadavg()[0], 1)
-        result = module.run(module.CONFIGS[which], full=args.full, seed=args.seed)
+        extra = {"out_dir": args.out} if name == "scaling" else {}          # its plot goes beside the JSON
+        result = module.run(module.CONFIGS[which], full=args.full, seed=args.seed, **extra)
         result["hardware"]["load_avg_1min_before"] = load_before
         result.update(report.judge(name, result))
         H.log(f"{name}: done in {result['wall_s']:.0f} s -> {H.save(result, args.out)}")

@@ -186,7 +186,7 @@ def crossovers(rows: list[dict], metric: str) -> dict:
     return out
 
 
-def run(cfg: dict, full: bool = False, seed: int = 0, plot: bool = True) -> dict:
+def run(cfg: dict, full: bool = False, seed: int = 0, plot: bool = True, out_dir: str | None = None) -> dict:
     t0 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -217,7 +217,7 @@ def run(cfg: dict, full: bool = False, seed: int = 0, plot: bool = True) -> dict
                    crossover={m: crossovers(rows, m) for m in ("forward_s", "train_step_s",
                                                                  "decode_ms_per_token", "peak_mem_mb")})
     if plot:
-        res["plot"] = _plot(res)
+        res["plot"] = _plot(res, os.path.join(out_dir or H.RESULTS_DIR, "scaling.png"))
     return res
 
 
