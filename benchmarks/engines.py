@@ -115,8 +115,9 @@ class LlamaCppQ8(LlamaCpp):
 
 
 class Ssmkit:
-    """ssmkit's SSMForCausalLM from the transformers checkpoint; decode by `model.step_` on the
-    prefill's State (in place, as generate decodes), and the same tokens through `generate` (its overhead)."""
+    """ssmkit's SSMForCausalLM from the transformers checkpoint; prefill as generate does (chunks of
+    PREFILL_CHUNK tokens); decode by `model.step_` on the prefill's State (in place, as generate
+    decodes), and the same tokens through `generate` (its overhead)."""
 
     int8 = False
 
@@ -136,9 +137,15 @@ class Ssmkit:
         return self.torch.tensor([ids], dtype=self.torch.long)
 
     def prefill(self, ids):
+        """In chunks of generate's PREFILL_CHUNK tokens carrying the State, as generate prefills."""
+        from ssmkit.inference.generate import PREFILL_CHUNK
+
+        ids = self._ids(ids)
         with self.torch.no_grad():
             st = self.model.init_state(1)
-            return self.model(self._ids(ids), state=st, num_last_tokens=1).logits[0, -1], st
+            for a in range(0, ids.shape[1], PREFILL_CHUNK):
+                out = self.model(ids[:, a : a + PREFILL_CHUNK], state=st, num_last_tokens=1)
+            return out.logits[0, -1], st
 
     def last_logits(self, ids):
         return self.prefill(ids)[0].float().numpy()
