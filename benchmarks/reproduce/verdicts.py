@@ -309,7 +309,27 @@ def _scaling(r):
             f"cores; rerun with a larger cap_s (longer sequences, where the length term dominates) to "
             f"settle it"
         )
+    steep = [x for x in rows if x["model"] != "Transformer" and (ssm.get(x["model"]) or 0) > 1.25]
+    if steep:
+        why.append(
+            "per token, the steps of " + ", ".join(_per_token(x) for x in steep)
+            + (f"; attention's {_per_token(_row(rows, 'Transformer'))}" if _row(rows, "Transformer") else "")
+            + f". The SSMs' cost per token is flat at the shorter lengths and steps up at the longest, where "
+            f"a step's working set is hundreds of MB, with the 1-min load average at "
+            f"{h.get('load_avg_1min_before', '?')}-{h.get('load_avg_1min', '?')} on {h.get('cores', '?')} "
+            f"cores sharing memory bandwidth; the experiment that settles it: the same run on an idle machine"
+        )
     return False, figures, text + " NOT reproduced" + (": " + "; ".join(why) if why else "") + "."
+
+
+def _per_token(x: dict) -> str:
+    """A row's training-step time per token (microseconds) at its shortest, middle and longest lengths."""
+    by_length = x.get("by_length", {})
+    pts = sorted((int(L), v["train_step_s"]) for L, v in by_length.items() if v.get("train_step_s"))
+    if not pts:
+        return f"{x['model']}: not measured"
+    picks = [pts[0], pts[len(pts) // 2], pts[-1]]
+    return f"{x['model']}: " + " -> ".join(f"{1e6 * t / L:.0f} us at {L}" for L, t in picks)
 
 
 def _r(v):
