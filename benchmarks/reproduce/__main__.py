@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch threads (default: torch's, one per core); 1 to run entries side by side")
     args = p.parse_args(argv)
     if args.threads:
+        # numba (loaded later, by the first kernel) on as many threads: with its default (every core) a
+        # Mamba step put torch's count back up to 2 after --threads 1 (measured)
+        os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
         torch.set_num_threads(args.threads)
     names = args.names or report.ENTRIES
     unknown = [n for n in names if n not in report.ENTRIES]
