@@ -150,6 +150,28 @@ def _falcon_h1():
     )
 
 
+def _zamba2():
+    from transformers import Zamba2Config
+
+    types = ["hybrid" if i in (5, 11, 17) else "linear_attention" for i in range(18)]
+    return Zamba2Config(  # Zamba2-1.2B's mix: Mamba-2 layers, one shared block with adapters every 6th
+        hidden_size=768,
+        num_hidden_layers=18,
+        layers_block_type=types,
+        mamba_d_state=64,
+        n_mamba_heads=24,
+        mamba_ngroups=1,
+        chunk_size=256,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        num_mem_blocks=1,
+        use_shared_attention_adapter=True,
+        adapter_rank=128,
+        use_mem_rope=True,
+        vocab_size=VOCAB,
+    )
+
+
 def _lfm2():
     from transformers import Lfm2Config
 
@@ -172,6 +194,7 @@ FAMILIES = {  # model_type -> its transformers config at ~100-150M parameters
     "nemotron_h": _nemotron_h,
     "jamba": _jamba,
     "falcon_h1": _falcon_h1,
+    "zamba2": _zamba2,
     "lfm2": _lfm2,
 }
 

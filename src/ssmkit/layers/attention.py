@@ -13,6 +13,10 @@ Glossary (code name: meaning)
     window:     each query attends to at most `window` positions, itself included (None = all)
     qk_norm_eps: when set, each head's q and k are RMS-normalized (weights q_norm, k_norm of
                 head_dim) before the rotary embedding (LFM2's q_layernorm / k_layernorm)
+    d_out:      width of the output (d_model unless given: Zamba2's shared attention reads
+                2 d_model channels and writes d_model)
+    in_proj_delta: per call, a tensor added to in_proj(x), (b, l, (n_head + 2 n_kv_head) head_dim):
+                the low-rank adapters of one use of a shared attention (Zamba2)
     pos:        per row, how many tokens the layer has seen; the next token has position `pos`
 
 State = the KV cache, the one state in ssmkit that grows with the context:
@@ -80,12 +84,15 @@ class Attention(Mixer):
         rotary_dim: int | None = None,
         scale: float | None = None,
         qk_norm_eps: float | None = None,
+        d_out: int | None = None,
         bidirectional: bool = False,
         device=None,
         dtype=None,
     ):
         super().__init__()
         check_positive_int("d_model", d_model)
+        d_out = d_model if d_out is None else d_out
+        check_positive_int("d_out", d_out)
         check_positive_int("n_head", n_head)
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         check_positive_int("n_kv_head", n_kv_head)
@@ -112,10 +119,10 @@ class Attention(Mixer):
             raise ValueError(f"Attention: rope_theta must be > 0, got {rope_theta}")
         self.d_model, self.n_head, self.n_kv_head, self.head_dim = d_model, n_head, n_kv_head, head_dim
         self.rope_theta, self.window, self.bidirectional = float(rope_theta), window, bidirectional
-        self.rotary_dim, self.scale = rotary_dim, scale
+        self.rotary_dim, self.scale, self.d_out = rotary_dim, scale, d_out
         kw = {"device": device, "dtype": dtype}
         self.in_proj = nn.Linear(d_model, (n_head + 2 * n_kv_head) * head_dim, bias=bias, **kw)
-        self.out_proj = nn.Linear(n_head * head_dim, d_model, bias=bias, **kw)
+        self.out_proj = nn.Linear(n_head * head_dim, d_out, bias=bias, **kw)
         self.qk_norm_eps = qk_norm_eps
         if qk_norm_eps is not None:
             given = {k: v for k, v in kw.items() if v is not None}
@@ -141,10 +148,12 @@ class Attention(Mixer):
         return_state: bool = False,
         *,
         attention_mask: torch.Tensor | None = None,
+        in_proj_delta: torch.Tensor | None = None,
     ):
-        """x (b, l, d_model) -> y [, state]. attention_mask (b, l), 1 = token, 0 = pad: no query attends
-        to a pad (a pad attends to itself only), so with rotary's relative positions each row's tokens
-        are computed as if the row had no pads (calls without a carried state)."""
+        """x (b, l, d_model) -> y (b, l, d_out) [, state]. attention_mask (b, l), 1 = token, 0 = pad: no
+        query attends to a pad (a pad attends to itself only), so with rotary's relative positions each
+        row's tokens are computed as if the row had no pads (calls without a carried state).
+        in_proj_delta: added to in_proj(x) (see the module docstring)."""
         if (empty := self._empty_forward(x, state, return_state)) is not None:
             return empty
         if state is not None or return_state:
@@ -154,7 +163,15 @@ class Attention(Mixer):
         pad_mask = self._padding_mask(attention_mask, x, stateful=state is not None or return_state)
         b, l, _ = x.shape
         H, Hk, hd = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.in_proj(x).split([H * hd, Hk * hd, Hk * hd], dim=-1)
+        qkv = self.in_proj(x)
+        if in_proj_delta is not None:
+            if in_proj_delta.shape != qkv.shape:
+                raise ValueError(
+                    f"Attention: in_proj_delta must have shape {tuple(qkv.shape)} (batch, length, "
+                    f"(n_head + 2 n_kv_head) head_dim), got {tuple(in_proj_delta.shape)}"
+                )
+            qkv = qkv + in_proj_delta
+        q, k, v = qkv.split([H * hd, Hk * hd, Hk * hd], dim=-1)
         q, k = q.view(b, l, H, hd), k.view(b, l, Hk, hd)
         if self.qk_norm_eps is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -189,7 +206,7 @@ class Attention(Mixer):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask[:, None], scale=self.scale, enable_gqa=H != Hk
             )
-        y = self.out_proj(y.transpose(1, 2).reshape(b, l, H * hd))  # (b, l, d_model)
+        y = self.out_proj(y.transpose(1, 2).reshape(b, l, H * hd))  # (b, l, d_out)
         if not return_state:
             return y
         if self.window is not None:
@@ -225,6 +242,6 @@ class Attention(Mixer):
         return (
             f"d_model={self.d_model}, n_head={self.n_head}, n_kv_head={self.n_kv_head}, "
             f"head_dim={self.head_dim}, rope_theta={self.rope_theta}, rotary_dim={self.rotary_dim}, "
-            f"scale={self.scale}, window={self.window}, "
+            f"scale={self.scale}, window={self.window}, d_out={self.d_out}, "
             f"bidirectional={self.bidirectional}"
         )

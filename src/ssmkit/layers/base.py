@@ -98,7 +98,7 @@ class Mixer(nn.Module):
             self._check_causal("a state")
         if state is not None:
             self._check_state(state, x.shape[0])
-        y = x.new_zeros(x.shape)
+        y = x.new_zeros(*x.shape[:-1], getattr(self, "d_out", self.d_model))  # d_out: Attention's option
         if not return_state:
             return y
         return y, state if state is not None else self.init_state(x.shape[0], device=x.device)
@@ -108,7 +108,7 @@ class Mixer(nn.Module):
         self._check_causal("step")
         self._check_x_t(x_t)
         self._check_state(state, x_t.shape[0])
-        return None if x_t.shape[0] else (x_t.new_zeros(x_t.shape), state)
+        return None if x_t.shape[0] else (x_t.new_zeros(0, getattr(self, "d_out", self.d_model)), state)
 
     def _padding_mask(self, attention_mask, x: torch.Tensor, stateful: bool) -> torch.Tensor | None:
         """attention_mask (b, l), 1 = token, 0 = pad -> (b, l) in x's dtype, or None when it has no pad.

@@ -114,9 +114,12 @@ class GatedMLP(nn.Module):
         self.fc1 = nn.Linear(d_model, 2 * d_intermediate, bias=bias, device=device, dtype=dtype)
         self.fc2 = nn.Linear(d_intermediate, d_model, bias=bias, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fc1_delta: torch.Tensor | None = None) -> torch.Tensor:
+        """fc1_delta: added to fc1(x), (..., 2 d_intermediate) in fc1's [y; gate] order (the low-rank
+        adapter of one use of a shared MLP, Zamba2's)."""
         _check_last_dim(self, x, self.d_model)
-        y, gate = self.fc1(x).chunk(2, dim=-1)
+        h = self.fc1(x)
+        y, gate = (h if fc1_delta is None else h + fc1_delta).chunk(2, dim=-1)
         if self.gate_multiplier != 1.0:
             gate = gate * self.gate_multiplier
         out = self.fc2(y * self.act(gate))

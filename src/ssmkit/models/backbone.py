@@ -2,9 +2,12 @@
 and a final RMSNorm.
 
 A block is `x + mixer(norm(x))`, then, if the block has one, `x + mlp(norm2(x))` (its kind from
-cfg.mlp_types). The residual stream x stays in float32 (cfg.residual_in_fp32) whatever the parameter
-dtype; each sublayer reads a normalized copy cast to the parameter dtype. cfg.embedding_multiplier
-scales the embedding and cfg.residual_multiplier each sublayer's output (both 1 by default).
+cfg.mlp_types). A block that uses a shared transformer block (cfg.shared_layers, Zamba2's) reads
+`norm(x + t)` instead, t the shared block's output for this use (`ssmkit.models.shared`); the
+backbone owns the shared blocks, the block its use's adapters. The residual stream x stays in
+float32 (cfg.residual_in_fp32) whatever the parameter dtype; each sublayer reads a normalized copy
+cast to the parameter dtype. cfg.embedding_multiplier scales the embedding and
+cfg.residual_multiplier each sublayer's output (both 1 by default).
 
 Weight names are the published Mamba checkpoints' (`embedding`, `layers.{i}.mixer.*`,
 `layers.{i}.norm`, `layers.{i}.norm2`, `layers.{i}.mlp.*`, `norm_f`), so that converting one is a rename.
@@ -27,6 +30,7 @@ from ssmkit.layers import registry
 from ssmkit.layers.base import StateDict
 from ssmkit.layers.mlp import MLP, GatedMLP, MoE
 from ssmkit.layers.norm import RMSNorm
+from ssmkit.models import shared
 from ssmkit.models.config import SSMConfig
 
 
@@ -74,9 +78,11 @@ def compact(state: StateDict) -> StateDict:
 class Block(nn.Module):
     """residual + mixer(norm(residual)) [+ mlp(norm2(residual))]; input and output: the residual stream."""
 
-    def __init__(self, cfg: SSMConfig, kind: str, mlp_kind: str | None = "config"):
-        """mlp_kind: the MLP sublayer's kind, None for none; "config": cfg.mlp when d_intermediate > 0."""
+    def __init__(self, cfg: SSMConfig, kind: str, mlp_kind: str | None = "config", uses_shared: bool = False):
+        """mlp_kind: the MLP sublayer's kind, None for none; "config": cfg.mlp when d_intermediate > 0.
+        uses_shared: the block reads a shared block's output (its adapters live here)."""
         super().__init__()
+        self.adapter = shared.SharedAdapter(cfg.d_model, shared.options(cfg)) if uses_shared else None
         self.kind = kind
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mixer = build_mixer(cfg, kind)
@@ -105,10 +111,12 @@ class Block(nn.Module):
         residual: torch.Tensor,
         state: StateDict | None = None,
         return_state: bool = False,
+        inject: torch.Tensor | None = None,
         **mixer_kwargs,
     ):
-        """mixer_kwargs: per-call keywords; the ones this block's mixer takes are passed to it."""
-        h = self.norm(residual).to(self.norm.weight.dtype)  # (b, l, d) param dtype
+        """mixer_kwargs: per-call keywords; the ones this block's mixer takes are passed to it.
+        inject: a shared block's output, added to the mixer's input only."""
+        h = self._normed(residual, inject)  # (b, l, d) param dtype
         kw = {k: v for k, v in mixer_kwargs.items() if k in self.call_kwargs}
         if return_state:
             y, state = self.mixer(h, state=state, return_state=True, **kw)
@@ -117,13 +125,21 @@ class Block(nn.Module):
         residual = self._mlp(self._add(residual, y))
         return (residual, state) if return_state else residual
 
-    def step(self, residual_t: torch.Tensor, state: StateDict) -> tuple[torch.Tensor, StateDict]:
-        y, state = self.mixer.step(self.norm(residual_t).to(self.norm.weight.dtype), state)
+    def _normed(self, residual: torch.Tensor, inject: torch.Tensor | None) -> torch.Tensor:
+        x = residual if inject is None else residual + inject.to(residual.dtype)
+        return self.norm(x).to(self.norm.weight.dtype)
+
+    def step(
+        self, residual_t: torch.Tensor, state: StateDict, inject: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, StateDict]:
+        y, state = self.mixer.step(self._normed(residual_t, inject), state)
         return self._mlp(self._add(residual_t, y)), state
 
-    def step_(self, residual_t: torch.Tensor, state: StateDict) -> torch.Tensor:
+    def step_(
+        self, residual_t: torch.Tensor, state: StateDict, inject: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """step, writing the new state into `state` (the caller owns it: Mixer.step_)."""
-        y = self.mixer.step_(self.norm(residual_t).to(self.norm.weight.dtype), state)
+        y = self.mixer.step_(self._normed(residual_t, inject), state)
         return self._mlp(self._add(residual_t, y))
 
 
@@ -137,7 +153,12 @@ class Backbone(nn.Module):
             self.embedding = nn.Embedding(cfg.vocab_size_padded, cfg.d_model)
         else:
             self.input_proj = nn.Linear(cfg.input_dim, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg, k, m) for k, m in zip(cfg.layer_types, cfg.mlp_types))
+        kinds = zip(cfg.layer_types, cfg.mlp_types)
+        self.layers = nn.ModuleList(Block(cfg, k, m, i in cfg.shared_uses) for i, (k, m) in enumerate(kinds))
+        if cfg.shared_uses:
+            o = shared.options(cfg)
+            blocks = (shared.SharedBlock(cfg.d_model, o) for _ in range(o["n_blocks"]))
+            self.shared_blocks = nn.ModuleList(blocks)
         self.norm_f = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self._init_weights()
 
@@ -168,9 +189,35 @@ class Backbone(nn.Module):
         return x.float() if self.config.residual_in_fp32 else x
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> list[StateDict]:
-        """Each mixer's empty state; dtype None lets each layer pick its own state dtype."""
+        """Each mixer's empty state, then each shared block use's; dtype None lets each layer pick its
+        own state dtype."""
         device = self.norm_f.weight.device if device is None else device
-        return [blk.mixer.init_state(batch_size, device=device, dtype=dtype) for blk in self.layers]
+        kw = dict(device=device, dtype=dtype)
+        mixers = [blk.mixer for blk in self.layers] + [self._shared_block(j).attention for j in self._uses()]
+        return [m.init_state(batch_size, **kw) for m in mixers]
+
+    # ---- shared blocks (Zamba2): use j of cfg.shared_uses runs shared block j % n_blocks ------------
+    def _uses(self) -> range:
+        return range(len(self.config.shared_uses))
+
+    def _use_slot(self, i: int) -> int:
+        """Where block i's use of a shared block keeps its state in the list of layer states."""
+        return self.config.n_layer + self.config.shared_uses.index(i)
+
+    def _shared_block(self, j: int) -> shared.SharedBlock:
+        return self.shared_blocks[j % len(self.shared_blocks)]
+
+    def _inject(self, i, blk, residual, embeddings, states, attention_mask=None):
+        """(the shared block's output for block i, its use's new state), or (None, None) when block i
+        uses none. residual, embeddings: (b, l, d_model), or (b, d_model) for one step."""
+        if blk.adapter is None:
+            return None, None
+        j = self.config.shared_uses.index(i)
+        s = None if states is None else states[self._use_slot(i)]
+        if residual.dim() == 2:
+            t, s = self._shared_block(j)(residual[:, None], embeddings[:, None], blk.adapter, s)
+            return t[:, 0], s
+        return self._shared_block(j)(residual, embeddings, blk.adapter, s, attention_mask=attention_mask)
 
     def forward(
         self,
@@ -185,17 +232,21 @@ class Backbone(nn.Module):
         the mixers whose forward takes it; one that no mixer takes raises.
         """
         self._check_mixer_kwargs(mixer_kwargs)
-        residual = self.embed(inputs)
-        new_states = []
+        residual = embeddings = self.embed(inputs)
+        new_states = [{} for _ in self.config.state_layout]
         for i, blk in enumerate(self.layers):
             s = None if states is None else states[i]
+            mask = mixer_kwargs.get("attention_mask")
+            inject, use_state = self._inject(i, blk, residual, embeddings, states, mask)
+            if use_state is not None:
+                new_states[self._use_slot(i)] = use_state
             if return_state:
-                residual, s = blk(residual, state=s, return_state=True, **mixer_kwargs)
-                new_states.append(compact(s))
+                residual, s = blk(residual, state=s, return_state=True, inject=inject, **mixer_kwargs)
+                new_states[i] = s
             else:
-                residual = blk(residual, state=s, **mixer_kwargs)
+                residual = blk(residual, state=s, inject=inject, **mixer_kwargs)
         hidden = self.norm_f(residual).to(self.dtype)
-        return (hidden, new_states) if return_state else hidden
+        return (hidden, [compact(s) for s in new_states]) if return_state else hidden
 
     def _check_mixer_kwargs(self, mixer_kwargs: dict) -> None:
         given = {k for k, v in mixer_kwargs.items() if v is not None}
@@ -208,18 +259,23 @@ class Backbone(nn.Module):
 
     def step(self, inputs_t: torch.Tensor, states: list[StateDict]) -> tuple[torch.Tensor, list[StateDict]]:
         """One token per row: ids (b,) or series (b, input_dim) -> hidden (b, d_model), new states."""
-        residual = self.embed(inputs_t)
-        new_states = []
-        for blk, s in zip(self.layers, states):
-            residual, s = blk.step(residual, s)
-            new_states.append(s)
+        residual = embeddings = self.embed(inputs_t)
+        new_states = list(states)
+        for i, blk in enumerate(self.layers):
+            inject, s = self._inject(i, blk, residual, embeddings, states)
+            if s is not None:
+                new_states[self._use_slot(i)] = s
+            residual, new_states[i] = blk.step(residual, states[i], inject)
         return self.norm_f(residual).to(self.dtype), new_states
 
     def step_(self, inputs_t: torch.Tensor, states: list[StateDict]) -> torch.Tensor:
         """step, writing each layer's new state into `states` (the caller owns them: Mixer.step_)."""
-        residual = self.embed(inputs_t)
-        for blk, s in zip(self.layers, states):
-            residual = blk.step_(residual, s)
+        residual = embeddings = self.embed(inputs_t)
+        for i, blk in enumerate(self.layers):
+            inject, s = self._inject(i, blk, residual, embeddings, states)
+            if s is not None:
+                states[self._use_slot(i)].update(s)
+            residual = blk.step_(residual, states[i], inject)
         return self.norm_f(residual).to(self.dtype)
 
     def aux_loss(self) -> torch.Tensor | None:

@@ -62,6 +62,11 @@ def _check_mlp_kind(name: str) -> None:
         raise ValueError(f"unknown MLP kind {name!r}; known: {[*MLP_TYPES, NO_MLP]}")
 
 
+def _check_shared_kind(name: str) -> None:
+    if name not in ("shared", NO_MLP):
+        raise ValueError(f"unknown shared-layer kind {name!r}; known: ['shared', '{NO_MLP}']")
+
+
 def _added(default=None, *, factory=None):
     """A field added after the first release: omitted from to_dict (and the hash) at its default."""
     meta = {"omit_at_default": True}
@@ -140,6 +145,13 @@ class SSMConfig:
     """Factor on every sublayer's output before it joins the residual stream (Granite)."""
     logits_multiplier: float = _added(1.0)
     """Factor on the LM head's logits (Granite: 1 / logits_scaling)."""
+    shared_layers: str = _added("")
+    """Which blocks use a shared transformer block (Zamba2's hybrid layers), parallel to `layers`:
+    "shared" or "none" with optional `*count`, repeated to `n_layer`; "" = none. See
+    `ssmkit.models.shared`."""
+    shared_block: dict[str, Any] = _added(factory=dict)
+    """Options of the shared blocks (`ssmkit.models.shared.OPTIONS`), e.g. {"n_blocks": 2,
+    "d_intermediate": 256, "adapter_rank": 8, "attention_adapters": True, "mlp_adapters": True}."""
 
     # derived (not arguments)
     vocab_size_padded: int = field(init=False)
@@ -148,6 +160,10 @@ class SSMConfig:
     """One layer name per block, the expanded pattern."""
     mlp_types: list[str | None] = field(init=False)
     """One MLP kind per block (None: the block has no MLP sublayer), the expanded `mlp_layers`."""
+    shared_uses: list[int] = field(init=False)
+    """The blocks that use a shared block, in order (the expanded `shared_layers`)."""
+    state_layout: list[str] = field(init=False)
+    """A State's layout: `layer_types`, then "attention" for each use of a shared block."""
 
     def __post_init__(self):
         for name in ("d_model", "n_layer", "pad_vocab_size_multiple", "n_head", "n_experts", "top_k"):
@@ -194,6 +210,8 @@ class SSMConfig:
             self.layers = ",".join(self.layers)
         self.layer_types = parse_pattern(self.layers, self.n_layer)
         self.mlp_types = self._expand_mlp_layers()
+        self.shared_uses = self._expand_shared_layers()
+        self.state_layout = self.layer_types + ["attention"] * len(self.shared_uses)
         m = self.pad_vocab_size_multiple
         self.vocab_size_padded = -(-self.vocab_size // m) * m if self.input_dim is None else 0
 
@@ -216,6 +234,16 @@ class SSMConfig:
                     f"d_intermediate or mlp_kwargs[{kind!r}]['d_intermediate']"
                 )
         return [None if k == NO_MLP else k for k in kinds]
+
+    def _expand_shared_layers(self) -> list[int]:
+        if not isinstance(self.shared_block, dict):
+            raise TypeError(f"SSMConfig.shared_block must be a dict, got {self.shared_block!r}")
+        if not isinstance(self.shared_layers, str):
+            self.shared_layers = ",".join(self.shared_layers)
+        if not self.shared_layers:
+            return []
+        kinds = parse_pattern(self.shared_layers, self.n_layer, "shared_layers", _check_shared_kind)
+        return [i for i, k in enumerate(kinds) if k == "shared"]
 
     def mlp_width(self, kind: str) -> int:
         """Hidden width of the MLP sublayers of `kind` (mlp_kwargs[kind] may set its own)."""

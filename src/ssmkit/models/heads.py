@@ -74,7 +74,7 @@ class SSMForCausalLM(PretrainedMixin, nn.Module):
         from ssmkit.inference.state import State  # models -> inference, lazily (State imports no model)
 
         layers = self.backbone.init_state(batch_size, device=device, dtype=dtype)
-        return State(layers, self.config.layer_types, self._config_hash)
+        return State(layers, self.config.state_layout, self._config_hash)
 
     def _check_state(self, state, batch_size: int) -> None:
         from ssmkit.inference.state import State
@@ -83,7 +83,7 @@ class SSMForCausalLM(PretrainedMixin, nn.Module):
             raise TypeError(
                 f"state must be an ssmkit.State (from model.init_state), got {type(state).__name__}"
             )
-        state.check_for(self._config_hash, self.config.layer_types, batch_size)
+        state.check_for(self._config_hash, self.config.state_layout, batch_size)
 
     def _check_ids(self, input_ids: torch.Tensor, name: str = "input_ids", ndim: int = 2) -> None:
         check_tensor(
