@@ -34,8 +34,10 @@ _VERSION = "1"
 class State:
     """Per-layer recurrent states of one model, for a batch of sequences.
 
-    layers: list of dict[str, Tensor], one per block (empty dict for a layer without state).
-    layout: list of layer names (e.g. ["mamba2", "attention"]), one per block.
+    layers: list of dict[str, Tensor], one per block (empty dict for a layer without state), then one
+            per use of a shared block (its KV cache).
+    layout: list of layer names (e.g. ["mamba2", "attention"]), one per block, then "attention" for
+            each use of a shared block (SSMConfig.state_layout).
     config_hash: SSMConfig.config_hash() of the model the state belongs to (None = unchecked).
     """
 
