@@ -11,7 +11,8 @@ tf = pytest.importorskip("transformers")
 VOCAB = 61
 
 
-def tiny(latent=None, tie=False, groups=(1, 1)):
+def tiny(latent=None, tie=False, groups=(1, 1), dt_limit=(0.05, float("inf"))):
+    """dt_limit: time_step_limit (time_step_min is 0.05: transformers <= 5.24 clamps there instead)."""
     cfg = tf.NemotronHConfig(
         hidden_size=32,
         intermediate_size=48,
@@ -34,6 +35,7 @@ def tiny(latent=None, tie=False, groups=(1, 1)):
         topk_group=groups[1],
         routed_scaling_factor=1.7,
         time_step_min=0.05,
+        time_step_limit=dt_limit,
         tie_word_embeddings=tie,
         eos_token_id=None,
         bos_token_id=None,
@@ -54,6 +56,24 @@ def test_nemotron_h_matches_transformers(tmp_path, latent, tie, groups):
     mamba = ours.backbone.layers[0].mixer
     assert mamba.d_inner == 48 != mamba.expand * 32 and mamba.dt_limit == (0.05, float("inf"))
     assert ours.backbone.layers[2].mixer.rotary_dim == 0
+
+
+def test_time_step_limit_is_read():
+    from ssmkit.interop.hf.convert import config_from_transformers
+
+    raw = tiny(dt_limit=(0.0, 0.3)).config.to_dict()
+    assert config_from_transformers(raw).layer_kwargs["mamba2"]["dt_limit"] == (0.0, 0.3)
+
+
+@pytest.mark.skipif(
+    tuple(int(x) for x in tf.__version__.split(".")[:2]) < (5, 25),
+    reason="transformers <= 5.24 clamps dt at (time_step_min, inf), not at time_step_limit",
+)
+def test_dt_is_clamped_to_time_step_limit(tmp_path):
+    """NVIDIA's code and transformers >= 5.25 clamp dt to time_step_limit (here below time_step_min
+    and with an upper bound, so both ends show in the logits)."""
+    ours = check_family(tiny(dt_limit=(0.0, 0.3)), tmp_path, VOCAB, model_type="nemotron_h")
+    assert ours.backbone.layers[0].mixer.dt_limit == (0.0, 0.3)
 
 
 def test_old_style_config_and_model_prefixed_stacked_weights(tmp_path):

@@ -6,7 +6,9 @@ choice, routed_scaling_factor), a shared expert and an optional latent projectio
 
 In ssmkit: the layer pattern over "mamba2", "attention" (rotary_dim=0), "mlp" and "moe" (the
 feed-forward mixers), no MLP sublayers; the Mamba-2 width is mamba_num_heads * mamba_head_dim
-(Mamba2's d_inner), and its dt is clamped below at time_step_min as transformers' forward does.
+(Mamba2's d_inner), and its dt is clamped to time_step_limit, as NVIDIA's published code and
+transformers >= 5.25 do (transformers <= 5.24 clamped at (time_step_min, inf), which Nemotron's configs
+did not ask for: huggingface/transformers#48989).
 
 Weights: backbone.embeddings, backbone.layers.{i}.norm, backbone.layers.{i}.mixer.{Mamba-2 names |
 {q,k,v,o}_proj | up_proj, down_proj | gate.weight, gate.e_score_correction_bias,
@@ -70,6 +72,7 @@ class NemotronH(Family):
         n_groups=8,
         conv_kernel=4,
         time_step_min=0.001,
+        time_step_limit=(0.0, float("inf")),
         use_conv_bias=True,
         chunk_size=128,
         use_bias=False,
@@ -107,7 +110,7 @@ class NemotronH(Family):
         mamba = common.mamba2(
             c, MAMBA_FIELDS, c["layer_norm_epsilon"], d_inner=c["mamba_num_heads"] * c["mamba_head_dim"]
         )
-        mamba["dt_limit"] = (float(c["time_step_min"]), float("inf"))  # as the mixer's forward clamps
+        mamba["dt_limit"] = tuple(float(x) for x in c["time_step_limit"])
         layer_kwargs = {
             "mamba2": mamba,
             "attention": attn,
@@ -244,9 +247,11 @@ class NemotronH(Family):
             [common.mamba2_fields(m, MAMBA_FIELDS) for m in mixers], "Mamba-2", family
         )
         m = mixers[0]
-        if m.dt_limit[1] != float("inf") or m.norm.eps != cfg.norm_eps:
-            raise ValueError(f"to_hf: {family}'s Mamba-2 clamps dt below only, with one norm epsilon for all")
-        return {**fields, "mamba_num_heads": m.nheads, "time_step_min": m.dt_limit[0]}
+        if m.norm.eps != cfg.norm_eps:
+            raise ValueError(f"to_hf: {family}'s Mamba-2 has one norm epsilon for all")
+        # time_step_min too, so that transformers <= 5.24 (which clamps there) computes the same
+        low = {"time_step_min": m.dt_limit[0]} if m.dt_limit[0] > 0 else {}
+        return {**fields, "mamba_num_heads": m.nheads, "time_step_limit": list(m.dt_limit), **low}
 
     def _moe_fields(self, moes) -> dict[str, Any]:
         family = self.model_type
