@@ -52,7 +52,7 @@ def _layout(t, how):
     return wide.transpose(1, 2)[:, d:]
 
 
-# lengths off the chunk (64) and checkpoint (128) grids: partial chunks and segments
+# lengths off the chunk (64) and checkpoint (32) grids: partial chunks and segments
 CASES = [
     _case(2, 6, 300, 5, 2),
     _case(1, 4, 131, 16, 1, full=False, softplus=False),
@@ -60,6 +60,7 @@ CASES = [
     _case(2, 6, 50, 4, 0),                                    # B, C (b, n, l)
     _case(1, 130, 140, 5, 1, layout="slice"),                 # inference: blocks of 64, 64, 2 channels
     _case(1, 70, 131, 16, 2, full=False, softplus=False, layout="channels_last"),
+    _case(2, 260, 70, 4, 2, layout="channels_last"),          # backward: blocks of 128, 2, 128, 2 channels
 ]
 
 
