@@ -4,7 +4,9 @@ the machine's own ceilings (fp32 matmul GFLOP/s, torch.exp G/s) measured in the 
 
     .venv/bin/python -m benchmarks ops_cpu            # b in {1, 8}, l in {512, 2048, 8192}
     .venv/bin/python -m benchmarks ops_cpu --quick    # b=1, l=2048 only
-    options: --cap SECONDS (per cell, default 60), --out PATH (default benchmarks/results/ops_cpu.md)
+    options: --cap SECONDS (per cell, default 60), --out PATH (default benchmarks/results/ops_cpu.md),
+             --paths a,b (only these peers beside ssmkit numba), --before COMMIT (adds "ssmkit before":
+             ssmkit numba on ssmkit's src/ at COMMIT, in the same run, cell by cell)
 
 Mamba-1 (selective scan, d=1536, n=16, float32, delta_softplus, D, z gate):
     ssmkit numba ssmkit.ops.selective_scan.numba (fused numba scan)
@@ -187,7 +189,15 @@ def main(argv=None) -> None:
     p.add_argument("--cap", type=float, default=60.0, help="seconds per cell before it is skipped")
     p.add_argument("--out", default="benchmarks/results/ops_cpu.md")
     p.add_argument("--only", choices=["mamba1", "mamba2"], default=None)
+    p.add_argument("--paths", default=None, help="comma-separated peers to run (default: all)")
+    p.add_argument("--before", default=None, help="a commit: also run ssmkit numba as of that commit")
     args = p.parse_args(argv)
+    before_src = None
+    if args.before:
+        from benchmarks.train_speed import _extract
+
+        before_src, full = _extract(args.before)
+        print(f"ssmkit before = {full}", flush=True)
 
     grid = [(1, 2048)] if args.quick else [(b, L) for b in (1, 8) for L in (512, 2048, 8192)]
     ceil = ceilings()
@@ -207,6 +217,8 @@ def main(argv=None) -> None:
     if args.only in (None, "mamba2"):
         sections.append(("Mamba-2 SSD (h=24, p=64, n=128)", f"{_HERE}:mamba2_cell", MAMBA2_PATHS))
     for title, target, paths in sections:
+        peers = [pa for pa in paths[1:] if args.paths is None or pa in args.paths.split(",")]
+        paths = (paths[0],) + (("ssmkit before",) if before_src else ()) + tuple(peers)
         head = ["b", "l", "pass"] + [f"{pa} time" for pa in paths] + [f"{pa} MB" for pa in paths]
         head += [f"{pa} / ssmkit" for pa in paths[1:]] + [f"{pa} MB / ssmkit" for pa in paths[1:]]
         rows = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -214,9 +226,7 @@ def main(argv=None) -> None:
         achieved = []
         for b, L in grid:
             for backward in (False, True):
-                res = {pa: run_cell(target, {"path": pa, "b": b, "L": L, "backward": backward}, args.cap,
-                                    exact_peak=False)
-                       for pa in paths}
+                res = {pa: _cell(target, pa, b, L, backward, args.cap, before_src) for pa in paths}
                 ours = res[paths[0]]
                 ratio, mratio = [], []
                 for pa in paths[1:]:
@@ -239,6 +249,22 @@ def main(argv=None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {out}")
+
+
+def _cell(target, path, b, L, backward, cap, before_src):
+    """One cell in its own process; "ssmkit before": ssmkit numba with the older src/ first on the path."""
+    kw = {"path": "ssmkit numba" if path == "ssmkit before" else path, "b": b, "L": L, "backward": backward}
+    if path != "ssmkit before":
+        return run_cell(target, kw, cap, exact_peak=False)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(before_src)] + ([old] if old else []))
+    try:
+        return run_cell(target, kw, cap, exact_peak=False)
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
 
 
 def _achieved(title, b, L, t, ceil):
