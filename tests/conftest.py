@@ -1,5 +1,8 @@
 import os
 
+import ssmkit  # noqa: F401  before torch: ssmkit asks torch's OpenMP runtime to wait passively
+
+# isort: split
 import pytest
 import torch
 

@@ -2,6 +2,9 @@
 torch, and the tensor -> array views and copies the kernels read. (The output buffers are tested with
 the scan that needs them most, in test_parallel_scan.py.)"""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +87,21 @@ def test_parallel_kernels_run_on_at_most_torchs_threads():
     finally:
         torch.set_num_threads(torch_before)
         numba.set_num_threads(numba_before)
+
+
+def test_a_fresh_process_keeps_torchs_thread_count():
+    """The first query of numba's threads starts its pool, which resets OpenMP's thread count: torch's
+    count is read before that, so `torch.set_num_threads(1)` still holds after a model's first call."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: numba has one thread whatever torch says")
+    code = (
+        "import torch\n"
+        "torch.set_num_threads(1)\n"
+        "from ssmkit import SSMConfig, SSMForCausalLM\n"
+        "model = SSMForCausalLM(SSMConfig(d_model=16, n_layer=1, vocab_size=16, layers='mamba'))\n"
+        "model(torch.randint(0, 16, (2, 32))).logits.sum().backward()\n"
+        "print(torch.get_num_threads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1", done.stdout

@@ -34,7 +34,8 @@ def njit(**options):
 
 def num_threads() -> int:
     """The threads a parallel kernel runs on: numba's count, at most torch's (torch.set_num_threads)."""
-    return min(nb.get_num_threads(), torch.get_num_threads())
+    theirs = torch.get_num_threads()  # first: numba's first query starts its pool and resets the count
+    return min(nb.get_num_threads(), theirs)
 
 
 class _TorchThreads:
@@ -52,7 +53,8 @@ class _TorchThreads:
         functools.update_wrapper(self, kernel.py_func)
 
     def __call__(self, *args):
-        mine, theirs = nb.get_num_threads(), torch.get_num_threads()
+        theirs = torch.get_num_threads()  # first: see num_threads
+        mine = nb.get_num_threads()
         n = min(mine, theirs)
         if n == mine:
             return self.kernel(*args)
