@@ -29,7 +29,10 @@ def sync(device) -> None:
 
 
 def timeit(fn, device, reps: int, cap: float) -> float:
-    """Median seconds of fn() over reps calls after one warm-up call (fewer calls when slow)."""
+    """Median seconds of fn() over reps calls after one warm-up call (fewer calls when slow). The warm-up
+    pays the compiles (Triton's, numba's on a cold cache: ~23 s for the selective scan's forward and
+    backward) and is not held to the cap; the first timed call is."""
+    fn()
     sync(device)
     t0 = time.perf_counter()
     fn()
