@@ -132,6 +132,29 @@ def test_numba_inference_writes_channels_last():
     assert torch.equal(sT, sT_r)
 
 
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("L", [2, 300])
+def test_numba_training_keeps_the_projection_layout(L):
+    """In a layer, x is a slice of in_proj's output and y's gradient comes channels-last: the numba
+    Function's output and x's gradient stay channels-last, and every gradient equals the oracle's."""
+    gen = torch.Generator().manual_seed(L)
+    b, d, k = 2, 70, 4
+    proj = torch.randn(b, L, 2 * d, generator=gen, requires_grad=True)
+    w, bias, s0 = (torch.randn(*shape, generator=gen, requires_grad=True)
+                   for shape in ((d, k), (d,), (b, d, k - 1)))
+    dy = torch.randn(b, L, d, generator=gen).transpose(1, 2)               # channels-last
+    outs, grads = {}, {}
+    for backend in ("reference", "numba"):
+        x = proj[:, :, d:].transpose(1, 2)
+        y = causal_conv1d(x, w, bias=bias, initial_state=s0, activation="silu", backend=backend)
+        outs[backend] = y
+        grads[backend] = torch.autograd.grad(y, (proj, w, bias, s0), dy)
+    assert outs["numba"].stride(1) == 1
+    assert_rel(outs["numba"], outs["reference"], TOL[torch.float32][0], "y")
+    for name, g, g_r in zip(("proj", "w", "bias", "initial_state"), grads["numba"], grads["reference"]):
+        assert_rel(g, g_r, TOL[torch.float32][0], name)
+
+
 def test_errors_name_arguments():
     x, w = torch.randn(2, 5, 13), torch.randn(5, 4)
     with pytest.raises(ValueError, match=r"weight must have shape \(5, kernel_size\)"):

@@ -2,8 +2,9 @@
 
 `as_array`: a C-contiguous float32 array (a view, or a copy; a transposed (b, d, l) projection is
 copied by `copy_transposed`, 16 channels at a time). `rows`: a (b, d, l) tensor as 2-D rows, either
-channels-last (the layout every layer's projections hand the ops) or contiguous; the inference
-kernels read both through `load_tile`, LANES channels by TILE time steps at a time.
+channels-last (the layout every layer's projections hand the ops) or contiguous; the kernels read
+both through `load_tile`, LANES channels by TILE time steps at a time, and write a result in its
+input's layout (`rows_like`) through `store_tile`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from ssmkit.ops._numba import njit, prange
-from ssmkit.ops._numba.buffers import poison
+from ssmkit.ops._numba.buffers import out_tensor, poison
 
 
 def as_array(t: torch.Tensor) -> np.ndarray:
@@ -73,6 +74,16 @@ def rows(t: torch.Tensor) -> tuple[np.ndarray, int, bool]:
     return t.transpose(1, 2).contiguous().numpy().reshape(b * l, d), 0, True
 
 
+def rows_like(r: tuple[np.ndarray, int, bool], b: int, d: int, L: int) -> tuple[torch.Tensor, np.ndarray]:
+    """A new (b, d, l) float32 tensor in the layout `rows` gave as r (channels-last or contiguous), and
+    its 2-D array for `store_tile`: a gradient in its input's layout, so neither side copies."""
+    if r[2]:
+        t = out_tensor((b, L, d))
+        return t.transpose(1, 2), t.numpy().reshape(b * L, d)
+    t = out_tensor((b, d, L))
+    return t, t.numpy().reshape(b * d, L)
+
+
 @njit(inline="always")
 def load_tile(src, col0, cl, i, d, L, c0, cb, t0, tl, buf):
     """buf[s, c] = x[i, c0 + c, t0 + s] for s < tl, c < cb, x given as `rows` gives it.
@@ -90,6 +101,22 @@ def load_tile(src, col0, cl, i, d, L, c0, cb, t0, tl, buf):
             seg = src[i * d + c0 + c, t0: t0 + tl]
             for s in range(tl):
                 buf[s, c] = seg[s]
+
+
+@njit(inline="always")
+def store_tile(dst, cl, i, d, L, c0, cb, t0, tl, buf):
+    """x[i, c0 + c, t0 + s] = buf[s, c] for s < tl, c < cb; dst is x channels-last (b*l, d) if cl, else
+    contiguous rows (b*d, l): the inverse of `load_tile`."""
+    if cl:
+        for s in range(tl):
+            seg = dst[i * L + t0 + s, c0: c0 + cb]
+            for c in range(cb):
+                seg[c] = buf[s, c]
+    else:
+        for c in range(cb):
+            seg = dst[i * d + c0 + c, t0: t0 + tl]
+            for s in range(tl):
+                seg[s] = buf[s, c]
 
 
 @njit(parallel=True)

@@ -31,27 +31,11 @@ from __future__ import annotations
 import numpy as np
 
 from ssmkit.ops._numba import njit, prange
-from ssmkit.ops._numba.arrays import LANES, TILE, load_tile
+from ssmkit.ops._numba.arrays import LANES, TILE, load_tile, store_tile
 from ssmkit.ops._numba.numerics import ONE, ZERO, sigmoid, silu, softplus, vexp
 
 K_CHECKPOINT = 32  # the backward's segment; TILE is a multiple of it
 BW = 128  # the backward's lanes: its (K, n, BW) buffers stay in L2 (n = 16: 0.5 MB)
-
-
-@njit(inline="always")
-def store_tile(dst, cl, i, d, L, c0, cb, t0, tl, buf):
-    """x[i, c0 + c, t0 + s] = buf[s, c] for s < tl, c < cb; dst is x channels-last (b*l, d) if cl, else
-    contiguous rows (b*d, l): the inverse of `load_tile`."""
-    if cl:
-        for s in range(tl):
-            seg = dst[i * L + t0 + s, c0: c0 + cb]
-            for c in range(cb):
-                seg[c] = buf[s, c]
-    else:
-        for c in range(cb):
-            seg = dst[i * d + c0 + c, t0: t0 + tl]
-            for s in range(tl):
-                seg[s] = buf[s, c]
 
 
 @njit(parallel=True, fastmath=True)

@@ -18,7 +18,7 @@ import torch
 
 from ssmkit.ops._dispatch import Backend
 from ssmkit.ops._numba import num_threads
-from ssmkit.ops._numba.arrays import rows
+from ssmkit.ops._numba.arrays import rows, rows_like
 from ssmkit.ops._numba.buffers import out_tensor, poison
 from ssmkit.ops.selective_scan._numba_kernels import BW, K_CHECKPOINT, scan_backward, scan_forward
 
@@ -72,8 +72,8 @@ class _ScanFn(torch.autograd.Function):
         do = rows(dout) if dout is not None else (np.zeros((b * d, L), np.float32), 0, False)
         ur, dlr = rows(u), rows(delta)
         zr = rows(z) if z is not None else _NONE
-        (du, du_np), (ddelta, ddelta_np) = _grad_like(ur, b, d, L), _grad_like(dlr, b, d, L)
-        dz, dz_np = _grad_like(zr, b, d, L) if z is not None else (None, _NONE[0])
+        (du, du_np), (ddelta, ddelta_np) = rows_like(ur, b, d, L), rows_like(dlr, b, d, L)
+        dz, dz_np = rows_like(zr, b, d, L) if z is not None else (None, _NONE[0])
         dbias, dD, dA, dh0 = poison((b, d)), poison((b, d)), poison((b, d, n)), poison((b, d, n))
         dBp = np.zeros((nwork, b, g, L, n), np.float32)
         dCp = np.zeros((nwork, b, g, L, n), np.float32)
@@ -86,16 +86,6 @@ class _ScanFn(torch.autograd.Function):
         need = ctx.needs_input_grad
         return (du, ddelta, T(dA).sum(0), dB, dC, T(dD).sum(0) if need[5] else None, dz,
                 T(dbias).sum(0) if need[7] else None, T(dh0) if need[8] else None, None)
-
-
-def _grad_like(r, b, d, L):
-    """The gradient of a (b, d, l) input given as `rows` gave it: (b, d, l) tensor, its array rows for
-    the kernel; channels-last if the input was (a view of a wider projection included), else contiguous."""
-    if r[2]:
-        t = out_tensor((b, L, d))
-        return t.transpose(1, 2), t.numpy().reshape(b * L, d)
-    t = out_tensor((b, d, L))
-    return t, t.numpy().reshape(b * d, L)
 
 
 def _sum_partials(t: torch.Tensor) -> torch.Tensor:
