@@ -1,17 +1,25 @@
-"""int8 weights (ssmkit.models.int8) against float32 on trained models: accuracy and decode speed.
+"""int8 weights (ssmkit.models.int8) against float32: decode speed at 130M shapes, accuracy on trained models.
 
-    .venv/bin/python -m benchmarks int8 --model outputs/mamba2/model --model runs/hf_mamba
-    .venv/bin/python -m benchmarks int8                      # the demo's and the shipped configs' runs
+    .venv/bin/python -m benchmarks int8                          # both parts, the default models
+    .venv/bin/python -m benchmarks int8 --part speed --threads 1,2
+    .venv/bin/python -m benchmarks int8 --part accuracy --model runs/stdlib_mamba2 --hf
 
-Each --model is an ssmkit model directory (or a run directory holding model/) or a transformers
-Mamba / Mamba-2 checkpoint (converted by ssmkit.interop.from_hf). On the corpus' validation split:
-  forward bpb   ssmkit.training.loop.evaluate over --windows windows: the prompt path of the int8
-                model (weights rounded to int8, activations in float32);
-  decode bpb    --decode-windows windows read one token at a time through model.step: the decoding
-                path (ssmkit.ops.int8_linear's numba kernel; activations stay float32);
-  decode ms     per token through model.step_ (in place on its own State, as generate decodes) after
-                a --prompt-token prompt, float32 and int8 in interleaved rounds (median), batch 1,
-                --threads threads.
+speed     Mamba-130M- and Mamba-2-130M-shaped models (24 layers, d_model 768, vocab 50280, random
+          weights, seed 0) in float32 and int8: ms per token through model.step_ (in place on its
+          own State, as generate decodes) after a --prompt-tokens prompt, the two models in
+          interleaved rounds (--rounds x --steps tokens each; median over all tokens), batch 1,
+          each --threads count in turn. "read" is the weight bytes a token reads.
+accuracy  each --model (an ssmkit model directory or a run directory holding model/, or a transformers
+          Mamba / Mamba-2 checkpoint, converted by ssmkit.interop.from_hf) on the corpus' validation
+          split; with --hf also each ssmkit model written by ssmkit.interop.to_hf, loaded and saved
+          again by transformers (when installed: the checkpoint is then transformers' own writing),
+          and read back by from_hf:
+            forward bpb  ssmkit.training.loop.evaluate over --windows windows: the prompt path of the
+                         int8 model (weights rounded to int8, activations in float32);
+            decode bpb   --decode-windows windows read one token at a time through model.step: the
+                         decoding path (ssmkit.ops.int8_linear's numba kernel).
+Random-weight 130M models say little about accuracy (their logits swing by several units under any
+rounding of the weights, llama.cpp's q8_0 alike): accuracy is judged on trained models only.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import statistics
 import time
 
@@ -29,16 +38,85 @@ import torch.nn.functional as F
 
 from ssmkit.models.int8 import quantize_int8
 
-DEFAULT_MODELS = (
-    "outputs/mamba2/model",
-    "outputs/mamba/model",
-    "runs/stdlib_mamba2/model",
-    "runs/stdlib_mamba/model",
-)
+DEFAULT_MODELS = ("outputs/ssm/model", "runs/stdlib_mamba2/model", "runs/stdlib_mamba/model")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "int8")
+SHAPES = {  # the published 130M checkpoints' shapes (state-spaces/mamba-130m, mamba2-130m)
+    "mamba": dict(d_state=16, d_conv=4, expand=2),
+    "mamba2": dict(d_state=128, headdim=64, expand=2, ngroups=1),
+}
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def shaped_model(kind: str):
+    from ssmkit import SSMConfig, SSMForCausalLM
+
+    cfg = SSMConfig(d_model=768, n_layer=24, vocab_size=50280, layers=kind, layer_kwargs={kind: SHAPES[kind]})
+    torch.manual_seed(0)
+    return SSMForCausalLM(cfg).eval()
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the matrices a decoded token reads: every linear map's weight (the LM head's too, when
+    tied to the embedding, whose lookup reads one row)."""
+    from torch import nn
+
+    from ssmkit.layers.int8 import Int8Linear
+
+    seen, total = set(), 0
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, Int8Linear)) and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            total += m.weight.numel() * m.weight.element_size()
+    return total
+
+
+@torch.no_grad()
+def decode_ms(models: dict, prompt: torch.Tensor, steps: int, rounds: int) -> dict[str, float]:
+    """Median ms per token of model.step_ for each model, the models taking turns round by round."""
+    states = {}
+    for name, m in models.items():
+        states[name] = m.init_state(1)
+        m(prompt, state=states[name])
+        for _ in range(2):  # warm-up: compiled kernels loaded, buffers allocated
+            m.step_(prompt[:, -1], states[name])
+    times = {name: [] for name in models}
+    tok = prompt[:, -1]
+    for _ in range(rounds):
+        for name, m in models.items():
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                m.step_(tok, states[name])
+                times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
+def speed(args) -> None:
+    print(f"\n## decode, 130M shapes, random weights, batch 1 (load average {loadavg()})\n")
+    print("| model | threads | float32 ms/token | int8 ms/token | int8 speedup | read f32 / int8 MB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for kind in args.kinds.split(","):
+        f32 = shaped_model(kind)
+        q = quantize_int8(copy.deepcopy(f32))
+        prompt = torch.randint(0, 50280, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
+        read = f"{weight_bytes(f32) / 1e6:.0f} / {weight_bytes(q) / 1e6:.0f}"
+        for threads in (int(t) for t in args.threads.split(",")):
+            torch.set_num_threads(threads)
+            ms = decode_ms({"f32": f32, "int8": q}, prompt, args.steps, args.rounds)
+            print(
+                f"| {kind}-130m | {threads} | {ms['f32']:.2f} | {ms['int8']:.2f} | "
+                f"{ms['f32'] / ms['int8']:.2f}x | {read} |",
+                flush=True,
+            )
+        del f32, q
+    print(f"\nload average after: {loadavg()}")
 
 
 def load(path: str):
-    """(model, bytes per token of its tokenizer on the corpus, tokenizer) for an ssmkit or HF directory."""
+    """(model, tokenizer) for an ssmkit model directory (or a run directory holding model/) or an HF one."""
     from ssmkit.interop import from_hf
     from ssmkit.models.heads import SSMForCausalLM
     from ssmkit.training.tokenizer import load_tokenizer
@@ -48,6 +126,28 @@ def load(path: str):
         is_hf = "model_type" in json.load(f)
     model = from_hf(d) if is_hf else SSMForCausalLM.from_pretrained(d)
     return model.eval(), load_tokenizer(d)
+
+
+def hf_copy(path: str) -> str:
+    """The ssmkit model at `path` written as a transformers checkpoint (ssmkit.interop.to_hf), then
+    loaded and saved again by transformers when it is installed; returns its directory."""
+    from ssmkit.interop import to_hf
+
+    model, _ = load(path)
+    src = os.path.join(path, "model") if os.path.isdir(os.path.join(path, "model")) else path
+    out = os.path.join(RESULTS, os.path.normpath(path).replace(os.sep, "_") + "-hf")
+    shutil.rmtree(out, ignore_errors=True)
+    to_hf(model, out)
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        print(f"({out}: written by ssmkit's to_hf; transformers is not installed)")
+    else:
+        AutoModelForCausalLM.from_pretrained(out).save_pretrained(out)
+    for name in os.listdir(src):  # the tokenizer files the model was trained with
+        if name.startswith("tokenizer"):
+            shutil.copy(os.path.join(src, name), out)
+    return out
 
 
 def validation(tok, corpus: str, seq_len: int, windows: int, cache_dir: str):
@@ -72,49 +172,18 @@ def decode_bpb(model, windows: torch.Tensor, bytes_per_token: float) -> float:
     return nats / (windows.shape[0] * (windows.shape[1] - 1)) / math.log(2) / bytes_per_token
 
 
-@torch.no_grad()
-def decode_ms(models: dict, prompt: torch.Tensor, steps: int, rounds: int) -> dict[str, float]:
-    states = {}
-    for name, m in models.items():
-        states[name] = m.init_state(1)
-        m(prompt, state=states[name])
-    times = {name: [] for name in models}
-    tok = prompt[:, -1]
-    for _ in range(rounds):
-        for name, m in models.items():
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                m.step_(tok, states[name])
-                times[name].append(time.perf_counter() - t0)
-    return {name: 1e3 * statistics.median(ts[2:]) for name, ts in times.items()}
-
-
-def main(argv=None):
+def accuracy(args) -> None:
     from ssmkit.training.loop import evaluate
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", help="model directory (repeatable)")
-    p.add_argument("--corpus", default="stdlib")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--windows", type=int, default=64)
-    p.add_argument("--decode-windows", type=int, default=8)
-    p.add_argument("--prompt-tokens", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--cache-dir", default=".ssmkit_cache")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     paths = args.model or [m for m in DEFAULT_MODELS if os.path.isdir(m)]
     if not paths:
-        print("int8: skipped, no trained model (pass --model DIR; `make demo` trains one)")
+        print("\nint8 accuracy: skipped, no trained model (pass --model DIR; `make demo` trains one)")
         return
-    print(f"load average: {open('/proc/loadavg').read().strip()}")
-    print(
-        "| model | params | forward bpb f32 / int8 (rel) | decode bpb f32 / int8 (rel) "
-        "| decode ms f32 / int8 |"
-    )
-    print("|---|---:|---:|---:|---:|")
+    if args.hf:
+        paths = [p for path in paths for p in (path, hf_copy(path))]
+    print(f"\n## accuracy, {args.corpus} validation split (load average {loadavg()})\n")
+    print("| model | params | forward bpb f32 / int8 (rel) | decode bpb f32 / int8 (rel) |")
+    print("|---|---:|---:|---:|")
     for path in paths:
         model, tok = load(path)
         q = quantize_int8(copy.deepcopy(model))
@@ -123,16 +192,36 @@ def main(argv=None):
         dec = {
             n: decode_bpb(m, windows[: args.decode_windows], bpt) for n, m in (("f32", model), ("int8", q))
         }
-        ms = decode_ms({"f32": model, "int8": q}, windows[:1, : args.prompt_tokens], args.steps, args.rounds)
         n_params = sum(t.numel() for t in model.parameters())
         rel = lambda d: (d["int8"] - d["f32"]) / d["f32"]  # noqa: E731
         print(
             f"| {path} | {n_params:,} | {fwd['f32']:.4f} / {fwd['int8']:.4f} ({rel(fwd):+.2%}) "
-            f"| {dec['f32']:.4f} / {dec['int8']:.4f} ({rel(dec):+.2%}) "
-            f"| {ms['f32']:.2f} / {ms['int8']:.2f} |",
+            f"| {dec['f32']:.4f} / {dec['int8']:.4f} ({rel(dec):+.2%}) |",
             flush=True,
         )
-    print(f"load average: {open('/proc/loadavg').read().strip()}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=("all", "speed", "accuracy"), default="all")
+    p.add_argument("--kinds", default="mamba,mamba2", help="speed: the 130M shapes, comma-separated")
+    p.add_argument("--threads", default="2", help="speed: thread counts, comma-separated (e.g. 1,2)")
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--steps", type=int, default=10, help="speed: tokens per model per round")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--model", action="append", help="accuracy: model directory (repeatable)")
+    p.add_argument("--hf", action="store_true", help="accuracy: also each model through to_hf/from_hf")
+    p.add_argument("--corpus", default="stdlib")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--windows", type=int, default=64)
+    p.add_argument("--decode-windows", type=int, default=8)
+    p.add_argument("--cache-dir", default=".ssmkit_cache")
+    args = p.parse_args(argv)
+    if args.part in ("all", "speed"):
+        speed(args)
+    if args.part in ("all", "accuracy"):
+        torch.set_num_threads(int(args.threads.split(",")[-1]))
+        accuracy(args)
 
 
 if __name__ == "__main__":

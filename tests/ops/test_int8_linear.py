@@ -47,13 +47,24 @@ def test_numba_matches_the_reference(lead, n_in, n_out, bias):
     assert_rel(ref.double(), exact, 1e-5, "reference vs float64")
 
 
-def test_parallel_driver_matches_the_serial_one(monkeypatch):
-    x, weight, scale, b = _inputs((2,), 50, 1001, True, seed=1)  # blocks of BLOCK rows, the last partial
-    with torch.no_grad():
-        serial = int8_linear(x, weight, scale, bias=b, backend="numba")
-        monkeypatch.setattr(tier, "PARALLEL_ABOVE", 0)
-        parallel = int8_linear(x, weight, scale, bias=b, backend="numba")
+@pytest.mark.parametrize("n_jobs", [1, 2, 3, 7])
+def test_parallel_driver_matches_the_serial_one(n_jobs):
+    """One contiguous range of output rows per job: the last range partial, some ranges empty."""
+    x, weight, scale, b = _inputs((2,), 50, 1001, True, seed=1)
+    serial, parallel = torch.full((2, 1001), float("nan")), torch.full((2, 1001), float("nan"))
+    args = (x.numpy(), weight.numpy(), scale.numpy(), b.numpy())
+    tier._gemv_serial(*args, serial.numpy())
+    tier._gemv_parallel(*args, parallel.numpy(), n_jobs)
     torch.testing.assert_close(parallel, serial, rtol=1e-6, atol=1e-6)
+
+
+def test_auto_runs_the_parallel_driver_above_its_size(monkeypatch):
+    x, weight, scale, b = _inputs((3,), 70, 203, True, seed=3)
+    monkeypatch.setattr(tier, "PARALLEL_ABOVE", 0)
+    monkeypatch.setattr(tier, "num_threads", lambda: 2)
+    with torch.no_grad():
+        fast = int8_linear(x, weight, scale, bias=b, backend="numba")
+    assert_rel(fast, int8_linear(x, weight, scale, bias=b, backend="reference"), 1e-5, "parallel")
 
 
 def test_non_contiguous_input():
