@@ -33,6 +33,18 @@ def test_int8_linear_matches_the_dequantized_reference_and_the_float_layer(rows,
     assert_rel(out, full, 2e-2, "int8 layer vs float layer")  # the weight's 8-bit rounding
 
 
+def test_decoding_path_and_forced_reference_agree(monkeypatch):
+    """A one-row forward takes numba's kernel through decode_fn; SSMKIT_BACKEND=reference takes the
+    dequantized weight: the same outputs."""
+    q = Int8Linear.from_linear(torch.nn.Linear(70, 45))
+    x = torch.randn(1, 70)
+    with torch.no_grad():
+        fast = q(x)
+        monkeypatch.setenv("SSMKIT_BACKEND", "reference")
+        ref = q(x)
+    assert_rel(fast, ref, 1e-5, "numba decode path vs forced reference")
+
+
 def test_holds_one_int8_copy_of_the_weight_and_caches_nothing():
     q = Int8Linear.from_linear(torch.nn.Linear(32, 48))
     before = {k: type(v) for k, v in vars(q).items()}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssmkit.ops import _dispatch
-from ssmkit.ops.int8_linear import int8_linear
+from ssmkit.ops.int8_linear import decode_fn, int8_linear
 from ssmkit.ops.int8_linear import numba as tier
 from ssmkit.ops.int8_linear.reference import dequantize
 from tests.helpers import assert_rel
@@ -84,6 +84,23 @@ def test_auto_takes_numba_for_decoding_only():
     x.requires_grad_(True)
     assert _dispatch.resolve("int8_linear", "auto", x, weight, scale, b).name == "reference"
     assert _dispatch.resolve("int8_linear", "auto", x.detach().double(), weight, scale, b).name == "reference"
+
+
+def test_decode_fn_is_the_tier_auto_takes(monkeypatch):
+    """decode_fn (the checked-once callers' entry) hands out the numba function exactly where "auto"
+    runs the numba tier, SSMKIT_BACKEND included, and that function is the tier's."""
+    x, weight, scale, b = _inputs((2,), 16, 8, True)
+    cases = [x, torch.randn(tier.MAX_ROWS + 1, 16), x.double(), x[0, 0]]
+    with torch.no_grad():
+        for xs in cases[:3]:
+            auto = _dispatch.resolve("int8_linear", "auto", xs, weight, scale, b)
+            assert (decode_fn(xs, b) is not None) == (auto.name == "numba"), tuple(xs.shape)
+        assert decode_fn(cases[3], b) is None
+        assert decode_fn(x, b) is tier.int8_linear
+    assert decode_fn(x.requires_grad_(True), b) is None
+    monkeypatch.setenv("SSMKIT_BACKEND", "reference")
+    with torch.no_grad():
+        assert decode_fn(x, b) is None
 
 
 def test_gradients_flow_through_the_reference():

@@ -4,8 +4,9 @@
     weight_scale = max_j |W[i, j]| / 127          (symmetric, per output row; int8 "weight", float32 scale)
 
 Int8Linear.forward is `ssmkit.ops.int8_linear` on this one int8 copy: a numba matrix-vector kernel
-for a few rows without gradients on CPU (decoding), else the weight dequantized and F.linear (prompts,
-other devices, autograd: only the weight is rounded, in both).
+for a few rows without gradients on CPU (decoding: called through `decode_fn`, its checks done once
+here), else the weight dequantized and F.linear (prompts, other devices, autograd: only the weight is
+rounded, in both).
 Int8Embedding looks rows up and scales them; with tied embeddings the LM head is an Int8Linear on the
 same int8 rows and scales (one row per token serves both).
 Use `ssmkit.models.int8.quantize_int8` on a model.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssmkit.ops.int8_linear import int8_linear
+from ssmkit.ops.int8_linear import decode_fn, int8_linear
 from ssmkit.ops.int8_linear.reference import dequantize
 
 
@@ -56,6 +57,9 @@ class Int8Linear(nn.Module):
         return dequantize(self.weight, self.weight_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = decode_fn(x, self.bias)  # decoding: numba's kernel without the per-call checks
+        if fast is not None:
+            return fast(x, self.weight, self.weight_scale.float(), bias=self.bias)
         return int8_linear(x, self.weight, self.weight_scale.float(), bias=self.bias)
 
 
