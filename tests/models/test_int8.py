@@ -45,6 +45,17 @@ def test_int8_model_close_to_float_forward_and_decode(pattern, kw):
     assert_rel(torch.stack(steps, 1), full[:, 4:], 3e-2, "int8 decode (int8 kernel) vs int8 forward")
 
 
+@pytest.mark.parametrize("pattern", ["mamba", "mamba2"])
+def test_which_linear_maps_become_int8(pattern):
+    _, q = _pair(pattern, {})
+    want = {"mamba": {"in_proj", "x_proj", "out_proj"}, "mamba2": {"in_proj", "out_proj"}}[pattern]
+    for block in q.backbone.layers:
+        int8 = {n for n, m in block.mixer.named_children() if isinstance(m, Int8Linear)}
+        assert int8 == want, int8
+        floats = {n for n, m in block.mixer.named_children() if isinstance(m, torch.nn.Linear)}
+        assert floats == ({"dt_proj"} if pattern == "mamba" else set()), floats
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_int8_checkpoint_loads_directly(tmp_path, tie):
     model, q = _pair("mamba2", {"tie_embeddings": tie})

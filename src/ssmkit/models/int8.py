@@ -5,10 +5,13 @@
     SSMForCausalLM.from_pretrained("run/model-int8")                     # loads them directly
 
 What becomes int8 (ssmkit.layers.int8: per-row symmetric int8 with a float32 scale per row):
-    Mamba / Mamba-2 mixers: in_proj and out_proj (the bulk of a layer's weights);
+    Mamba / Mamba-2 mixers: in_proj and out_proj (the bulk of a layer's weights), Mamba's x_proj
+    (its rows give dt's low-rank input, B and C: 12 MB of float32 a token at Mamba-130M; in int8 the
+    trained stdlib Mamba's bits per byte moved by +0.002%, measured by benchmarks/int8.py's data);
     MLP / GatedMLP sublayers: fc1, fc2;  the embedding and the LM head (shared rows when tied).
-What stays in float: x_proj and dt_proj (small; they set the step size, which the exponentials of
-the scan amplify), convolutions, norms, A_log, D, biases, and the mixers of other layers.
+What stays in float: Mamba's dt_proj (its rows set the step size, which the exponentials of the scan
+amplify; the fused decode step reads its weight directly), convolutions, norms, A_log, D, biases,
+and the mixers of other layers.
 
 A saved int8 model's config.json carries "ssmkit_quantization": "int8"; `from_pretrained` then builds
 the int8 modules empty and assigns the file's int8 tensors to them. A model's config hash (which its
@@ -23,7 +26,7 @@ from ssmkit.layers.int8 import Int8Embedding, Int8Linear
 from ssmkit.layers.mlp import MLP, GatedMLP
 
 METHOD = "int8"
-MIXERS = {"Mamba": ("in_proj", "out_proj"), "Mamba2": ("in_proj", "out_proj")}
+MIXERS = {"Mamba": ("in_proj", "x_proj", "out_proj"), "Mamba2": ("in_proj", "out_proj")}
 MLPS = (MLP, GatedMLP)
 
 
