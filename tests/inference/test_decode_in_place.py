@@ -62,6 +62,19 @@ def test_generate_equals_the_step_loop(pattern):
                 torch.testing.assert_close(d1[k], d2[k], rtol=1e-5, atol=1e-6)
 
 
+def test_generate_applies_the_logits_multiplier():
+    """Granite's logits_scaling and Falcon-H1's lm_head_multiplier: sampling sees the scaled logits
+    while decoding as it does after the prefill (generate decodes through step_, not step)."""
+    model = tiny_lm("mamba2*3,attention", logits_multiplier=0.05)
+    ids = torch.randint(0, 37, (1, 5))
+    st = model.init_state(1)
+    with torch.no_grad():
+        model(ids, state=st)
+        torch.testing.assert_close(model.step_(ids[:, -1], st.clone()), model.step(ids[:, -1], st))
+    want, _ = _plain_generate(model, ids, 12, seed=5, do_sample=True)
+    assert torch.equal(model.generate(ids, max_new_tokens=12, do_sample=True, seed=5)[:, 5:], want)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_generate_never_writes_the_callers_tensors(stream):
     model = tiny_lm("mamba2*3,attention")

@@ -197,7 +197,7 @@ class SSMForCausalLM(PretrainedMixin, nn.Module):
 
     def _step_(self, input_ids_t: torch.Tensor, layers: list) -> torch.Tensor:
         """step_ without the checks (generate checks its inputs once)."""
-        return self.lm_head(self.backbone.step_(input_ids_t, layers))[..., : self.config.vocab_size]
+        return self._logits(self.backbone.step_(input_ids_t, layers))
 
     def generate(self, input_ids, max_new_tokens: int = 20, **kwargs):
         """Greedy by default; see `ssmkit.inference.generate.generate` for every option."""
