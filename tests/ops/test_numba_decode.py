@@ -5,6 +5,8 @@ unfused path wherever a gradient is wanted or a tensor is not float32."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -124,3 +126,32 @@ def test_norm_before_gate_takes_the_unfused_path(monkeypatch):
         y, new = layer.step(x, state)
         y_ref, ref = _unfused(layer, x, state)
     torch.testing.assert_close(y, y_ref)
+
+
+@pytest.mark.filterwarnings("ignore:ssmkit.ops:RuntimeWarning")  # float64 takes the slow tiers
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_what_the_kernels_read_follows_the_parameters(name):
+    """ssmkit.ops._decode keeps each layer's arrays (Mamba's A = -exp(A_log) among them) between
+    steps: an in-place update, a replaced parameter and a cast must each be seen by the next step."""
+    layer = _layer(name)
+    state = {k: torch.randn_like(v) for k, v in layer.init_state(2).items()}
+    x = torch.randn(2, layer.d_model)
+
+    def check():
+        with torch.no_grad():
+            y, _ = layer.step(x, state)
+            y_ref, _ = _unfused(copy.deepcopy(layer), x, state)  # a copy: this layer's key stays put
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=2e-6)
+        return y
+
+    y0 = check()
+    with torch.no_grad():
+        layer.A_log.add_(0.5)  # in place (as an optimizer step): the prepared A must follow
+        (layer.norm.weight if name == "mamba2" else layer.dt_proj.bias).mul_(1.5)
+    assert not torch.allclose(check(), y0)
+    layer.D = torch.nn.Parameter(layer.D.detach() + 1.0)  # replaced
+    check()
+    layer.double()
+    state = {k: v.double() for k, v in state.items()}
+    x = x.double()
+    check()

@@ -162,18 +162,23 @@ class Mamba(VarlenMixer):
 
     # ---- internals ---------------------------------------------------------------------------
     def _numba_step(self, x_t, state):
-        return numba_step(
-            "selective_scan", self.backend, x_t, state["conv"], state["ssm"], self.conv1d.weight, self.A_log
-        )
+        conv = self.conv1d
+        params = (conv.weight, conv.bias, self.A_log, self.D, self.dt_proj.bias)
 
-    def _fused_step_(self, kernels, x_t, state):
+        def build(kernels):
+            return kernels.mamba_prepared(self._conv_weight(), *params[1:])
+
+        states = (state["conv"], state["ssm"])
+        return numba_step(self, "selective_scan", self.backend, x_t, states, params, build)
+
+    def _fused_step_(self, fused, x_t, state):
+        kernels, prepared = fused
+        conv_w, conv_b = prepared[:2]
         u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (b, d_inner) each
-        u = kernels.conv_step_(u, state["conv"], self._conv_weight(), self.conv1d.bias, silu_on=True)
+        u = kernels.conv_step_(u, state["conv"], conv_w, conv_b, silu_on=True)
         dt, B, C = self._dt_B_C(self.x_proj(u))
         delta = dt @ self.dt_proj.weight.t()  # (b, d_inner), bias and softplus inside the kernel
-        y = kernels.selective_state_update_(state["ssm"], u, delta, self.A_log, B, C, D=self.D, z=z,
-                                            delta_bias=self.dt_proj.bias, delta_softplus=True)
-        return self.out_proj(y)
+        return self.out_proj(kernels.selective_state_update_(state["ssm"], u, delta, B, C, z, prepared))
 
     def _A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.float())  # (d_inner, d_state)

@@ -195,18 +195,23 @@ class Mamba2(VarlenMixer):
     def _numba_step(self, x_t, state):
         if self.norm_before_gate and self.rmsnorm:  # the kernel gates before its norm
             return None
-        conv, ssm = state["conv"], state["ssm"]
-        return numba_step("ssd", self.backend, x_t, conv, ssm, self.conv1d.weight, self.A_log)
-
-    def _fused_step_(self, kernels, x_t, state):
         norm = self.norm if self.rmsnorm else None
-        y = kernels.mamba2_step_(
-            self._project(x_t), state["conv"], state["ssm"], self.conv1d.weight[:, 0, :], self.conv1d.bias,
-            self.dt_bias, self.A_log, self.D, ngroups=self.ngroups, dt_limit=self.dt_limit,
-            norm_weight=None if norm is None else norm.weight, norm_eps=0.0 if norm is None else norm.eps,
-            group_size=None if norm is None else norm.group_size,
-        )
-        return self.out_proj(y)
+        conv = self.conv1d
+        norm_w = None if norm is None else norm.weight
+        params = (conv.weight, conv.bias, self.dt_bias, self.A_log, self.D, norm_w)
+
+        def build(kernels):
+            return kernels.mamba2_prepared(
+                conv.weight[:, 0, :], *params[1:5], ngroups=self.ngroups, dt_limit=self.dt_limit,
+                norm_weight=norm_w, norm_eps=0.0 if norm is None else norm.eps,
+                group_size=None if norm is None else norm.group_size,
+            )
+
+        return numba_step(self, "ssd", self.backend, x_t, (state["conv"], state["ssm"]), params, build)
+
+    def _fused_step_(self, fused, x_t, state):
+        kernels, prepared = fused
+        return self.out_proj(kernels.mamba2_step_(self._project(x_t), state["conv"], state["ssm"], prepared))
 
     def _ssd(self, xBC, dt, z, ssm0, seq_idx, mask, chunk_size):
         """xBC (b, l, conv_dim) after the conv, dt (b, l, H), z (b, l, d_inner) -> y (b, l, d_inner), ssm."""

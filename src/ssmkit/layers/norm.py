@@ -35,8 +35,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        if z is None and self.group_size == x.shape[-1] and (kernels := numba_norm(x, self.weight)):
-            return kernels.rms_norm(x, self.weight, self.eps)
+        if z is None and self.group_size == x.shape[-1] and (fused := numba_norm(self, x)):
+            kernels, weight = fused
+            return kernels.rms_norm(x, weight, self.eps)
         dtype = x.dtype
         x = x.to(acc_dtype(dtype))
         if z is not None:

@@ -91,25 +91,26 @@ class VarlenMixer(Mixer):
 
     # ---- decoding through fused CPU kernels (ssmkit.ops._numba.decode), where a subclass has them ----
     def _numba_step(self, x_t: torch.Tensor, state: StateDict):
-        """The decode kernels module when this step should run them (ssmkit.ops._decode), else None."""
+        """(the decode kernels module, what they read of this layer) when this step should run them
+        (ssmkit.ops._decode.numba_step), else None."""
         return None
 
-    def _fused_step_(self, kernels, x_t: torch.Tensor, state: StateDict) -> torch.Tensor:
-        """y_t by the kernels, `state` written in place."""
+    def _fused_step_(self, fused, x_t: torch.Tensor, state: StateDict) -> torch.Tensor:
+        """y_t by the kernels (fused: `_numba_step`'s result), `state` written in place."""
         raise NotImplementedError
 
     def _fused_step(self, x_t: torch.Tensor, state: StateDict):
         """step's (y_t, new state) by the kernels, on copies of `state`; None where they do not apply."""
-        if (kernels := self._numba_step(x_t, state)) is None:
+        if (fused := self._numba_step(x_t, state)) is None:
             return None
         state = {k: v.clone() for k, v in state.items()}
-        return self._fused_step_(kernels, x_t, state), state
+        return self._fused_step_(fused, x_t, state), state
 
     def step_(self, x_t: torch.Tensor, state: StateDict) -> torch.Tensor:
         """step, writing `state` in place (Mixer.step_): the fused kernels for CPU inference, else step's
         result copied in."""
-        if (empty := self._empty_step(x_t, state)) is None and (kernels := self._numba_step(x_t, state)):
-            return self._fused_step_(kernels, x_t, state)
+        if (empty := self._empty_step(x_t, state)) is None and (fused := self._numba_step(x_t, state)):
+            return self._fused_step_(fused, x_t, state)
         return super().step_(x_t, state) if empty is None else empty[0]
 
     def forward(

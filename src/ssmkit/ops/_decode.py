@@ -1,30 +1,39 @@
 """Which fused kernels a Mamba / Mamba-2 layer's one-token `step` takes (the ops' own tiers decide).
 
-    numba_step(op, backend, *tensors) -> ssmkit.ops._numba.decode, or None
-    numba_norm(*tensors) -> ssmkit.ops._numba.decode (for its rms_norm), or None
+    numba_step(layer, op, backend, x_t, state_tensors, params, build) -> (kernels, prepared) or None
+    numba_norm(norm, x) -> (kernels, weight array) or None
     ssmkit.ops._triton.decode.fused_step(op, backend, x) -> bool (CUDA)
 
-The numba decode kernels run when the op ("selective_scan" for Mamba, "ssd" for Mamba-2) would take
-its numba tier for these tensors (CPU under "auto", or backend="numba"), every tensor is float32, and
-no gradient is wanted (they have no backward): inference on CPU. Elsewhere the layer's unfused step
-runs the ops at length 1 (the reference the kernels are tested against). Importing this module does
-not import numba. RMSNorm takes the kernel for inputs of at most NORM_ELEMENTS elements (decoding:
-a few rows, where its ~17 small PyTorch operations cost more than the arithmetic), float32 on CPU,
-without gradients, when numba is installed.
+The numba decode kernels (ssmkit.ops._numba.decode) run when the op ("selective_scan" for Mamba,
+"ssd" for Mamba-2) would take its numba tier for these tensors (CPU under "auto", or
+backend="numba"), every tensor is float32, and no gradient is wanted (they have no backward):
+inference on CPU. Elsewhere the layer's unfused step runs the ops at length 1 (the reference the
+kernels are tested against). RMSNorm takes the kernel for inputs of at most NORM_ELEMENTS elements
+(decoding: a few rows, where its ~17 small PyTorch operations cost more than the arithmetic).
+Importing this module does not import numba.
+
+A decoding step of a 130M model is microseconds of arithmetic per layer, so the per-call Python
+around it counts: the decision and what the kernel reads besides the token and the state (`build`:
+numpy views of the parameters, arrays derived from them such as Mamba's A = -exp(A_log), scalar
+options) are made once per layer and kept while the key holds: the backend asked for, the
+SSMKIT_BACKEND variable, the dtypes and devices of the token and state, and each parameter's storage
+and version (an in-place update such as an optimizer step or load_state_dict bumps the version; a
+parameter replaced or moved gets new storage). The key is not checked under a gradient-wanting call
+(never fused). Kept in a weak dictionary: nothing is stored on the layer, nothing outlives it.
 """
 
 from __future__ import annotations
 
+import os
+import weakref
+
 import torch
+
+from ssmkit.ops._dispatch import ENV
 
 NORM_ELEMENTS = 1 << 14
 _numba_missing: list[bool] = []
-
-
-def _inference_f32(tensors) -> bool:
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+_prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> (key, value)
 
 
 def _kernels():
@@ -38,17 +47,62 @@ def _kernels():
     return decode
 
 
-def numba_step(op: str, backend: str, *tensors: torch.Tensor):
-    """The numba decode kernels module if a step over `tensors` should run them, else None."""
-    from ssmkit.ops._dispatch import resolve
+def _wants_grad(tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
-    if not _inference_f32(tensors) or resolve(op, backend, tensors[0]).name != "numba":
+
+def _key(extra, tensors, params) -> tuple:
+    """What the decision and the prepared arrays depend on (see the module docstring)."""
+    return (
+        *extra,
+        os.environ.get(ENV),
+        *[(t.dtype, t.device.type) for t in tensors],
+        *[None if p is None else (p.data_ptr(), p._version) for p in params],
+    )
+
+
+def _cached(layer, key, make):
+    hit = _prepared.get(layer)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    value = make()
+    _prepared[layer] = (key, value)
+    return value
+
+
+def _all_f32_cpu(tensors) -> bool:
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+
+
+def numba_step(layer, op: str, backend: str, x_t: torch.Tensor, state_tensors, params, build):
+    """(the decode kernels module, build(kernels)) if `layer`'s step over x_t and its state should run
+    the numba kernels, else None. params: the parameters the kernels read (None for an absent one)."""
+    params = tuple(params)
+    tensors = (x_t, *state_tensors)
+    present = [p for p in params if p is not None]
+    if _wants_grad((*tensors, *present)):
         return None
-    return _kernels()
+
+    def make():
+        from ssmkit.ops._dispatch import resolve
+
+        if not _all_f32_cpu((*tensors, *present)) or resolve(op, backend, x_t).name != "numba":
+            return None
+        kernels = _kernels()
+        return None if kernels is None else (kernels, build(kernels))
+
+    return _cached(layer, _key((op, backend), tensors, params), make)
 
 
-def numba_norm(x: torch.Tensor, weight: torch.Tensor):
-    """The numba decode kernels module if RMSNorm of x should run its `rms_norm`, else None."""
-    if x.numel() > NORM_ELEMENTS or not _inference_f32((x, weight)):
+def numba_norm(norm, x: torch.Tensor):
+    """(the decode kernels module, norm.weight as an array) if RMSNorm `norm` of x should run the
+    kernels' `rms_norm`, else None."""
+    weight = norm.weight
+    if x.numel() > NORM_ELEMENTS or _wants_grad((x, weight)):
         return None
-    return _kernels()
+
+    def make():
+        kernels = _kernels() if _all_f32_cpu((x, weight)) else None
+        return None if kernels is None else (kernels, kernels.array(weight))
+
+    return _cached(norm, _key((), (x,), (weight,)), make)
