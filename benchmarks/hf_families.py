@@ -11,7 +11,9 @@ cells, each in its own subprocess (benchmarks/_cells.py; 2 threads, float32, bat
              (transformers: logits_to_keep=1; ssmkit: num_last_tokens=1), tokens/s
     decode   after a `--length`-token prompt and one decode step (outside the timing), `--decode` tokens
              fed one at a time with the cache / State carried (transformers: cache=, use_cache=True;
-             ssmkit: model.step), tokens/s
+             ssmkit: model.step_ on its own State, as generate decodes), tokens/s
+    matmul floor  ssmkit's prefill matrix products replayed alone (every nn.Linear call with its real
+             input rows): transformers' prefill time over it bounds what any float32 engine could gain
 Peak MB is the growth of the cell's resident high-water mark during the timed calls (glibc's
 default allocator settings, as a user's process has: a lower bound). Before timing, the parent
 checks once per family that both paths give the same logits on a short prompt, so a fast wrong
@@ -246,7 +248,37 @@ def decode_cell(family: str, path: str, L: int, n: int):
                 if path == "hf":
                     model(ids[:, t : t + 1], cache=cache, use_cache=True)
                 else:
-                    model.step(ids[:, t], state)
+                    model.step_(ids[:, t], state)  # in place, as generate decodes (the State is ours)
+
+    return run
+
+
+def matmul_floor_cell(family: str, L: int):
+    """ssmkit's prefill matrix products alone: every nn.Linear call of one real prefill (its input
+    rows, so a mixture of experts counts the tokens each expert was routed), replayed on random inputs
+    of the same shapes. transformers' prefill time over this is the most any engine doing these
+    products in float32 could gain over transformers."""
+    torch.set_num_threads(2)
+    model = build(family, "ssmkit")
+    ids = torch.randint(0, 1000, (1, L), generator=torch.Generator().manual_seed(1))
+    calls = []
+
+    def record(mod, inputs, _out):
+        calls.append((inputs[0].reshape(-1, mod.in_features).shape[0], mod.weight, mod.bias))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        model(ids, num_last_tokens=1)
+    for h in hooks:
+        h.remove()
+    xs = {}
+    for rows, w, _ in calls:
+        xs.setdefault((rows, w.shape[1]), torch.randn(rows, w.shape[1]))
+
+    def run():
+        with torch.no_grad():
+            for rows, w, b in calls:
+                torch.nn.functional.linear(xs[rows, w.shape[1]], w, b)
 
     return run
 
@@ -313,9 +345,16 @@ def main(argv=None) -> None:
             name = "transformers" if path == "hf" else "ssmkit"
             lines.append(f"| {fam} | {size / 1e6:.0f}M | {err:.1e} | {name} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
+        floor = run_cell(f"{_HERE}:matmul_floor_cell", {"family": fam, "L": args.length}, args.cap,
+                         calls=args.calls, exact_peak=False)
         (hp, hd), (op, od) = res["hf"], res["ssmkit"]
-        if all("t" in r for r in (hp, hd, op, od)):
-            ratios.append(f"{fam}: prefill {hp['t'] / op['t']:.1f}x, decode {hd['t'] / od['t']:.1f}x")
+        if all("t" in r for r in (hp, hd, op, od, floor)):
+            ratios.append(
+                f"{fam}: prefill {hp['t'] / op['t']:.1f}x (matmuls alone would allow "
+                f"{hp['t'] / floor['t']:.1f}x; they are {100 * floor['t'] / op['t']:.0f}% of ssmkit's "
+                "prefill), "
+                f"decode {hd['t'] / od['t']:.1f}x"
+            )
     load1 = os.getloadavg()
     lines += [
         "",
