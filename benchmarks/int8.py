@@ -7,8 +7,10 @@
 speed     Mamba-130M- and Mamba-2-130M-shaped models (24 layers, d_model 768, vocab 50280, random
           weights, seed 0) in float32 and int8: ms per token through model.step_ (in place on its
           own State, as generate decodes) after a --prompt-tokens prompt, the two models in
-          interleaved rounds (--rounds x --steps tokens each; median over all tokens), batch 1,
-          each --threads count in turn. "read" is the weight bytes a token reads.
+          interleaved rounds (--rounds x --steps tokens each; median and min over all tokens), batch 1,
+          each --threads count in turn; --parallel-above N adds int8 with the kernel's threads taken
+          above N weights (ssmkit.ops.int8_linear.numba.PARALLEL_ABOVE). "read": the weight bytes a
+          token reads.
 accuracy  each --model (an ssmkit model directory or a run directory holding model/, or a transformers
           Mamba / Mamba-2 checkpoint, converted by ssmkit.interop.from_hf) on the corpus' validation
           split; with --hf also each ssmkit model written by ssmkit.interop.to_hf, loaded and saved
@@ -75,46 +77,56 @@ def weight_bytes(model) -> int:
 
 
 @torch.no_grad()
-def decode_ms(models: dict, prompt: torch.Tensor, steps: int, rounds: int) -> dict[str, tuple[float, float]]:
-    """(median, min) ms per token of model.step_ for each model, the models taking turns round by round
-    (the min: the cost least disturbed by other processes on a shared machine)."""
-    states = {}
-    for name, m in models.items():
+def decode_ms(variants: dict, prompt: torch.Tensor, steps: int, rounds: int) -> dict:
+    """(median, min) ms per token of model.step_ for each variant (name -> (model, the int8 kernel's
+    PARALLEL_ABOVE or None)), the variants taking turns round by round (the min: the cost least
+    disturbed by other processes on a shared machine)."""
+    from ssmkit.ops.int8_linear import numba as kernel
+
+    default, states = kernel.PARALLEL_ABOVE, {}
+    for name, (m, _) in variants.items():
         states[name] = m.init_state(1)
         m(prompt, state=states[name])
         for _ in range(2):  # warm-up: compiled kernels loaded, buffers allocated
             m.step_(prompt[:, -1], states[name])
-    times = {name: [] for name in models}
+    times = {name: [] for name in variants}
     tok = prompt[:, -1]
-    for _ in range(rounds):
-        for name, m in models.items():
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                m.step_(tok, states[name])
-                times[name].append(time.perf_counter() - t0)
+    try:
+        for _ in range(rounds):
+            for name, (m, above) in variants.items():
+                kernel.PARALLEL_ABOVE = default if above is None else above
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    m.step_(tok, states[name])
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        kernel.PARALLEL_ABOVE = default
     return {name: (1e3 * statistics.median(ts), 1e3 * min(ts)) for name, ts in times.items()}
 
 
 def speed(args) -> None:
     print(f"\n## decode, 130M shapes, random weights, batch 1 (load average {loadavg()})\n")
-    print("| model | threads | float32 ms/token median (min) | int8 ms/token median (min) | int8 speedup "
-          "median (min) | read f32 / int8 MB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | threads | weights | ms/token median (min) | vs float32 median (min) | read MB |")
+    print("|---|---:|---|---:|---:|---:|")
     for kind in args.kinds.split(","):
         f32 = shaped_model(kind)
         q = quantize_int8(copy.deepcopy(f32))
         prompt = torch.randint(0, 50280, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
-        read = f"{weight_bytes(f32) / 1e6:.0f} / {weight_bytes(q) / 1e6:.0f}"
+        variants = {"float32": (f32, None), "int8": (q, None)}
+        for above in args.parallel_above:
+            variants[f"int8, threads above {above:,} weights"] = (q, above)
+        read = {"float32": weight_bytes(f32), "int8": weight_bytes(q)}
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
-            ms = decode_ms({"f32": f32, "int8": q}, prompt, args.steps, args.rounds)
-            (f, f_min), (i, i_min) = ms["f32"], ms["int8"]
-            print(
-                f"| {kind}-130m | {threads} | {f:.2f} ({f_min:.2f}) | {i:.2f} ({i_min:.2f}) | "
-                f"{f / i:.2f}x ({f_min / i_min:.2f}x) | {read} |",
-                flush=True,
-            )
-        del f32, q
+            ms = decode_ms(variants, prompt, args.steps, args.rounds)
+            f, f_min = ms["float32"]
+            for name, (t, t_min) in ms.items():
+                print(
+                    f"| {kind}-130m | {threads} | {name} | {t:.2f} ({t_min:.2f}) "
+                    f"| {f / t:.2f}x ({f_min / t_min:.2f}x) | {read[name.split(',')[0]] / 1e6:.0f} |",
+                    flush=True,
+                )
+        del f32, q, variants
     print(f"\nload average after: {loadavg()}")
 
 
@@ -209,6 +221,8 @@ def main(argv=None):
     p.add_argument("--part", choices=("all", "speed", "accuracy"), default="all")
     p.add_argument("--kinds", default="mamba,mamba2", help="speed: the 130M shapes, comma-separated")
     p.add_argument("--threads", default="2", help="speed: thread counts, comma-separated (e.g. 1,2)")
+    p.add_argument("--parallel-above", type=int, action="append", default=[],
+                   help="speed: also int8 with the kernel's PARALLEL_ABOVE set to this (repeatable)")
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--steps", type=int, default=3, help="speed: tokens per model per round")
     p.add_argument("--rounds", type=int, default=20)

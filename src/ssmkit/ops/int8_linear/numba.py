@@ -16,7 +16,12 @@ weights are ~130 MB a token), so what counts is how fast one core streams them:
 x is not rounded: only the weight differs from the float layer.
 Threads: below PARALLEL_ABOVE weights the kernel runs on the calling thread, where waking numba's
 threads would cost more than it saves; above it, the output rows are split into one contiguous range
-per thread (at most torch's thread count: ssmkit.ops._numba), each streaming its own range.
+per thread (at most torch's thread count: ssmkit.ops._numba), each streaming its own range. At the
+130M shapes in_proj (2.6M weights), out_proj (1.2M) and the LM head take the threads, x_proj does not.
+Measured, 2 threads: hot matrices (an idle machine) 3352x768 0.124 -> 0.055 ms, 768x1536 0.044 ->
+0.031 ms; a whole Mamba-2-130M step beside 8 busy processes (benchmarks/int8.py --parallel-above)
+1.41x -> 2.06x float32's speed under OpenMP's default waiting, 1.85x -> 1.78x with
+OMP_WAIT_POLICY=PASSIVE (the threshold was 2^22 before: the LM head only).
 More than MAX_ROWS rows (a prompt) or a gradient: the reference tier (dequantize + float matmul).
 Why numba: see ssmkit/ops/_numba/__init__.py.
 """
@@ -37,7 +42,7 @@ from ssmkit.ops._numba.numerics import ZERO
 
 BACKEND = Backend(devices=("cpu",), dtypes=(torch.float32,), priority=20)
 MAX_ROWS = 16
-PARALLEL_ABOVE = 1 << 22  # weights (out x in)
+PARALLEL_ABOVE = 1 << 20  # weights (out x in)
 LINE = 64  # bytes per cache line
 
 
