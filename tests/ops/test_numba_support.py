@@ -23,6 +23,17 @@ def test_vexp_matches_exp():
     assert np.max(np.abs(got - want) / want) < 4e-7  # fastmath-compiled; 1.2e-7 compiled strictly
 
 
+def test_vexp2_neg_matches_exp2():
+    """The scans' decay 2^x, x <= 0 (x = dt A log2(e)); below -126 it holds at 2^-126."""
+    tail = -np.abs(np.random.default_rng(1).normal(0, 3, 10_000))
+    x = np.concatenate([np.linspace(-126, 0, 100_001), tail])
+    x = x.astype(np.float32)
+    got = numerics.exp2_neg_array(x).astype(np.float64)
+    want = np.exp2(x.astype(np.float64))
+    assert np.max(np.abs(got - want) / want) < 4e-7
+    assert numerics.exp2_neg_array(np.array([-200.0, -1e30], np.float32)).tolist() == [2.0 ** -126] * 2
+
+
 def test_softplus_matches_torch():
     """The vectorizable softplus (vexp + a log1p polynomial) the inference kernel fuses in."""
 

@@ -9,7 +9,8 @@ Max relative error 1.2e-7 (1 ulp) compiled strictly; 3e-7 inside the fastmath ke
 may reassociate the two-part reduction (fastmath is what lets the scan's sums vectorize).
 x is clamped to [-87, 88] (no overflow, no denormals).
 
-Glossary: vexp = e^x; softplus(x) = log(1 + e^x); sigmoid(x) = 1 / (1 + e^-x); silu(x) = x sigmoid(x).
+Glossary: vexp = e^x; vexp2_neg = 2^x for x <= 0; softplus(x) = log(1 + e^x); sigmoid(x) = 1 / (1 + e^-x);
+silu(x) = x sigmoid(x).
 """
 
 from __future__ import annotations
@@ -52,6 +53,23 @@ def vexp(x):
     return p * _int_bits_as_f32(np.int32((np.int32(k) + 127) << 23))
 
 
+# 2^f on |f| <= 1/2: the Cephes exp2f polynomial, 2^f = 1 + f Q(f) (relative error 1.7e-7)
+Q0, Q1, Q2 = f32(6.931472028550421e-1), f32(2.402264791363012e-1), f32(5.550332471162809e-2)
+Q3, Q4, Q5 = f32(9.618437357674640e-3), f32(1.339887440266574e-3), f32(1.535336188319500e-4)
+EXP2_LO = f32(-126.0)
+
+
+@njit(inline="always", fastmath=True)
+def vexp2_neg(x):
+    """2^x for x <= 0, as a scan's decay exp(dt A) = 2^(dt A log2(e)) with A log2(e) computed once:
+    `vexp` without its natural-log reduction and upper clamp; x below -126 gives 2^-126 (no denormals)."""
+    x = max(f32(x), EXP2_LO)
+    k = np.floor(x + HALF)
+    f = x - k
+    p = ONE + f * (Q0 + f * (Q1 + f * (Q2 + f * (Q3 + f * (Q4 + f * Q5)))))
+    return p * _int_bits_as_f32(np.int32((np.int32(k) + 127) << 23))
+
+
 # log1p(y) / y on 0 <= y <= 1: degree-9 Chebyshev least-squares fit (numpy, float64) in monomial
 # form; max relative error of y * poly(y) in float32 Horner 1.4e-7. No 1 + y is ever formed, so
 # there is no rounding for fastmath to reassociate away and tiny y keep their precision.
@@ -88,6 +106,19 @@ def silu(x):
 def _exp_throughput_kernel(x, out):
     for i in prange(x.shape[0]):
         out[i] = vexp(x[i])
+
+
+@njit(parallel=True, fastmath=True)
+def _exp2_kernel(x, out):
+    for i in prange(x.shape[0]):
+        out[i] = vexp2_neg(x[i])
+
+
+def exp2_neg_array(x: np.ndarray) -> np.ndarray:
+    """vexp2_neg over a float32 array (tests)."""
+    out = np.empty_like(x)
+    _exp2_kernel(x, out)
+    return out
 
 
 def exp_array(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
