@@ -129,3 +129,17 @@ def test_activations_by_name():
     with pytest.raises(ValueError, match="n_group=4 must divide n_experts=6"):
         MoE(8, 16, n_experts=6, n_group=4)
 
+
+@pytest.mark.parametrize("kw", ROUTING[:1] + ROUTING[3:], ids=["raw-softmax", "latent"])
+def test_moe_one_token_equals_its_row_of_many(kw):
+    """One token (decoding) skips the gather/scatter: each token alone == its row of the batched call
+    and the routed reference, and gradients reach its experts."""
+    moe = MoE(8, 16, n_experts=6, **{"top_k": 2, **kw}).double()
+    x = torch.randn(9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        many = moe(x)
+        for t in range(9):
+            assert_rel(moe(x[t : t + 1]), many[t : t + 1], 1e-12, f"token {t}")
+            assert_rel(moe(x[t : t + 1]), routed_reference(moe, x[t : t + 1]), 1e-12, f"token {t}")
+    moe(x[:1]).sum().backward()
+    assert sum(int(e.fc1.weight.grad is not None) for e in moe.experts) == moe.top_k

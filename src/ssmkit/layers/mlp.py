@@ -220,14 +220,24 @@ class MoE(nn.Module):
         experts, weights, self.aux_loss = self.route(flat)
         h = flat if self.d_latent is None else self.fc1_latent(flat)  # (T, d or d_latent)
         out = torch.zeros_like(h)
+        if h.shape[0] == 1:  # one token (decoding): its k experts in turn, no gather or scatter
+            w = weights[0].to(h.dtype)
+            for e, slot in sorted(zip(experts[0].tolist(), range(self.top_k))):  # index_add's order
+                out = out + self.experts[e](h) * w[slot]
+        else:
+            out = self._dispatch(h, experts, weights, out)
+        if self.d_latent is not None:
+            out = self.fc2_latent(out)
+        if self.shared is not None:
+            out = out + self.shared(flat)
+        return out.view_as(x)
+
+    def _dispatch(self, h, experts, weights, out):
+        """out + each expert on the tokens routed to it, weighted (T tokens, k experts each)."""
         for e, expert in enumerate(self.experts):
             token, slot = (experts == e).nonzero(as_tuple=True)
             if token.numel() == 0:
                 continue
             y = expert(h[token]) * weights[token, slot, None].to(h.dtype)
             out = out.index_add(0, token, y)
-        if self.d_latent is not None:
-            out = self.fc2_latent(out)
-        if self.shared is not None:
-            out = out + self.shared(flat)
-        return out.view_as(x)
+        return out
