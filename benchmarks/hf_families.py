@@ -12,8 +12,9 @@ cells, each in its own subprocess (benchmarks/_cells.py; 2 threads, float32, bat
     decode   after a `--length`-token prompt and one decode step (outside the timing), `--decode` tokens
              fed one at a time with the cache / State carried (transformers: cache=, use_cache=True;
              ssmkit: model.step_ on its own State, as generate decodes), tokens/s
-    matmul floor  ssmkit's prefill matrix products replayed alone (every nn.Linear call with its real
-             input rows): transformers' prefill time over it bounds what any float32 engine could gain
+    matmul floor  ssmkit's matrix products of the prefill, and of the decode steps, replayed alone
+             (every nn.Linear call with its real input rows): transformers' time over it bounds
+             what any float32 engine doing these products could gain
 Peak MB is the growth of the cell's resident high-water mark during the timed calls (glibc's
 default allocator settings, as a user's process has: a lower bound). Before timing, the parent
 checks once per family that both paths give the same logits on a short prompt, so a fast wrong
@@ -253,14 +254,8 @@ def decode_cell(family: str, path: str, L: int, n: int):
     return run
 
 
-def matmul_floor_cell(family: str, L: int):
-    """ssmkit's prefill matrix products alone: every nn.Linear call of one real prefill (its input
-    rows, so a mixture of experts counts the tokens each expert was routed), replayed on random inputs
-    of the same shapes. transformers' prefill time over this is the most any engine doing these
-    products in float32 could gain over transformers."""
-    torch.set_num_threads(2)
-    model = build(family, "ssmkit")
-    ids = torch.randint(0, 1000, (1, L), generator=torch.Generator().manual_seed(1))
+def _linear_calls(model, call) -> list:
+    """(input rows, weight, bias) of every nn.Linear call that `call()` makes (an MoE: routed rows)."""
     calls = []
 
     def record(mod, inputs, _out):
@@ -268,9 +263,24 @@ def matmul_floor_cell(family: str, L: int):
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, torch.nn.Linear)]
     with torch.no_grad():
-        model(ids, num_last_tokens=1)
+        call()
     for h in hooks:
         h.remove()
+    return calls
+
+
+def matmul_floor_cell(family: str, L: int, n: int = 0):
+    """ssmkit's matrix products alone: every nn.Linear call of one real prefill of L tokens (n = 0),
+    or of n decode steps after it, replayed on random inputs of the same shapes. transformers' time
+    over this is the most any engine doing these products in float32 could gain over transformers."""
+    torch.set_num_threads(2)
+    model = build(family, "ssmkit")
+    ids = torch.randint(0, 1000, (1, L + n), generator=torch.Generator().manual_seed(1))
+    state = model.init_state(1)
+    prefill = lambda: model(ids[:, :L], state=state, num_last_tokens=1)  # noqa: E731
+    calls = _linear_calls(model, prefill)
+    if n:
+        calls = _linear_calls(model, lambda: [model.step_(ids[:, t], state) for t in range(L, L + n)])
     xs = {}
     for rows, w, _ in calls:
         xs.setdefault((rows, w.shape[1]), torch.randn(rows, w.shape[1]))
@@ -345,20 +355,24 @@ def main(argv=None) -> None:
             name = "transformers" if path == "hf" else "ssmkit"
             lines.append(f"| {fam} | {size / 1e6:.0f}M | {err:.1e} | {name} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
-        floor = run_cell(f"{_HERE}:matmul_floor_cell", {"family": fam, "L": args.length}, args.cap,
-                         calls=args.calls, exact_peak=False)
+        floors = [
+            run_cell(f"{_HERE}:matmul_floor_cell", {"family": fam, "L": args.length, "n": n}, args.cap,
+                     calls=args.calls, exact_peak=False)
+            for n in (0, args.decode)
+        ]
         (hp, hd), (op, od) = res["hf"], res["ssmkit"]
-        if all("t" in r for r in (hp, hd, op, od, floor)):
+        if all("t" in r for r in (hp, hd, op, od, *floors)):
+            fp, fd = floors[0]["t"], floors[1]["t"]
             ratios.append(
-                f"{fam}: prefill {hp['t'] / op['t']:.1f}x (matmuls alone would allow "
-                f"{hp['t'] / floor['t']:.1f}x; they are {100 * floor['t'] / op['t']:.0f}% of ssmkit's "
-                "prefill), "
-                f"decode {hd['t'] / od['t']:.1f}x"
+                f"{fam}: prefill {hp['t'] / op['t']:.1f}x (matmuls alone: {hp['t'] / fp:.1f}x, "
+                f"{100 * fp / op['t']:.0f}% of ssmkit's time), decode {hd['t'] / od['t']:.1f}x (matmuls "
+                f"alone: {hd['t'] / fd:.1f}x, {100 * fd / od['t']:.0f}%)"
             )
     load1 = os.getloadavg()
     lines += [
         "",
-        "ssmkit / transformers tokens/s: " + ("; ".join(ratios) or "n/a"),
+        "ssmkit / transformers tokens/s (in brackets: transformers' time over ssmkit's matrix products "
+        "alone, and their share of ssmkit's time): " + ("; ".join(ratios) or "n/a"),
         f"load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f} "
         "(other processes share the CPU)",
     ]
