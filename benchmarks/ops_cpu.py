@@ -240,8 +240,8 @@ def main(argv=None) -> None:
                 line = "| " + " | ".join(cells) + " |"
                 rows.append(line)
                 print(line, flush=True)
-                if "skipped" not in ours and not backward:
-                    achieved.append(_achieved(title, b, L, ours["t"], ceil))
+                if "skipped" not in ours:
+                    achieved.append(_achieved(title, b, L, ours["t"], ceil, backward))
         rows += [""] + achieved
         print("\n".join(achieved), flush=True)
         lines += ["\n".join(rows), ""]
@@ -267,16 +267,24 @@ def _cell(target, path, b, L, backward, cap, before_src):
             os.environ["PYTHONPATH"] = old
 
 
-def _achieved(title, b, L, t, ceil):
-    """One line: exp/s and GFLOP/s of ssmkit's forward, against the ceilings of this run."""
+def _achieved(title, b, L, t, ceil, backward=False):
+    """One line: ssmkit's rates against the ceilings of this run. Forward: exp/s (Mamba-1) or GFLOP/s
+    (SSD). Forward+backward, against its floor: Mamba-1 needs two exps per state element (the forward's
+    and the backward's recompute), so its floor is 2 exps at the vexp ceiling; SSD's ~18 flops per state
+    element (forward 4; backward: recompute 3, walk 11) at the fp32 matmul peak."""
     if title.startswith("Mamba-1"):
         elems = b * L * D_MODEL1 * N1  # one exp and ~5 flops (dt*A, a*h + du*B, y += C*h) per state element
-        gexp = elems / t / 1e9
         vexp = ceil.get("vexp_gps", float("nan"))
+        if backward:
+            floor = 2 * elems / (vexp * 1e9)
+            return f"- b={b} l={L} fwd+bwd: {t / floor:.1f}x its exp floor ({floor * 1e3:.0f} ms)"
+        gexp = elems / t / 1e9
         return (f"- b={b} l={L} fwd: {gexp:.2f} G exp/s ({gexp / vexp:.0%} of the vexp ceiling, "
                 f"{gexp / ceil['torch_exp_gps']:.1f}x torch.exp), {5 * gexp:.1f} GFLOP/s")
-    gflops = 4 * b * L * H2 * P2 * N2 / t / 1e9  # 4 flops per state element (a*S + x*B, y += S*C)
-    return f"- b={b} l={L} fwd: {gflops:.1f} GFLOP/s ({gflops / ceil['matmul_gflops']:.0%} of fp32 matmul)"
+    flops = (18 if backward else 4) * b * L * H2 * P2 * N2  # fwd: a*S + x*B, y += S*C per state element
+    floor = flops / (ceil["matmul_gflops"] * 1e9)
+    return (f"- b={b} l={L} {'fwd+bwd' if backward else 'fwd'}: {flops / t / 1e9:.1f} GFLOP/s, "
+            f"{t / floor:.1f}x its floor at the fp32 matmul peak ({floor * 1e3:.0f} ms)")
 
 
 if __name__ == "__main__":

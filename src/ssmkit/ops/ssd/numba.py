@@ -8,14 +8,17 @@ Glossary (code name: paper symbol, shapes):
     K: checkpoint interval; Sk (b, h, ceil(l/K), p, n) holds S_{t-1} for t = 0, K, 2K, ...; without
        gradients K = l: no (l/K, p, n) checkpoints for a long prompt, memory bounded by the output
 Math, per head and row r (parallel over b x heads x blocks of rows; no (b, l, h, p, n) tensor):
-    a_t = exp(dt_t A);  S_t[r] = a_t keep_t S_{t-1}[r] + dt_t x_t[r] B_t;  y_t[r] = <S_t[r], C_t>
+    a_t = exp(dt_t A);
+    S_t[r] = a_t keep_t S_{t-1}[r] + dt_t x_t[r] B_t;  y_t[r] = <S_t[r], C_t> + D[r] x_t[r]
 Backward, segment by segment from the end (recompute the segment's states from its checkpoint),
 with G = dL/dS_t[r]:
-    G += dy_t[r] C_t;  dC_t += dy_t[r] S_t[r];  dB_t += G dt_t x_t[r];  dx_t[r] = dt_t <G, B_t>
+    G += dy_t[r] C_t;  dC_t += dy_t[r] S_t[r];  dB_t += G dt_t x_t[r];  dx_t[r] = dt_t <G, B_t> + D[r] dy_t[r]
     d dt_t += x_t[r] <G, B_t> + A a_t keep_t <G, S_{t-1}[r]>;  dA += dt_t a_t keep_t <G, S_{t-1}[r]>
+    dD[r] += dy_t[r] x_t[r]
     G *= a_t keep_t
-dt's bias, softplus and clamp, D x and the silu(z) gate are plain torch ops (autograd); exp here is
-one per head and step, so libm's scalar exp is no bottleneck; the inner loops run over n (SIMD).
+D x is fused in (D as (h, p), a per-head D expanded); dt's bias, softplus and clamp and the silu(z) gate
+are plain torch ops (autograd); exp here is one per head and step, so libm's scalar exp is no
+bottleneck; the inner loops run over n (SIMD).
 Row blocks share dB, dC, d dt, dA: each worker adds into its own partial buffer, summed afterwards.
 Why numba: see ssmkit/ops/_numba/__init__.py.
 """
@@ -39,7 +42,7 @@ K_CHECKPOINT = 64
 
 
 @njit(parallel=True, fastmath=True)
-def _ssd_forward(x, dt, A, B, C, S0, keep, nblk, K, y, Sk, ST):
+def _ssd_forward(x, dt, A, B, C, D, S0, keep, nblk, K, y, Sk, ST):
     b, L, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     per_group = h // g
@@ -68,14 +71,14 @@ def _ssd_forward(x, dt, A, B, C, S0, keep, nblk, K, y, Sk, ST):
                     v = a * S[r - r0, s] + xr * B[i, t, gi, s]
                     S[r - r0, s] = v
                     acc += v * C[i, t, gi, s]
-                y[i, t, j, r] = acc
+                y[i, t, j, r] = acc + D[j, r] * x[i, t, j, r]
         for r in range(r0, r1):
             for s in range(n):
                 ST[i, j, r, s] = S[r - r0, s]
 
 
 @njit(parallel=True, fastmath=True)
-def _ssd_backward(x, dt, A, B, C, keep, nblk, K, Sk, dy, dST, dx, dS0, ddtp, dAp, dBp, dCp):
+def _ssd_backward(x, dt, A, B, C, D, keep, nblk, K, Sk, dy, dST, dx, dS0, ddtp, dAp, dDp, dBp, dCp):
     b, L, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     per_group = h // g
@@ -128,7 +131,8 @@ def _ssd_backward(x, dt, A, B, C, keep, nblk, K, Sk, dy, dST, dx, dS0, ddtp, dAp
                             gB += Gs * B[i, t, gi, s]
                             gS += Gs * Sbuf[q, r - r0, s]
                             G[r - r0, s] = Gs * a
-                        dx[i, t, j, r] = dtt * gB
+                        dx[i, t, j, r] = dtt * gB + D[j, r] * dyr
+                        dDp[w, i, j, r] += dyr * xr
                         ddt += xr * gB
                         gsum += gS
                     ddt += Aj * a * gsum
@@ -141,13 +145,13 @@ def _ssd_backward(x, dt, A, B, C, keep, nblk, K, Sk, dy, dST, dx, dS0, ddtp, dAp
 
 
 class _SSDScanFn(torch.autograd.Function):
-    """(x, dt, A, B, C, S0, keep) -> (y = S_t C_t, S_L), all float32; the fused recurrence only."""
+    """(x, dt, A, B, C, D (h, p), S0, keep) -> (y = S_t C_t + D x_t, S_L), all float32."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, S0, keep, K):
+    def forward(ctx, x, dt, A, B, C, D, S0, keep, K):
         b, L, h, p = x.shape
         n = B.shape[-1]
-        arrs = tuple(as_array(t) for t in (x, dt, A, B, C))
+        arrs = tuple(as_array(t) for t in (x, dt, A, B, C, D))
         keep_np = as_array(keep)
         # forward jobs: b x h x row blocks, at least ~2 per thread
         nblk_f = max(1, min(p, -(-2 * num_threads() // (b * h))))
@@ -161,7 +165,7 @@ class _SSDScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dST):
-        x, dt, A, B, C = ctx.arrs
+        x, dt, A, B, C, D = ctx.arrs
         b, L, h, p = x.shape
         g, n = B.shape[2], B.shape[3]
         nblk = max(1, min(p, -(-2 * num_threads() // b)))
@@ -170,14 +174,15 @@ class _SSDScanFn(torch.autograd.Function):
         dx, dS0 = poison(x.shape), poison((b, h, p, n))
         ddtp = np.zeros((nblk, b, L, h), np.float32)
         dAp = np.zeros((nblk, b, h), np.float32)
+        dDp = np.zeros((nblk, b, h, p), np.float32)
         dBp = np.zeros((nblk, b, L, g, n), np.float32)
         dCp = np.zeros((nblk, b, L, g, n), np.float32)
-        _ssd_backward(x, dt, A, B, C, ctx.keep, nblk, ctx.K, ctx.Sk, dy_np, dST_np,
-                      dx, dS0, ddtp, dAp, dBp, dCp)
+        _ssd_backward(x, dt, A, B, C, D, ctx.keep, nblk, ctx.K, ctx.Sk, dy_np, dST_np,
+                      dx, dS0, ddtp, dAp, dDp, dBp, dCp)
         T = torch.from_numpy
         one = nblk == 1  # one worker: its partial sums are the sums (no pass over them)
         dB, dC, ddt = (T(a)[0] if one else T(a).sum(0) for a in (dBp, dCp, ddtp))
-        return (T(dx), ddt, T(dAp).sum((0, 1)), dB, dC, T(dS0), None, None)
+        return (T(dx), ddt, T(dAp).sum((0, 1)), dB, dC, T(dDp).sum((0, 1)), T(dS0), None, None)
 
 
 def ssd(x, dt, A, B, C, *, chunk_size=None, D=None, z=None, dt_bias=None, dt_softplus=False,
@@ -202,10 +207,8 @@ def ssd(x, dt, A, B, C, *, chunk_size=None, D=None, z=None, dt_bias=None, dt_sof
     tensors = (x, dt, A, B, C, D, z, dt_bias, initial_state)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     K = K_CHECKPOINT if grad else max(L, 1)  # without a backward, one checkpoint (the initial state)
-    y, ST = _SSDScanFn.apply(x32, dt, A.to(fl), B.to(fl), C.to(fl), S0, keep, K)
-    if D is not None:
-        Df = D.to(fl)
-        y = y + (Df[:, None] if Df.dim() == 1 else Df) * x32
+    D2 = x.new_zeros(h, p, dtype=fl) if D is None else D.to(fl).reshape(h, -1).expand(h, p)  # (h, p)
+    y, ST = _SSDScanFn.apply(x32, dt, A.to(fl), B.to(fl), C.to(fl), D2, S0, keep, K)
     if z is not None:
         y = y * F.silu(z.to(fl))
     y = y.to(x.dtype)
