@@ -114,3 +114,25 @@ def test_bad_options_are_clear_errors():
         shared_lm(shared_block={**SHARED, "adapter_rank": 0})
     with pytest.raises(ValueError, match="shared-layer kind"):
         shared_lm(shared_layers="none,hybrid")
+
+
+def test_int8_model_with_shared_blocks(tmp_path):
+    """quantize_int8 on a model with shared blocks: its logits stay near float32's, it saves and loads
+    as int8 with the same greedy transcript, and a carried State continues it."""
+    from ssmkit.models.int8 import quantize_int8
+
+    x = ids(2, 9)
+    with torch.no_grad():
+        ref = shared_lm()(x).logits
+        model = quantize_int8(shared_lm())
+        assert_rel(model(x).logits, ref, 0.1, "int8 vs float32 logits")
+    want = model.generate(x, max_new_tokens=6)
+    model.save_pretrained(tmp_path)
+    again = SSMForCausalLM.from_pretrained(tmp_path)
+    assert again.quantization == model.quantization
+    assert torch.equal(again.generate(x, max_new_tokens=6), want)
+    st = again.init_state(2)
+    head = again.generate(x, max_new_tokens=3, state=st)  # st: the prompt and the 3 tokens consumed
+    more = ids(2, 2, seed=5)
+    got = again.generate(more, max_new_tokens=3, state=st)
+    assert torch.equal(got, again.generate(torch.cat([head, more], 1), max_new_tokens=3)[:, -5:])
