@@ -115,6 +115,20 @@ class Table:
             self.fused([f"{theirs}{x}.{p}" for x in (q, k, v)], f"{ours}in_proj.{p}", sizes)
             self.rename(f"{theirs}{o}.{p}", f"{ours}out_proj.{p}")
 
+    def hybrid_layers(self, norm2: str):
+        """The layers of a Mamba + attention hybrid in the Llama-style layout (Bamba, Granite 4.0-H,
+        Jamba): `model.layers.{i}.input_layernorm` -> norm, `mamba.` or `self_attn.` -> the mixer,
+        `{norm2}` -> norm2; yields (block, their prefix, our prefix) for the family's feed-forward."""
+        for i, blk in enumerate(self.model.backbone.layers):
+            theirs, ours = f"model.layers.{i}.", f"backbone.layers.{i}."
+            self.rename(theirs + "input_layernorm.weight", ours + "norm.weight")
+            if blk.kind == "attention":
+                self.attention(theirs + "self_attn.", ours + "mixer.")
+            else:
+                self.prefix(theirs + "mamba.", ours + "mixer.")
+            self.rename(f"{theirs}{norm2}.weight", ours + "norm2.weight")
+            yield blk, theirs, ours
+
     def gated_mlp(self, theirs: str, ours: str, gate="gate_proj", up="up_proj", down="down_proj") -> None:
         """Llama-style gate/up/down projections <-> GatedMLP's fc1 = [up; gate] and fc2."""
         mlp = self.model.get_submodule(ours.rstrip("."))

@@ -131,14 +131,7 @@ class Bamba(Family):
     def weights(self, model, c):
         t = self.table(model)
         t.embedding("model.embed_tokens.weight")
-        for i, blk in enumerate(model.backbone.layers):
-            theirs, ours = f"model.layers.{i}.", f"backbone.layers.{i}."
-            t.rename(theirs + "input_layernorm.weight", ours + "norm.weight")
-            if blk.kind == "mamba2":
-                t.prefix(theirs + "mamba.", ours + "mixer.")
-            else:
-                t.attention(theirs + "self_attn.", ours + "mixer.")
-            t.rename(theirs + "pre_ff_layernorm.weight", ours + "norm2.weight")
+        for _, theirs, ours in t.hybrid_layers("pre_ff_layernorm"):
             t.gated_mlp(theirs + "feed_forward.", ours + "mlp.")
         t.rename("model.final_layernorm.weight", "backbone.norm_f.weight")
         t.lm_head()

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from ssmkit.interop.hf import common
-from ssmkit.interop.hf.families.bamba import MAMBA_FIELDS
+from ssmkit.interop.hf.families.bamba import MAMBA_DEFAULTS, MAMBA_FIELDS
 from ssmkit.interop.hf.registry import Family, register_family
 from ssmkit.layers.mlp import GatedMLP
 from ssmkit.models.config import SSMConfig
@@ -40,19 +40,10 @@ class FalconH1(Family):
         num_key_value_heads=8,
         hidden_act="silu",
         rms_norm_eps=1e-5,
+        **MAMBA_DEFAULTS,  # Bamba's Mamba-2 defaults, the same in FalconH1Config
         mamba_d_ssm=1024,
-        mamba_n_heads=128,
-        mamba_d_head="auto",
-        mamba_n_groups=1,
-        mamba_d_state=256,
-        mamba_d_conv=4,
-        mamba_expand=2,
-        mamba_chunk_size=256,
-        mamba_conv_bias=True,
-        mamba_proj_bias=False,
         mamba_norm_before_gate=True,
         mamba_rms_norm=False,
-        time_step_limit=(0.0, float("inf")),
         projectors_bias=False,
         lm_head_multiplier=1.0,
         embedding_multiplier=1.0,

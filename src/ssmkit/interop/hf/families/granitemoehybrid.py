@@ -101,14 +101,7 @@ class GraniteMoeHybrid(Family):
     def weights(self, model, c):
         t = self.table(model)
         t.embedding("model.embed_tokens.weight")
-        for i, blk in enumerate(model.backbone.layers):
-            theirs, ours = f"model.layers.{i}.", f"backbone.layers.{i}."
-            t.rename(theirs + "input_layernorm.weight", ours + "norm.weight")
-            if blk.kind == "mamba2":
-                t.prefix(theirs + "mamba.", ours + "mixer.")
-            else:
-                t.attention(theirs + "self_attn.", ours + "mixer.")
-            t.rename(theirs + "post_attention_layernorm.weight", ours + "norm2.weight")
+        for blk, theirs, ours in t.hybrid_layers("post_attention_layernorm"):
             shared = ours + "mlp."
             if isinstance(blk.mlp, MoE):
                 moe, shared = theirs + "block_sparse_moe.", ours + "mlp.shared."

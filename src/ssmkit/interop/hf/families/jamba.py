@@ -127,14 +127,7 @@ class Jamba(Family):
     def weights(self, model, c):
         t = self.table(model)
         t.embedding("model.embed_tokens.weight")
-        for i, blk in enumerate(model.backbone.layers):
-            theirs, ours = f"model.layers.{i}.", f"backbone.layers.{i}."
-            t.rename(theirs + "input_layernorm.weight", ours + "norm.weight")
-            if blk.kind == "mamba":
-                t.prefix(theirs + "mamba.", ours + "mixer.")
-            else:
-                t.attention(theirs + "self_attn.", ours + "mixer.")
-            t.rename(theirs + "pre_ff_layernorm.weight", ours + "norm2.weight")
+        for blk, theirs, ours in t.hybrid_layers("pre_ff_layernorm"):
             ff = theirs + "feed_forward."
             if isinstance(blk.mlp, MoE):
                 t.rename(ff + "router.weight", ours + "mlp.router.weight")
