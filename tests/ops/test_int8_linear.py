@@ -5,6 +5,10 @@ serial and the parallel driver, outputs poisoned with NaN first; which tier "aut
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import numba
 import pytest
 import torch
 
@@ -65,6 +69,26 @@ def test_auto_runs_the_parallel_driver_above_its_size(monkeypatch):
     with torch.no_grad():
         fast = int8_linear(x, weight, scale, bias=b, backend="numba")
     assert_rel(fast, int8_linear(x, weight, scale, bias=b, backend="reference"), 1e-5, "parallel")
+
+
+def test_a_fresh_process_keeps_torchs_thread_count():
+    """The kernel's first thread query (numba.num_threads, which starts numba's pool, resetting
+    OpenMP's thread count) leaves torch.set_num_threads(1) in force."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: numba has one thread whatever torch says")
+    code = (
+        "import torch\n"
+        "torch.set_num_threads(1)\n"
+        "from ssmkit.layers.int8 import Int8Linear\n"
+        "from ssmkit.ops.int8_linear import numba as tier\n"
+        "tier.PARALLEL_ABOVE = 0\n"
+        "with torch.no_grad():\n"
+        "    Int8Linear.from_linear(torch.nn.Linear(8, 8))(torch.randn(1, 8))\n"
+        "print(torch.get_num_threads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1", done.stdout
 
 
 def test_non_contiguous_input():

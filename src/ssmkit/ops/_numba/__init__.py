@@ -35,7 +35,10 @@ def njit(**options):
 def num_threads() -> int:
     """The threads a parallel kernel runs on: numba's count, at most torch's (torch.set_num_threads)."""
     theirs = torch.get_num_threads()  # first: numba's first query starts its pool and resets the count
-    return min(nb.get_num_threads(), theirs)
+    mine = nb.get_num_threads()
+    if torch.get_num_threads() != theirs:  # that first query: put torch's count back
+        torch.set_num_threads(theirs)
+    return min(mine, theirs)
 
 
 class _TorchThreads:
