@@ -119,6 +119,28 @@ def test_prefix_cache_hit_changes_only_the_work(model):
         warm.stop()
 
 
+def test_decoding_in_place_leaves_cached_and_given_states_alone():
+    """float32 Mamba-2 decodes in place (numba step_): the batch owns its tensors, so neither the
+    prefix cache's states nor a State the caller gave are written, and a second identical request
+    (a cache hit) replies as the first did."""
+    model = tiny_model(dtype=torch.float32)
+    engine, cold = make_engine(model), make_engine(model, cache_bytes=0)
+    try:
+        prompt = torch.randint(0, 256, (32,)).tolist()  # ends on a boundary: its last state is cached
+        first = run(engine, prompt, max_tokens=8)
+        longer = run(engine, prompt + [1, 2], max_tokens=8)
+        assert longer.cached_tokens == 32 and longer.ids == run(cold, prompt + [1, 2], max_tokens=8).ids
+        given = first.state.clone()
+        held = [dict(d) for d in given.layers]
+        before = [{k: v.clone() for k, v in d.items()} for d in held]
+        run(engine, [5, 6, 7], state=given, max_tokens=6)
+        for d, b in zip(held, before):
+            assert all(torch.equal(d[k], b[k]) for k in d)
+    finally:
+        engine.stop()
+        cold.stop()
+
+
 def test_prefix_cache_chain_and_lru_bound(model):
     cache = PrefixCache(4, max_bytes=3 * model.init_state(1).nbytes, salt="m")
     a, b = list(range(20)), list(range(10)) + [99] * 10

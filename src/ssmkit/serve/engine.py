@@ -10,9 +10,9 @@ Each turn of the loop:
   2. prefill: read up to `prefill_budget` prompt tokens of the jobs still reading their prompt,
      oldest first, in chunks; a job whose prompt is read samples its first token and joins the
      decode batch (`State.cat` of the batch's state and its own);
-  3. decode: one batched `model.step` on every decoding job's last sampled token (the state consumes
-     it), then each job samples its next token, or, if it had finished, leaves the batch with its
-     row of the state (`State.select`) in its Done event.
+  3. decode: one batched `model.step_` on every decoding job's last sampled token (the batch's state,
+     tensors of its own, consumes it in place), then each job samples its next token, or, if it had
+     finished, leaves the batch with its row of the state (`State.select`, a copy) in its Done event.
 
 As with `generate(..., state=st)`, a job's final state has consumed the prompt and every token
 sampled, the last one (a stop token, or the one completing a stop string) included, so the next
@@ -220,7 +220,8 @@ class Engine:
         job.stream = TextStream(self.tokenizer, stop)
         self._accept(job, self._sample(job, job.logits))
         job.logits = None
-        self._batch = job.state if self._batch is None else State.cat([self._batch, job.state])
+        # the batch owns its tensors (decoding writes them in place); the job's may be the prefix cache's
+        self._batch = job.state.clone() if self._batch is None else State.cat([self._batch, job.state])
         job.state = None
         self._rows.append(job)
 
@@ -257,7 +258,7 @@ class Engine:
         if not self._rows:
             return
         tokens = torch.tensor([job.pending for job in self._rows], dtype=torch.long)
-        logits = self.model.step(tokens, self._batch)  # (b, V); the batch state consumed `tokens`
+        logits = self.model.step_(tokens, self._batch)  # (b, V); the batch state consumed `tokens`, in place
         self.steps += 1
         greedy = logits.argmax(-1).tolist()
         finished = []
