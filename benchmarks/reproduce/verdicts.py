@@ -2,11 +2,12 @@
 {"reproduced": bool, "figures": {what the verdict rests on}, "verdict": one paragraph}. The runner
 stores them in docs/results/<entry>.json; the report prints them. Thresholds are the issue's:
 
-    selective copying  Mamba >= 95% per token, every time-invariant row at least 20 points below
+    selective copying  Mamba >= 95% per token, every plain time-invariant layer (S4D, H3, Hyena) at least
+                       20 points below (S4D in the Mamba block and S5 reported, outside the criterion)
     induction heads    Mamba >= 95% at 16x the training length, attention below 50% there
     MQAR               Mamba-2's accuracy rises with its state (each N above the last by 2 points, or
                        both solved at >= 95%: no room left; the largest N above the smallest), attention
-                       >= 90%
+                       >= 90% (the row marked "reference": Zoology's, a short convolution before it)
     long range         on every task, the best SSM ahead of the same-size Transformer
     forecasting        on every series, the best SSM's MAE below the best naive baseline's and the
                        Transformer's
@@ -25,6 +26,7 @@ import math
 from benchmarks.reproduce import harness as H
 
 LTI_MARGIN = 0.20
+GATED_S4D = "S4D in the Mamba block"
 SOLVED = 0.95                     # MQAR: accuracy at which a larger state has no room to add
 
 
@@ -76,7 +78,9 @@ def _curve_text(pts: list[dict]) -> str:
 def _selective_copying(r):
     rows = _ran(r)
     sel = _row(rows, "Mamba")
-    lti = [x for x in rows if x["model"] not in ("Mamba", "S5")]  # the claim's: S4D, H3, Hyena (S5 shown)
+    # the claim's: the plain time-invariant layers S4D, H3, Hyena; S5 and the gated S4D (the Mamba block
+    # around a time-invariant SSM) are shown and reported, outside the criterion
+    lti = [x for x in rows if x["model"] not in ("Mamba", "S5", GATED_S4D)]
     if not sel or not lti:
         return False, {}, "Not enough rows ran to compare."
     best = max(lti, key=lambda x: x["acc"])
@@ -88,9 +92,20 @@ def _selective_copying(r):
     }
     ok = sel["acc"] >= 0.95 and best["acc"] <= sel["acc"] - LTI_MARGIN
     text = (
-        f"Mamba {H.pct(sel['acc'])} per token after {sel.get('steps')} steps vs the best time-invariant "
-        f"row ({best['model']}) {H.pct(best['acc'])} after {best.get('steps')}."
+        f"Mamba {H.pct(sel['acc'])} per token after {sel.get('steps')} steps vs the best plain "
+        f"time-invariant layer ({best['model']}) {H.pct(best['acc'])} after {best.get('steps')}."
     )
+    gated = _row(rows, GATED_S4D)
+    if gated:
+        figures["gated_s4d_acc"] = gated["acc"]
+        text += (
+            f" {GATED_S4D} (the paper's 'Mamba architecture, S4 layer', 56.4% at length 4096; outside the "
+            f"criterion): {H.pct(gated['acc'])}"
+            + (f", within {100 * LTI_MARGIN:.0f} points of Mamba: with the Mamba block's gate and short "
+               f"convolution a time-invariant SSM learns the task at a noise region of "
+               f"{r.get('config', {}).get('seq_len')} tokens (a finding of this scale)."
+               if gated["acc"] > sel["acc"] - LTI_MARGIN else ".")
+        )
     if ok:
         return (
             True,
@@ -148,21 +163,24 @@ def _induction_heads(r):
 def _mqar(r):
     rows = {x["model"]: x for x in _ran(r)}
     m2 = sorted((x for k, x in rows.items() if k.startswith("Mamba-2")), key=lambda x: x["d_state"])
-    attn = next((x for k, x in rows.items() if k.startswith("Attention") and not x.get("probe")), None)
+    attns = [x for k, x in rows.items() if k.startswith("Attention") and not x.get("probe")]
+    # the reference: the row marked so (Zoology's attention, a short convolution before it), else the first
+    attn = next((x for x in attns if x.get("reference")), attns[0] if attns else None)
+    shown = [x for x in attns if x is not attn]                           # in the table, outside the verdict
     probe = next((x for x in rows.values() if x.get("probe")), None)
     figures = {f"Mamba-2 N={x['d_state']}": x["acc"] for x in m2}
     if attn:
         figures["attention"] = attn["acc"]
-    if probe:
-        figures[probe["model"]] = probe["acc"]
+    for x in shown + ([probe] if probe else []):
+        figures[x["model"]] = x["acc"]
     if len(m2) < 2:
         return False, figures, "Not enough rows ran to compare."
     grows = all(b["acc"] > a["acc"] + 0.02 or min(a["acc"], b["acc"]) >= SOLVED for a, b in zip(m2, m2[1:]))
     grows = grows and m2[-1]["acc"] > m2[0]["acc"] + 0.02
     solved = attn is not None and attn["acc"] >= 0.9
     text = " -> ".join(f"Mamba-2 N={x['d_state']}: {H.pct(x['acc'])}" for x in m2) + (
-        f"; attention {H.pct(attn['acc'])}." if attn else "."
-    )
+        f"; attention ({attn['model']}) {H.pct(attn['acc'])}." if attn else "."
+    ) + "".join(f" {x['model']}: {H.pct(x['acc'])} (shown, outside the verdict)." for x in shown)
     if grows and solved:
         return (
             True,

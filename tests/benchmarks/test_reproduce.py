@@ -87,6 +87,10 @@ def test_verdict_thresholds():
     r = _copying(0.8, 0.1)
     r["rows"][0].update(curve=rising, steps=100)
     assert "still improving" in report.judge("selective_copying", r)["verdict"]
+    r = _copying(0.99, 0.5)                      # the gated S4D is reported, outside the criterion
+    r["rows"].append({"model": "S4D in the Mamba block", "acc": 0.97, "steps": 10})
+    v = report.judge("selective_copying", r)
+    assert v["reproduced"] and v["figures"]["gated_s4d_acc"] == 0.97 and "a finding" in v["verdict"]
 
     def scaling(attn_power: float, mem: float) -> dict:
         lengths = (1024, 2048, 4096)
@@ -235,3 +239,18 @@ def test_mqar_growth_allows_saturation_but_not_a_drop():
     assert judge(0.5, 0.97, 0.99)                      # solved from N=64 on: no room to grow
     assert not judge(0.5, 0.97, 0.90)                  # a larger state lost accuracy
     assert not judge(0.97, 0.98, 0.99)                 # the state never mattered
+
+
+def test_mqar_verdict_judges_the_reference_attention_and_shows_the_plain_one():
+    """Zoology's attention (a short convolution before it, marked "reference") is the one the verdict
+    needs at >= 90%; plain attention at the in-context plateau is reported beside it, not judged."""
+    rows = [{"model": "Attention (rotary) + short conv", "acc": 0.99, "d_state": None, "steps": 10,
+             "reference": True},
+            {"model": "Attention (rotary), no conv", "acc": 0.16, "d_state": None, "steps": 10},
+            {"model": "Mamba-2 N=16", "acc": 0.5, "d_state": 16, "steps": 10},
+            {"model": "Mamba-2 N=64", "acc": 0.99, "d_state": 64, "steps": 10}]
+    v = report.judge("mqar", {"rows": rows, "in_context": 1 / 8})
+    assert v["reproduced"] and v["figures"]["attention"] == 0.99
+    assert v["figures"]["Attention (rotary), no conv"] == 0.16 and "outside the verdict" in v["verdict"]
+    rows[0]["acc"] = 0.5                                   # the reference fails: not reproduced
+    assert not report.judge("mqar", {"rows": rows, "in_context": 1 / 8})["reproduced"]
