@@ -87,8 +87,9 @@ def markdown(r: dict) -> str:
     head = (f"Length {c['seq_len']}, {c['n_pairs']} key-value pairs, vocabulary {c['vocab_size']}, 2 layers, "
             f"d_model {c['d_model']}; accuracy over all queries, chance = {100 * r['chance']:.1f}% (a value "
             f"picked among the {c['n_pairs']} in context: {100 / c['n_pairs']:.1f}%). "
-            f"Attention is Zoology's MQAR baseline: each of its 2 layers a short convolution (kernel 3), then "
-            f"attention; plain attention is shown beside it, outside the verdict. Paper: {r['source']}.\n\n")
+            f"Attention is Zoology's MQAR baseline: each of its 2 layers a short convolution (kernel 3), "
+            f"then attention; plain attention is shown beside it, outside the verdict. "
+            f"Paper: {r['source']}.\n\n")
     rows = []
     for x in r["rows"]:
         if x.get("status") == H.NOT_AVAILABLE:

@@ -93,7 +93,9 @@ def _selective_copying(r):
     ok = sel["acc"] >= 0.95 and best["acc"] <= sel["acc"] - LTI_MARGIN
     text = (
         f"Mamba {H.pct(sel['acc'])} per token after {sel.get('steps')} steps vs the best plain "
-        f"time-invariant layer ({best['model']}) {H.pct(best['acc'])} after {best.get('steps')}."
+        f"time-invariant layer ({best['model']}) {H.pct(best['acc'])} after {best.get('steps')}"
+        + (" (all: " + ", ".join(f"{x['model']} {H.pct(x['acc'])}" for x in lti) + ")."
+           if len(lti) > 1 else ".")
     )
     gated = _row(rows, GATED_S4D)
     if gated:
@@ -313,6 +315,11 @@ def _scaling(r):
     )
     if zero_mem:
         text += f" Peak memory not measured (0 or missing) for {sorted(set(zero_mem))}."
+    tf_mem = figures.get("Transformer", {}).get("memory_slope")
+    if tf_mem is not None and tf_mem < 1.5:
+        text += (" Attention's peak memory grows linearly too: torch's scaled_dot_product_attention on the "
+                 "CPU works in blocks and never holds the L x L score matrix (as FlashAttention does), so "
+                 "its quadratic term is in time only.")
     if ok:
         return True, figures, text + " Reproduced: attention's step grows quadratically, the SSMs' linearly."
     h = r.get("hardware", {})

@@ -101,6 +101,7 @@ def test_verdict_thresholds():
     assert report.judge("scaling", scaling(2.0, 1.0))["reproduced"]
     assert not report.judge("scaling", scaling(1.0, 1.0))["reproduced"]
     assert not report.judge("scaling", scaling(2.0, 0.0))["reproduced"]                   # memory never 0
+    assert "quadratic term is in time only" in report.judge("scaling", scaling(2.0, 1.0))["verdict"]
 
 
 class _Quadratic(torch.nn.Module):
