@@ -8,8 +8,8 @@ import shutil
 NAME, ORDER = "quantize", 55
 HELP = "write an int8 copy of a model (CPU inference)"
 DESCRIPTION = (
-    "Write SRC's model with int8 weights (in_proj/out_proj of Mamba and Mamba-2 layers, MLPs, embedding "
-    "and LM head) to DST; `generate`, `eval` and from_pretrained load it directly."
+    "Write SRC's model with int8 weights (in_proj/out_proj of Mamba and Mamba-2 layers, Mamba's "
+    "x_proj, MLPs, embedding and LM head) to DST; `generate`, `eval` and from_pretrained load it directly."
 )
 
 
