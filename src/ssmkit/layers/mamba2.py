@@ -193,8 +193,6 @@ class Mamba2(VarlenMixer):
 
     # ---- internals ---------------------------------------------------------------------------
     def _numba_step(self, x_t, state):
-        if self.norm_before_gate and self.rmsnorm:  # the kernel gates before its norm
-            return None
         norm = self.norm if self.rmsnorm else None
         conv = self.conv1d
         norm_w = None if norm is None else norm.weight
@@ -205,6 +203,7 @@ class Mamba2(VarlenMixer):
                 conv.weight[:, 0, :], *params[1:5], ngroups=self.ngroups, dt_limit=self.dt_limit,
                 norm_weight=norm_w, norm_eps=0.0 if norm is None else norm.eps,
                 group_size=None if norm is None else norm.group_size,
+                norm_before_gate=self.norm_before_gate,
             )
 
         return numba_step(self, "ssd", self.backend, x_t, (state["conv"], state["ssm"]), params, build)

@@ -139,6 +139,15 @@ class Parallel(Mixer):
             ys[name], states[name] = mixer.step(self._input(name, x_t), parts[name])
         return self._sum(ys), _join(states)
 
+    def step_(self, x_t: torch.Tensor, state: StateDict) -> torch.Tensor:
+        """step, each branch writing its part of `state` (in place where it decodes in place)."""
+        if (empty := self._empty_step(x_t, state)) is not None:
+            return empty[0]
+        parts = _split(state)
+        ys = {name: mixer.step_(self._input(name, x_t), parts[name]) for name, mixer in self.branches.items()}
+        state.update(_join(parts))
+        return self._sum(ys)
+
     # ---- batching: each branch's own rules ---------------------------------------------------
     @classmethod
     def cat_states(cls, states: list[StateDict]) -> StateDict:

@@ -194,9 +194,10 @@ def _m2_head(zxbcdt, conv_state, conv_w, conv_b, dt_bias, A_log, D, lo, hi, S, H
 
 @njit(fastmath=True)
 def _m2_finish(zxbcdt, norm_w, eps, group, gate, i, y):
-    """Row i of y: times silu(z), then RMSNorm within groups of `group` channels times norm_w (if given)."""
+    """Row i of y: times silu(z) (gate 1: before the norm, 2: after it, 0: none) and RMSNorm within
+    groups of `group` channels times norm_w (if given)."""
     d_inner = y.shape[1]
-    if gate:
+    if gate == 1:
         for c in range(d_inner):
             y[i, c] *= silu(zxbcdt[i, c])
     if norm_w.size:
@@ -207,6 +208,9 @@ def _m2_finish(zxbcdt, norm_w, eps, group, gate, i, y):
             inv = np.float32(1.0 / np.sqrt(ss / group + eps))
             for c in range(g0, g0 + group):
                 y[i, c] = y[i, c] * inv * norm_w[c]
+    if gate == 2:
+        for c in range(d_inner):
+            y[i, c] *= silu(zxbcdt[i, c])
 
 
 @njit(fastmath=True)
@@ -245,14 +249,17 @@ def _m2_parallel(zxbcdt, conv_state, conv_w, conv_b, dt_bias, A_log, D, lo, hi, 
 
 
 def mamba2_prepared(conv_weight, conv_bias, dt_bias, A_log, D, *, ngroups: int, dt_limit=(0.0, float("inf")),
-                    norm_weight=None, norm_eps=1e-5, group_size=None, gate=True) -> tuple:
+                    norm_weight=None, norm_eps=1e-5, group_size=None, gate=True,
+                    norm_before_gate=False) -> tuple:
     """What Mamba-2's step reads besides in_proj's output and the state, as arrays and scalars:
     conv_weight (conv_dim, k); conv_bias (conv_dim,) or None; dt_bias, A_log (H,); D (H,) or (H, P) or
     None; norm_weight (d_inner,): the gated group RMSNorm RMSNorm_groups(y silu(z)) norm_weight (groups
-    of group_size channels), else y silu(z) if `gate`, else y (ssmkit.ops._decode keeps it per layer)."""
+    of group_size channels; with norm_before_gate RMSNorm_groups(y) norm_weight silu(z)), else y silu(z)
+    if `gate`, else y (ssmkit.ops._decode keeps it per layer)."""
+    mode = 0 if not gate else 2 if norm_before_gate and norm_weight is not None else 1
     return (array(conv_weight), array(conv_bias), array(dt_bias), array(A_log),
             array(None if D is None else D.reshape(-1)), float(dt_limit[0]), float(dt_limit[1]),
-            array(norm_weight), float(norm_eps), int(group_size or 0), bool(gate), int(ngroups))
+            array(norm_weight), float(norm_eps), int(group_size or 0), mode, int(ngroups))
 
 
 def mamba2_step_(zxbcdt, conv_state, ssm_state, prepared: tuple):
