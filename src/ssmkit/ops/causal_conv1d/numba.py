@@ -29,6 +29,29 @@ from ssmkit.ops._numba.numerics import ONE, ZERO, sigmoid, silu
 BACKEND = Backend(devices=("cpu",), dtypes=(torch.float32, torch.bfloat16), priority=20)
 
 
+@njit(inline="always")
+def _load_block(w, bias, x0, i, c0, cb, wt, bv, win):
+    """Channels c0 <= c < c0 + cb of row i into lane-major buffers: taps wt[j, c], bias bv[c], and the
+    carried inputs as the first k-1 rows of win (lanes past cb stay zero)."""
+    k1 = x0.shape[2]
+    for c in range(cb):
+        bv[c] = bias[c0 + c]
+        for j in range(k1 + 1):
+            wt[j, c] = w[c0 + c, j]
+        for j in range(k1):
+            win[j, c] = x0[i, c0 + c, j]
+
+
+@njit(inline="always", fastmath=True)
+def _pre_row(wt, bv, win, r, out):
+    """out[r] = bias + sum_j w[j] xp[r + j], every lane: the convolution before its activation."""
+    for c in range(LANES):
+        out[r, c] = bv[c]
+    for j in range(wt.shape[0]):
+        for c in range(LANES):
+            out[r, c] += wt[j, c] * win[r + j, c]
+
+
 @njit(parallel=True, fastmath=True)
 def _conv_inference(x, xc0, xcl, x0, w, bias, act, L, y):
     b, d, k1 = x0.shape
@@ -42,21 +65,12 @@ def _conv_inference(x, xc0, xcl, x0, w, bias, act, L, y):
         wt = np.zeros((k, LANES), dtype=np.float32)
         bv = np.zeros(LANES, dtype=np.float32)
         yb = np.zeros((TILE, LANES), dtype=np.float32)
-        for c in range(cb):
-            bv[c] = bias[c0 + c]
-            for j in range(k):
-                wt[j, c] = w[c0 + c, j]
-            for j in range(k1):
-                win[j, c] = x0[i, c0 + c, j]
+        _load_block(w, bias, x0, i, c0, cb, wt, bv, win)
         for t0 in range(0, L, TILE):
             tl = min(TILE, L - t0)
             load_tile(x, xc0, xcl, i, d, L, c0, cb, t0, tl, win[k1:])
             for r in range(tl):
-                for c in range(LANES):
-                    yb[r, c] = bv[c]
-                for j in range(k):
-                    for c in range(LANES):
-                        yb[r, c] += wt[j, c] * win[r + j, c]
+                _pre_row(wt, bv, win, r, yb)
                 if act:
                     for c in range(LANES):
                         yb[r, c] = silu(yb[r, c])
@@ -83,22 +97,13 @@ def _conv_backward(x, xc0, xcl, x0, w, bias, act, L, dy, dyc0, dycl, dx, dx0, dw
         dwv = np.zeros((k, LANES), dtype=np.float32)
         bv = np.zeros(LANES, dtype=np.float32)
         dbv = np.zeros(LANES, dtype=np.float32)
-        for c in range(cb):
-            bv[c] = bias[c0 + c]
-            for j in range(k):
-                wt[j, c] = w[c0 + c, j]
-            for j in range(k1):
-                win[j, c] = x0[i, c0 + c, j]
+        _load_block(w, bias, x0, i, c0, cb, wt, bv, win)
         for t0 in range(0, L, TILE):
             tl = min(TILE, L - t0)
             load_tile(x, xc0, xcl, i, d, L, c0, cb, t0, tl, win[k1:])
             load_tile(dy, dyc0, dycl, i, d, L, c0, cb, t0, tl, dyb)
             for r in range(tl):
-                for c in range(LANES):
-                    dxb[r, c] = bv[c]
-                for j in range(k):
-                    for c in range(LANES):
-                        dxb[r, c] += wt[j, c] * win[r + j, c]  # pre, for now
+                _pre_row(wt, bv, win, r, dxb)  # pre, for now
                 if act:
                     for c in range(LANES):
                         sg = sigmoid(dxb[r, c])
