@@ -66,6 +66,18 @@ class Mixer(nn.Module):
         state.update(new)
         return y_t
 
+    def block_step_(self, residual_t: torch.Tensor, norm, residual_multiplier: float, state: StateDict):
+        """A block's whole step, residual_t + residual_multiplier * step_(norm(residual_t)), where this
+        layer has one kernel for it (Mamba, Mamba-2 on CPU); None otherwise (the block runs its parts)."""
+        return None
+
+    @classmethod
+    def stack_step_(cls, mixers: list, norms: list, residual_multiplier: float, residual_t: torch.Tensor,
+                    states: list, owner) -> torch.Tensor | None:
+        """Every block of a model (norms[i], mixers[i], all of this class) as one kernel call where the
+        class has one (Mamba, Mamba-2 on CPU); None otherwise (the blocks run one by one)."""
+        return None
+
     # ---- helpers for subclasses -------------------------------------------------------------
     def _check_x(self, x: torch.Tensor, name: str = "x") -> None:
         check_tensor(name, x, ndim=3, dtypes=FLOAT_DTYPES, legend="(batch, length, d_model)")

@@ -33,7 +33,7 @@ from torch import nn
 from ssmkit.layers.base import StateDict
 from ssmkit.layers.norm import RMSNorm
 from ssmkit.layers.registry import register
-from ssmkit.layers.varlen import VarlenMixer, mask_conv_state
+from ssmkit.layers.varlen import VarlenMixer, mask_conv_state, parameters_at
 from ssmkit.math.init import inverse_softplus_dt
 from ssmkit.ops._decode import numba_step
 from ssmkit.ops._triton import decode
@@ -192,21 +192,45 @@ class Mamba2(VarlenMixer):
         return self.out_proj(y[:, 0]), {"conv": conv, "ssm": ssm}
 
     # ---- internals ---------------------------------------------------------------------------
-    def _numba_step(self, x_t, state):
-        norm = self.norm if self.rmsnorm else None
+    def _step_params(self) -> tuple:
+        """The parameters the fused step reads (decode.mamba2_prepared's)."""
         conv = self.conv1d
-        norm_w = None if norm is None else norm.weight
-        params = (conv.weight, conv.bias, self.dt_bias, self.A_log, self.D, norm_w)
+        norm_w = self.norm.weight if self.rmsnorm else None
+        return conv.weight, conv.bias, self.dt_bias, self.A_log, self.D, norm_w
 
-        def build(kernels):
-            return kernels.mamba2_prepared(
-                conv.weight[:, 0, :], *params[1:5], ngroups=self.ngroups, dt_limit=self.dt_limit,
-                norm_weight=norm_w, norm_eps=0.0 if norm is None else norm.eps,
-                group_size=None if norm is None else norm.group_size,
-                norm_before_gate=self.norm_before_gate,
-            )
+    def _prepared(self, kernels) -> tuple:
+        norm = self.norm if self.rmsnorm else None
+        conv_w, conv_b, dt_bias, A_log, D, norm_w = self._step_params()
+        return kernels.mamba2_prepared(
+            conv_w[:, 0, :], conv_b, dt_bias, A_log, D, ngroups=self.ngroups, dt_limit=self.dt_limit,
+            norm_weight=norm_w, norm_eps=0.0 if norm is None else norm.eps,
+            group_size=None if norm is None else norm.group_size, norm_before_gate=self.norm_before_gate,
+        )
 
-        return numba_step(self, "ssd", self.backend, x_t, (state["conv"], state["ssm"]), params, build)
+    def _numba_step(self, x_t, state):
+        states = (state["conv"], state["ssm"])
+        return numba_step(self, "ssd", self.backend, x_t, states, self._step_params(), self._prepared)
+
+    _block_op, _block_kernel = "ssd", "mamba2_block_"
+
+    def _block_params(self):
+        mods = self._modules
+        linear = all(type(mods[m]) is nn.Linear for m in ("in_proj", "out_proj"))
+        if self.in_proj_multipliers is not None or not linear:
+            return None  # int8 projections, or Falcon-H1's multipliers
+        own = self._parameters
+        norm_w = mods["norm"]._parameters["weight"] if self.rmsnorm else None
+        return (*parameters_at(self, self._BLOCK_PARAMS), own["dt_bias"], own["A_log"], own["D"], norm_w)
+
+    _BLOCK_PARAMS = (("in_proj", "weight"), ("in_proj", "bias"), ("out_proj", "weight"), ("out_proj", "bias"),
+                     ("conv1d", "weight"), ("conv1d", "bias"))
+
+    def _block_arrays(self, kernels):
+        a = kernels.array
+        prepared = list(self._prepared(kernels))
+        prepared[9] = prepared[9] or self.d_inner  # the group norm's group size: all channels by default
+        return (a(self.in_proj.weight), a(self.in_proj.bias), *prepared, a(self.out_proj.weight),
+                a(self.out_proj.bias))
 
     def _fused_step_(self, fused, x_t, state):
         kernels, prepared = fused

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ssmkit._checks import check_tensor
 from ssmkit.layers.base import Mixer, StateDict
+from ssmkit.ops._decode import numba_block, numba_stack
 
 
 def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
@@ -78,6 +80,14 @@ def mask_conv_state(conv_state: torch.Tensor, seq_idx: torch.Tensor) -> torch.Te
     return conv_state * keep[:, None, :]
 
 
+def parameters_at(module: nn.Module, paths: tuple) -> tuple:
+    """The parameters at `paths`, ("submodule", "name") pairs (None where a name holds none), read through
+    the modules' own dictionaries: a decoding step looks up about fifteen per layer, and nn.Module's
+    attribute lookup costs ~0.5 us a name."""
+    mods = module._modules
+    return tuple(mods[m]._parameters.get(n) for m, n in paths)
+
+
 class VarlenMixer(Mixer):
     """forward() with the variable-length keywords and the bidirectional sum, around `_forward`."""
 
@@ -105,6 +115,82 @@ class VarlenMixer(Mixer):
             return None
         state = {k: v.clone() for k, v in state.items()}
         return self._fused_step_(fused, x_t, state), state
+
+    # ---- a whole block's decoding step in one kernel (ssmkit.ops._numba.block_decode) ----
+    _block_op: str | None = None  # the op whose tier decides, "selective_scan" or "ssd"; None: no kernel
+    _block_kernel: str = ""  # its function in block_decode
+
+    def _block_params(self) -> tuple | None:
+        """The parameters the block kernel reads besides the norm's; None where this layer cannot take it."""
+        return None
+
+    def _block_arrays(self, kernels) -> tuple:
+        """Those parameters (and what derives from them) as the kernel takes them (see block_decode)."""
+        raise NotImplementedError
+
+    def block_step_(self, residual_t: torch.Tensor, norm, residual_multiplier: float, state: StateDict):
+        """residual_t + residual_multiplier * step_(norm(residual_t)) as one kernel call, `state` written in
+        place (Mixer.step_); None where the kernel does not apply (the block then runs its parts)."""
+        params = None if self._block_op is None else self._block_params()
+        conv, ssm = state.get("conv"), state.get("ssm")
+        if params is None or conv is None or ssm is None:
+            return None  # no kernel, or a wrong state (the per-part path says what is wrong with it)
+        fused = numba_block(self, self._block_op, self.backend, residual_t, norm, (conv, ssm), params,
+                            lambda kernels: (self._block_arrays(kernels), self._state_shapes()))
+        if fused is None:
+            return None
+        kernels, (norm_arrays, (arrays, (conv_shape, ssm_shape))) = fused
+        b = residual_t.shape[0]
+        expected = (len(state) == 2 and b and residual_t.shape == (b, self.d_model)
+                    and conv.shape == (b, *conv_shape) and ssm.shape == (b, *ssm_shape))
+        if not expected and self._empty_step(residual_t, state) is not None:  # raises on a wrong input
+            return None
+        out = torch.empty_like(residual_t)
+        state_arrays = (kernels.array(conv), kernels.array(ssm))
+        getattr(kernels, self._block_kernel)(kernels.array(residual_t), state_arrays, norm_arrays,
+                                             float(residual_multiplier), arrays, out.numpy())
+        return out
+
+    @classmethod
+    def stack_step_(cls, mixers: list, norms: list, residual_multiplier: float, residual_t: torch.Tensor,
+                    states: list, owner) -> torch.Tensor | None:
+        """Blocks i = 0, 1, ... (norms[i], mixers[i], all of this class) in turn as one kernel call,
+        block_step_ by block_step_; `states` written in place; None where the kernel does not apply.
+        owner: the module whose cache entry this is (the backbone)."""
+        if cls._block_op is None:
+            return None
+        params, tensors = [norm._parameters["weight"] for norm in norms], []
+        for mixer, state in zip(mixers, states):
+            p, conv, ssm = mixer._block_params(), state.get("conv"), state.get("ssm")
+            if p is None or conv is None or ssm is None or len(state) != 2:
+                return None
+            params.extend(p)
+            tensors.extend((conv, ssm))
+        if any(norm.group_size != w.shape[0] for norm, w in zip(norms, params)):
+            return None
+
+        def build(kernels):
+            return (kernels.stack_list((kernels.array(norm.weight), float(norm.eps)) for norm in norms),
+                    kernels.stack_list(mixer._block_arrays(kernels) for mixer in mixers),
+                    [mixer._state_shapes() for mixer in mixers])
+
+        fused = numba_stack(owner, cls._block_op, mixers[0].backend, residual_t, tensors, params, build)
+        b = residual_t.shape[0]
+        if fused is None or not b or residual_t.shape != (b, mixers[0].d_model):
+            return None
+        kernels, (norm_list, mixer_list, shapes) = fused
+        for (conv_shape, ssm_shape), conv, ssm in zip(shapes, tensors[::2], tensors[1::2]):
+            if conv.shape != (b, *conv_shape) or ssm.shape != (b, *ssm_shape):
+                return None  # the per-block path says what is wrong
+        out = torch.empty_like(residual_t)
+        arrays = tuple(zip(map(kernels.array, tensors[::2]), map(kernels.array, tensors[1::2])))
+        kernels.stack_(cls._block_kernel, kernels.array(residual_t), arrays, norm_list, residual_multiplier,
+                       mixer_list, out.numpy())
+        return out
+
+    def _state_shapes(self) -> tuple:
+        """The shapes of this layer's state tensors past the batch, in init_state's order."""
+        return tuple(v.shape[1:] for v in self.init_state(1).values())
 
     def step_(self, x_t: torch.Tensor, state: StateDict) -> torch.Tensor:
         """step, writing `state` in place (Mixer.step_): the fused kernels for CPU inference, else step's

@@ -138,7 +138,12 @@ class Block(nn.Module):
     def step_(
         self, residual_t: torch.Tensor, state: StateDict, inject: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """step, writing the new state into `state` (the caller owns it: Mixer.step_)."""
+        """step, writing the new state into `state` (the caller owns it: Mixer.step_); the whole block in
+        one kernel where the mixer has one (Mixer.block_step_)."""
+        if inject is None and self.mlp is None:
+            out = self.mixer.block_step_(residual_t, self.norm, self.residual_multiplier, state)
+            if out is not None:
+                return out
         y = self.mixer.step_(self._normed(residual_t, inject), state)
         return self._mlp(self._add(residual_t, y))
 
@@ -271,12 +276,25 @@ class Backbone(nn.Module):
     def step_(self, inputs_t: torch.Tensor, states: list[StateDict]) -> torch.Tensor:
         """step, writing each layer's new state into `states` (the caller owns them: Mixer.step_)."""
         residual = embeddings = self.embed(inputs_t)
+        if (out := self._stack_step_(residual, states)) is not None:
+            return self.norm_f(out).to(self.dtype)
         for i, blk in enumerate(self.layers):
             inject, s = self._inject(i, blk, residual, embeddings, states)
             if s is not None:
                 states[self._use_slot(i)].update(s)
             residual = blk.step_(residual, states[i], inject)
         return self.norm_f(residual).to(self.dtype)
+
+    def _stack_step_(self, residual: torch.Tensor, states: list[StateDict]) -> torch.Tensor | None:
+        """Every block in one kernel call (Mixer.stack_step_) where all are plain blocks of one mixer
+        class (no MLP, no shared block); else None."""
+        blocks = list(self.layers)
+        kind = type(blocks[0].mixer)
+        if any(type(b.mixer) is not kind or b.mlp is not None or b.adapter is not None for b in blocks):
+            return None
+        mixers, norms = [b.mixer for b in blocks], [b.norm for b in blocks]
+        resmul = blocks[0].residual_multiplier
+        return kind.stack_step_(mixers, norms, resmul, residual, states[: len(blocks)], self)
 
     def aux_loss(self) -> torch.Tensor | None:
         """Sum of the MoE load-balancing losses of the last forward (None without MoE sublayers)."""

@@ -25,11 +25,11 @@ import torch
 prange = nb.prange
 
 
-def njit(**options):
-    """numba.njit with its machine code cached on disk (cache=True); a parallel kernel runs on
-    `num_threads()` threads (see `_TorchThreads`)."""
+def njit(threads: bool = False, **options):
+    """numba.njit with its machine code cached on disk (cache=True); a parallel kernel, or one that calls
+    parallel kernels (threads=True), runs on `num_threads()` threads (see `_TorchThreads`)."""
     compile_ = nb.njit(cache=True, **options)
-    return (lambda f: _TorchThreads(compile_(f))) if options.get("parallel") else compile_
+    return (lambda f: _TorchThreads(compile_(f))) if options.get("parallel") or threads else compile_
 
 
 def num_threads() -> int:
