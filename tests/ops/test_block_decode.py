@@ -65,10 +65,11 @@ def _assert_states(got, want):
             torch.testing.assert_close(g[k], w[k], rtol=1e-5, atol=1e-5, msg=k)
 
 
+@pytest.mark.parametrize("mlp", [False, True])
 @pytest.mark.parametrize("b", [1, 3])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_block_kernel_equals_the_unfused_block(name, b):
-    model = _model(name, residual_multiplier=0.7)
+def test_block_kernel_equals_the_unfused_block(name, b, mlp):
+    model = _model(name, residual_multiplier=0.7, d_intermediate=24 if mlp else 0)
     state = _warm_state(model, b)
     for blk, s in zip(model.backbone.layers, state.layers):
         residual = torch.randn(b, 32)

@@ -138,12 +138,12 @@ class Block(nn.Module):
     def step_(
         self, residual_t: torch.Tensor, state: StateDict, inject: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """step, writing the new state into `state` (the caller owns it: Mixer.step_); the whole block in
-        one kernel where the mixer has one (Mixer.block_step_)."""
-        if inject is None and self.mlp is None:
+        """step, writing the new state into `state` (the caller owns it: Mixer.step_); the norm, mixer and
+        residual add in one kernel where the mixer has one (Mixer.block_step_), the MLP after it."""
+        if inject is None:
             out = self.mixer.block_step_(residual_t, self.norm, self.residual_multiplier, state)
             if out is not None:
-                return out
+                return self._mlp(out)
         y = self.mixer.step_(self._normed(residual_t, inject), state)
         return self._mlp(self._add(residual_t, y))
 
