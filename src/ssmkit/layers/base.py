@@ -71,6 +71,10 @@ class Mixer(nn.Module):
         layer has one kernel for it (Mamba, Mamba-2 on CPU); None otherwise (the block runs its parts)."""
         return None
 
+    def block_step(self, residual_t: torch.Tensor, norm, residual_multiplier: float, state: StateDict):
+        """block_step_ without writing `state`: (output, new state), or None."""
+        return None
+
     @classmethod
     def stack_step_(cls, mixers: list, norms: list, residual_multiplier: float, residual_t: torch.Tensor,
                     states: list, owner) -> torch.Tensor | None:

@@ -131,6 +131,14 @@ class VarlenMixer(Mixer):
     def block_step_(self, residual_t: torch.Tensor, norm, residual_multiplier: float, state: StateDict):
         """residual_t + residual_multiplier * step_(norm(residual_t)) as one kernel call, `state` written in
         place (Mixer.step_); None where the kernel does not apply (the block then runs its parts)."""
+        done = self._block_step(residual_t, norm, residual_multiplier, state, copy=False)
+        return None if done is None else done[0]
+
+    def block_step(self, residual_t: torch.Tensor, norm, residual_multiplier: float, state: StateDict):
+        """block_step_ on a copy of `state`: (output, new state), or None."""
+        return self._block_step(residual_t, norm, residual_multiplier, state, copy=True)
+
+    def _block_step(self, residual_t, norm, residual_multiplier, state, copy: bool):
         params = None if self._block_op is None else self._block_params()
         conv, ssm = state.get("conv"), state.get("ssm")
         if params is None or conv is None or ssm is None:
@@ -145,11 +153,13 @@ class VarlenMixer(Mixer):
                     and conv.shape == (b, *conv_shape) and ssm.shape == (b, *ssm_shape))
         if not expected and self._empty_step(residual_t, state) is not None:  # raises on a wrong input
             return None
+        if copy:
+            conv, ssm = conv.clone(), ssm.clone()
         out = torch.empty_like(residual_t)
         state_arrays = (kernels.array(conv), kernels.array(ssm))
         getattr(kernels, self._block_kernel)(kernels.array(residual_t), state_arrays, norm_arrays,
                                              float(residual_multiplier), arrays, out.numpy())
-        return out
+        return out, {"conv": conv, "ssm": ssm}
 
     @classmethod
     def stack_step_(cls, mixers: list, norms: list, residual_multiplier: float, residual_t: torch.Tensor,

@@ -132,6 +132,10 @@ class Block(nn.Module):
     def step(
         self, residual_t: torch.Tensor, state: StateDict, inject: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, StateDict]:
+        if inject is None:  # the kernel of step_ (Mixer.block_step_), so that step and step_ agree exactly
+            fused = self.mixer.block_step(residual_t, self.norm, self.residual_multiplier, state)
+            if fused is not None:
+                return self._mlp(fused[0]), fused[1]
         y, state = self.mixer.step(self._normed(residual_t, inject), state)
         return self._mlp(self._add(residual_t, y)), state
 
