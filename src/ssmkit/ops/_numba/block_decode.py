@@ -94,13 +94,14 @@ def _mamba_block(res, norm_w, norm_eps, resmul, mixer, conv_state, ssm, out):
     h = np.empty((b, dm), np.float32)
     _rms_rows(res, norm_w, norm_eps, h)
     xz = np.empty((b, 2 * E), np.float32)  # in_proj: x then z
+    u = np.empty((b, E), np.float32)
     nj = (2 * E + ROWS_PER_JOB - 1) // ROWS_PER_JOB
     for j in prange(nj):
-        _rows(W_in, b_in, h, xz, j * ROWS_PER_JOB, min(2 * E, (j + 1) * ROWS_PER_JOB))
-    u = np.empty((b, E), np.float32)
-    for i in range(b):
-        for c in range(E):
-            u[i, c] = silu(_conv_channel(xz[i, c], conv_state[i], conv_w, conv_b, c))
+        r0, r1 = j * ROWS_PER_JOB, min(2 * E, (j + 1) * ROWS_PER_JOB)
+        _rows(W_in, b_in, h, xz, r0, r1)
+        for c in range(r0, min(r1, E)):  # the x channels this job made, through the conv
+            for i in range(b):
+                u[i, c] = silu(_conv_channel(xz[i, c], conv_state[i], conv_w, conv_b, c))
     x_dbl = np.empty((b, R + 2 * N), np.float32)
     nj = (R + 2 * N + 7) // 8
     for j in prange(nj):
@@ -113,16 +114,19 @@ def _mamba_block(res, norm_w, norm_eps, resmul, mixer, conv_state, ssm, out):
         _norm_rows(B[:, 0], b_w, bcdt_eps)
         _norm_rows(C[:, 0], c_w, bcdt_eps)
     delta = np.empty((b, E), np.float32)
-    nj = (E + ROWS_PER_JOB - 1) // ROWS_PER_JOB
-    for j in prange(nj):
-        _rows(W_dt, np.empty(0, np.float32), dt, delta, j * ROWS_PER_JOB, min(E, (j + 1) * ROWS_PER_JOB))
     z = xz[:, E:]
     y = np.empty((b, E), np.float32)
     blk = 64
     nb = (E + blk - 1) // blk
     for job in prange(b * nb):
         i, c0 = job // nb, (job % nb) * blk
-        _ssu_row(ssm, u, delta, A, B, C, D, z, dt_bias, True, i, c0, min(E, c0 + blk), y)
+        c1 = min(E, c0 + blk)
+        for c in range(c0, c1):  # dt_proj for these channels, then their state
+            acc = ZERO
+            for k in range(R):
+                acc += W_dt[c, k] * dt[i, k]
+            delta[i, c] = acc
+        _ssu_row(ssm, u, delta, A, B, C, D, z, dt_bias, True, i, c0, c1, y)
     o = np.empty((b, dm), np.float32)
     nj = (dm + ROWS_PER_JOB - 1) // ROWS_PER_JOB
     for j in prange(nj):
