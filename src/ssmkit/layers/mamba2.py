@@ -272,7 +272,7 @@ class Mamba2(VarlenMixer):
 
     def _gated_norm(self, y, z):
         """RMSNorm_groups(y * silu(z)) * weight; norm_before_gate: RMSNorm_groups(y) * weight * silu(z)."""
-        return self.norm(y) * F.silu(z) if self.norm_before_gate else self.norm(y, z)
+        return self.norm(y, z, gate_after=self.norm_before_gate)
 
     def _project(self, x):
         """in_proj(x), its (z, x, B, C, dt) parts scaled by in_proj_multipliers when set."""

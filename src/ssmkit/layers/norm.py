@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ssmkit._dtypes import acc_dtype
-from ssmkit.ops._decode import numba_norm
+from ssmkit.ops._decode import NORM_ELEMENTS, numba_norm
+from ssmkit.ops._dispatch import ENV
+
+_NUMBA = importlib.util.find_spec("numba") is not None
 
 
 class RMSNorm(nn.Module):
@@ -21,8 +27,13 @@ class RMSNorm(nn.Module):
     channels (Mamba-2 normalizes each of `ngroups` groups separately). `forward(x, z)` gates first:
     x * silu(z), as Mamba-2 does (norm_before_gate=False).
 
-    A few float32 rows without gradients (decoding) take one numba kernel that forms the mean square
-    in float64, where it cannot overflow (ssmkit.ops._decode.numba_norm); the code below is its reference.
+    `forward(x, z, gate_after=True)` gates the normalized output instead: RMSNorm_groups(x) * weight *
+    silu(z) (Mamba-2's norm_before_gate).
+
+    float32 CPU inputs without gradients take numba kernels that form the mean square in float64, where
+    it cannot overflow: a few rows (decoding) ssmkit.ops._decode.numba_norm, more rows (prefill) one
+    parallel pass per row, gate included (ssmkit.ops._numba.norm; not under SSMKIT_BACKEND=reference
+    or chunked). `reference` below is what both are tested against.
     """
 
     def __init__(self, d: int, eps: float = 1e-5, group_size: int | None = None):
@@ -34,10 +45,33 @@ class RMSNorm(nn.Module):
         self.group_size = group_size
         self.weight = nn.Parameter(torch.ones(d))
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None, gate_after: bool = False):
         if z is None and self.group_size == x.shape[-1] and (fused := numba_norm(self, x)):
             kernels, weight = fused
             return kernels.rms_norm(x, weight, self.eps)
+        if self._prefill_kernel(x, z):
+            from ssmkit.ops._numba.norm import rms_norm_rows
+
+            return rms_norm_rows(x, z, self.weight, self.eps, self.group_size, gate_after)
+        return self.reference(x, z, gate_after)
+
+    def _prefill_kernel(self, x: torch.Tensor, z: torch.Tensor | None) -> bool:
+        """Whether (x, z) takes the numba kernel of many rows (see the class docstring)."""
+        tensors = (x, self.weight) if z is None else (x, z, self.weight)
+        return (
+            _NUMBA
+            and x.numel() > NORM_ELEMENTS
+            and (z is None or z.shape == x.shape)
+            and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            and os.environ.get(ENV, "auto") not in ("reference", "chunked")
+        )
+
+    def reference(self, x: torch.Tensor, z: torch.Tensor | None = None, gate_after: bool = False):
+        """The PyTorch form (any device and dtype, differentiable)."""
+        if gate_after:
+            y = self.reference(x)
+            return y * F.silu(z.to(y.dtype))
         dtype = x.dtype
         x = x.to(acc_dtype(dtype))
         if z is not None:
