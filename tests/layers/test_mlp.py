@@ -143,3 +143,23 @@ def test_moe_one_token_equals_its_row_of_many(kw):
             assert_rel(moe(x[t : t + 1]), routed_reference(moe, x[t : t + 1]), 1e-12, f"token {t}")
     moe(x[:1]).sum().backward()
     assert sum(int(e.fc1.weight.grad is not None) for e in moe.experts) == moe.top_k
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GatedMLP(8, 16, gate_multiplier=0.7),
+        lambda: MLP(8, 16, activation="relu2"),
+        lambda: MoE(8, 16, n_experts=4, top_k=2, d_shared=8),
+    ],
+    ids=["gated_mlp", "mlp_relu2", "moe"],
+)
+def test_inference_in_place_path_equals_the_autograd_path(make):
+    # without autograd the gate, the squared ReLU and the experts' sums work in place: same numbers
+    m = make()
+    x = torch.randn(3, 7, 8)
+    with torch.no_grad():
+        fast = m(x)
+    ref = m(x.requires_grad_())
+    assert ref.requires_grad
+    assert torch.equal(fast, ref.detach())
