@@ -3,6 +3,7 @@ weights (read with ssmkit.interop.from_hf), prefill and decode tokens/s and peak
 
     .venv/bin/python -m benchmarks hf_families                          # every family, l=2048
     .venv/bin/python -m benchmarks hf_families --families bamba --length 512 --decode 16
+    .venv/bin/python -m benchmarks hf_families --families bamba zamba2 --decode 0 --rounds 3
 
 Each family is one entry of FAMILIES: a transformers config at a realistic small shape (about
 100-150M parameters), built with random weights (seed 0; no download). Per family and path, two
@@ -15,6 +16,12 @@ cells, each in its own subprocess (benchmarks/_cells.py; 2 threads, float32, bat
     matmul floor  ssmkit's matrix products of the prefill, and of the decode steps, replayed alone
              (every nn.Linear call with its real input rows): transformers' time over it bounds
              what any float32 engine doing these products could gain
+    attention floor  ssmkit's attention kernels of the prefill (every F.scaled_dot_product_attention
+             call, its q, k, v shapes and layouts and its mask) replayed alone: transformers' time over
+             matmuls + attention bounds the gain of an engine doing both as PyTorch does
+With --decode 0 only prefill runs. --rounds R repeats the prefill cells R times, interleaved
+(transformers, ssmkit, the floors, then again), and keeps each cell's fastest round: the one other
+processes disturbed least.
 Peak MB is the growth of the cell's resident high-water mark during the timed calls (glibc's
 default allocator settings, as a user's process has: a lower bound). Before timing, the parent
 checks once per family that both paths give the same logits on a short prompt, so a fast wrong
@@ -293,6 +300,35 @@ def matmul_floor_cell(family: str, L: int, n: int = 0):
     return run
 
 
+def attention_floor_cell(family: str, L: int):
+    """ssmkit's attention kernels alone: every F.scaled_dot_product_attention call of one real prefill
+    of L tokens, replayed on random q, k, v of the same shapes and strides (and the same mask)."""
+    torch.set_num_threads(2)
+    model = build(family, "ssmkit")
+    ids = torch.randint(0, 1000, (1, L), generator=torch.Generator().manual_seed(1))
+    F = torch.nn.functional
+    sdpa, calls = F.scaled_dot_product_attention, []
+
+    def record(q, k, v, *args, **kw):
+        calls.append(([(t.shape, t.stride()) for t in (q, k, v)], args, kw))
+        return sdpa(q, k, v, *args, **kw)
+
+    F.scaled_dot_product_attention = record
+    try:
+        with torch.no_grad():
+            model(ids, num_last_tokens=1)
+    finally:
+        F.scaled_dot_product_attention = sdpa
+    replay = [([torch.empty_strided(sh, st).normal_() for sh, st in qkv], a, kw) for qkv, a, kw in calls]
+
+    def run():
+        with torch.no_grad():
+            for qkv, a, kw in replay:
+                sdpa(*qkv, *a, **kw)
+
+    return run
+
+
 def check(family: str, L: int = 40) -> tuple[float, int]:
     """(relative difference of the two paths' logits on a short prompt, parameter count)."""
     from ssmkit.interop import from_hf
@@ -309,7 +345,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--length", type=int, default=2048, help="prompt tokens (default 2048)")
-    p.add_argument("--decode", type=int, default=32, help="decode steps timed (default 32)")
+    p.add_argument("--decode", type=int, default=32, help="decode steps timed (default 32, 0: none)")
+    p.add_argument("--rounds", type=int, default=1, help="prefill cells repeated, interleaved, fastest kept")
     p.add_argument("--calls", type=int, default=2, help="timed calls per cell, the median reported")
     p.add_argument("--cap", type=float, default=900.0, help="seconds per cell before it is skipped")
     p.add_argument("--out", default="benchmarks/results/hf_families.md")
@@ -319,7 +356,8 @@ def main(argv=None) -> None:
     load0 = os.getloadavg()
     lines = [
         f"# hf_families: transformers' CPU path vs ssmkit, b=1, float32, 2 threads, prompt {args.length}, "
-        f"{args.decode} decode steps ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        f"{args.decode} decode steps, {max(1, args.rounds)} prefill rounds "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         "| family | params | logits rel. err | path | prefill tok/s | prefill peak MB | decode tok/s | "
         "decode peak MB |",
@@ -328,51 +366,65 @@ def main(argv=None) -> None:
     ratios = []
     for fam in args.families:
         err, size = check(fam)
-        res = {}
-        for path in ("hf", "ssmkit"):  # interleaved per family: both paths see the same load
-            pre = run_cell(
-                f"{_HERE}:prefill_cell",
-                {"family": fam, "path": path, "L": args.length},
-                args.cap,
-                calls=args.calls,
-                exact_peak=False,
-            )
-            dec = run_cell(
-                f"{_HERE}:decode_cell",
-                {"family": fam, "path": path, "L": args.length, "n": args.decode},
-                args.cap,
-                calls=args.calls,
-                exact_peak=False,
-            )
-            res[path] = (pre, dec)
+        cell = lambda name, fam=fam, **kw: run_cell(  # noqa: E731
+            f"{_HERE}:{name}", {"family": fam, **kw}, args.cap, calls=args.calls, exact_peak=False
+        )
+        prefill = {}  # interleaved rounds, each cell's fastest kept
+        for _ in range(max(1, args.rounds)):
+            got = {
+                "hf": cell("prefill_cell", path="hf", L=args.length),
+                "ssmkit": cell("prefill_cell", path="ssmkit", L=args.length),
+                "matmuls": cell("matmul_floor_cell", L=args.length, n=0),
+                "attention": cell("attention_floor_cell", L=args.length),
+            }
+            for k, r in got.items():
+                if k not in prefill or ("t" in r and r["t"] < prefill[k].get("t", float("inf"))):
+                    prefill[k] = r
+        dec = {}
+        for path in ("hf", "ssmkit"):
+            pre = prefill[path]
+            dec[path] = cell("decode_cell", path=path, L=args.length, n=args.decode) if args.decode else {}
             cells = []
-            for r, tokens in ((pre, args.length), (dec, args.decode)):
-                cells += (
-                    [r["skipped"], ""]
-                    if "skipped" in r
-                    else [f"{tokens / r['t']:.3g}", f"{r['peak_mb']:.0f}"]
-                )
+            for r, tokens in ((pre, args.length), (dec[path], args.decode)):
+                if not tokens:
+                    cells += ["-", "-"]
+                else:
+                    cells += (
+                        [r["skipped"], ""]
+                        if "skipped" in r
+                        else [f"{tokens / r['t']:.3g}", f"{r['peak_mb']:.0f}"]
+                    )
             name = "transformers" if path == "hf" else "ssmkit"
             lines.append(f"| {fam} | {size / 1e6:.0f}M | {err:.1e} | {name} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
-        floors = [
-            run_cell(f"{_HERE}:matmul_floor_cell", {"family": fam, "L": args.length, "n": n}, args.cap,
-                     calls=args.calls, exact_peak=False)
-            for n in (0, args.decode)
-        ]
-        (hp, hd), (op, od) = res["hf"], res["ssmkit"]
-        if all("t" in r for r in (hp, hd, op, od, *floors)):
-            fp, fd = floors[0]["t"], floors[1]["t"]
-            ratios.append(
-                f"{fam}: prefill {hp['t'] / op['t']:.1f}x (matmuls alone: {hp['t'] / fp:.1f}x, "
-                f"{100 * fp / op['t']:.0f}% of ssmkit's time), decode {hd['t'] / od['t']:.1f}x (matmuls "
-                f"alone: {hd['t'] / fd:.1f}x, {100 * fd / od['t']:.0f}%)"
-            )
+        hp, op, fp, fa = (prefill[k] for k in ("hf", "ssmkit", "matmuls", "attention"))
+        if not all("t" in r for r in (hp, op, fp, fa)):
+            continue
+        fpa = fp["t"] + fa["t"]
+        text = (
+            f"{fam}: prefill {hp['t'] / op['t']:.1f}x ({1e3 * hp['t']:.0f} vs {1e3 * op['t']:.0f} ms; "
+            f"matmuls alone {1e3 * fp['t']:.0f} ms: {hp['t'] / fp['t']:.1f}x, {100 * fp['t'] / op['t']:.0f}% "
+            f"of ssmkit's time; attention alone {1e3 * fa['t']:.0f} ms; matmuls + attention: "
+            f"{hp['t'] / fpa:.1f}x, {100 * fpa / op['t']:.0f}%)"
+        )
+        if args.decode:
+            fd = cell("matmul_floor_cell", L=args.length, n=args.decode)
+            hd, od = dec["hf"], dec["ssmkit"]
+            if all("t" in r for r in (hd, od, fd)):
+                text += (
+                    f", decode {hd['t'] / od['t']:.1f}x (matmuls alone: {hd['t'] / fd['t']:.1f}x, "
+                    f"{100 * fd['t'] / od['t']:.0f}%)"
+                )
+        ratios.append(text)
     load1 = os.getloadavg()
     lines += [
         "",
-        "ssmkit / transformers tokens/s (in brackets: transformers' time over ssmkit's matrix products "
-        "alone, and their share of ssmkit's time): " + ("; ".join(ratios) or "n/a"),
+        "ssmkit / transformers tokens/s (in brackets: the times, and transformers' time over ssmkit's "
+        "matrix products alone, then over them and its attention kernels alone, with their shares of "
+        "ssmkit's time):",
+        "",
+        *(f"- {r}" for r in ratios or ["n/a"]),
+        "",
         f"load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f} "
         "(other processes share the CPU)",
     ]
