@@ -50,6 +50,7 @@ def test_info_names_the_backend_each_op_takes_for_this_model(tmp_path, capsys, l
         and "causal_conv1d: " in used["prefill (no autograd)"]
     )
     assert "fft_conv" not in used["training (forward + backward)"]  # only the ops this model runs
+    assert "decoding kernel: numba, every block in one call" in used["decode step"], out
 
 
 def test_info_on_a_model_without_ssmkit_ops(tmp_path, capsys):

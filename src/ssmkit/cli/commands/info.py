@@ -45,6 +45,16 @@ def _model(args):
     return build_model(cfg.model, vocab), args.config or "default TrainConfig"
 
 
+# the decoding kernels (ssmkit.ops._numba.decode and block_decode) by the Python function that calls them
+DECODE_KERNELS = {
+    "stack_": "numba, every block in one call",
+    "mamba_block_": "numba, one call per block",
+    "mamba2_block_": "numba, one call per block",
+    "selective_state_update_": "numba, the mixer's state update (projections in PyTorch)",
+    "mamba2_step_": "numba, the mixer's state update (projections in PyTorch)",
+}
+
+
 def op_tiers_run(fn) -> dict[str, list[str]]:
     """{op: [backend, ...]} while `fn()` runs, traced with sys.setprofile: the tiers the dispatcher
     (`ssmkit.ops._dispatch.resolve`) chose, and for an op that runs without dispatching (a decoding
@@ -64,6 +74,8 @@ def op_tiers_run(fn) -> dict[str, list[str]]:
         code = frame.f_code
         if event == "return" and code is _dispatch.resolve.__code__ and arg is not None:
             note(chosen, frame.f_locals["op"].rsplit(".", 1)[-1], arg[0])
+        elif event == "call" and code.co_name in DECODE_KERNELS and code.co_filename.startswith(root):
+            note(ran, "decoding kernel", DECODE_KERNELS[code.co_name])
         elif event == "call" and code.co_filename.startswith(root):
             parts = code.co_filename[len(root) :].split(os.sep)
             tier = parts[1].removesuffix(".py") if len(parts) >= 2 else "_"
@@ -96,9 +108,9 @@ def _passes(model):
 
     state = model.init_state(1)
 
-    def decode():
+    def decode():  # as generate decodes: step_ on a State of its own
         model.eval()
-        model.step(ids[:, 0], state)
+        model.step_(ids[:, 0], state)
 
     return {
         "training (forward + backward)": training,
