@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ssmkit import SSMConfig, SSMForCausalLM
+from ssmkit.models.int8 import quantize_int8
 from ssmkit.ops import _decode
 
 MODELS = {
@@ -153,3 +154,21 @@ def test_a_state_of_the_wrong_shape_is_refused_clearly():
     state.layers[1]["ssm"] = torch.zeros(1, 64, 3)
     with torch.no_grad(), pytest.raises(ValueError, match="ssm"):
         model.backbone.step_(torch.tensor([1]), state.layers)
+
+
+@pytest.mark.parametrize("mlp", [False, True])
+@pytest.mark.parametrize("name", ["mamba", "jamba_mamba", "mamba2", "mamba2_groups_hdimD"])
+def test_int8_projections_take_the_kernels_too(name, mlp):
+    model = quantize_int8(_model(name, d_intermediate=24 if mlp else 0))
+    ids = torch.randint(0, 41, (2,))
+    state = _warm_state(model, 2)
+    owned = state.clone()
+    with torch.no_grad():
+        for _ in range(3):
+            want = _reference(model).step(ids, state)
+            got = _auto(model).step_(ids, owned)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            _assert_states(owned.layers, state.layers)
+    bb = model.backbone
+    table, key = (_decode._blocks, bb.layers[0].mixer) if mlp else (_decode._stacks, bb)
+    assert table.get(key) is not None and table[key][1] is not None

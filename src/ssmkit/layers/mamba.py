@@ -32,7 +32,7 @@ from torch import nn
 from ssmkit.layers.base import StateDict
 from ssmkit.layers.norm import RMSNorm
 from ssmkit.layers.registry import register
-from ssmkit.layers.varlen import VarlenMixer, parameters_at
+from ssmkit.layers.varlen import LINEARS, VarlenMixer, linear_arrays, parameters_at
 from ssmkit.math.init import inverse_softplus_dt
 from ssmkit.ops._decode import numba_step
 from ssmkit.ops._triton import decode
@@ -173,18 +173,18 @@ class Mamba(VarlenMixer):
 
     _block_op, _block_kernel = "selective_scan", "mamba_block_"
 
-    _BLOCK_PARAMS = (("in_proj", "weight"), ("in_proj", "bias"), ("conv1d", "weight"), ("conv1d", "bias"),
-                     ("x_proj", "weight"), ("dt_proj", "weight"), ("dt_proj", "bias"), ("out_proj", "weight"),
-                     ("out_proj", "bias"), ("x_proj", "bias"))
+    _BLOCK_PARAMS = tuple(
+        (m, n) for m in ("in_proj", "x_proj", "out_proj") for n in ("weight", "weight_scale", "bias")
+    ) + (("conv1d", "weight"), ("conv1d", "bias"), ("dt_proj", "weight"), ("dt_proj", "bias"))
     _BCDT_PARAMS = (("dt_layernorm", "weight"), ("b_layernorm", "weight"), ("c_layernorm", "weight"))
 
     def _block_params(self):
         mods = self._modules
-        if not all(type(mods[m]) is nn.Linear for m in ("in_proj", "x_proj", "out_proj")):
-            return None  # int8 projections
-        *params, x_bias = parameters_at(self, self._BLOCK_PARAMS)
-        if x_bias is not None:
-            return None  # a layout the kernel does not have
+        if not all(type(mods[m]) in LINEARS for m in ("in_proj", "x_proj", "out_proj")):
+            return None
+        params = parameters_at(self, self._BLOCK_PARAMS)
+        if params[5] is not None:
+            return None  # x_proj with a bias: a layout the kernel does not have
         bcdt = parameters_at(self, self._BCDT_PARAMS) if self.bcdt_norm_weights else ()
         return (*params, self._parameters["A_log"], self._parameters["D"], *bcdt)
 
@@ -193,8 +193,9 @@ class Mamba(VarlenMixer):
         conv_w, conv_b, A, D, dt_bias = kernels.mamba_prepared(
             self._conv_weight(), self.conv1d.bias, self.A_log, self.D, self.dt_proj.bias)
         eps = -1.0 if self.bcdt_rms_eps is None else float(self.bcdt_rms_eps)
-        return (a(self.in_proj.weight), a(self.in_proj.bias), conv_w, conv_b, a(self.x_proj.weight),
-                a(self.dt_proj.weight), dt_bias, A, D, a(self.out_proj.weight), a(self.out_proj.bias), eps,
+        lin_in, lin_x, lin_out = (linear_arrays(m, kernels) for m in (self.in_proj, self.x_proj,
+                                                                         self.out_proj))
+        return (lin_in, conv_w, conv_b, lin_x, a(self.dt_proj.weight), dt_bias, A, D, lin_out, eps,
                 *(a(w) for w in self._bcdt_weights()))
 
     def _bcdt_weights(self) -> tuple:

@@ -33,7 +33,7 @@ from torch import nn
 from ssmkit.layers.base import StateDict
 from ssmkit.layers.norm import RMSNorm
 from ssmkit.layers.registry import register
-from ssmkit.layers.varlen import VarlenMixer, mask_conv_state, parameters_at
+from ssmkit.layers.varlen import LINEARS, VarlenMixer, linear_arrays, mask_conv_state, parameters_at
 from ssmkit.math.init import inverse_softplus_dt
 from ssmkit.ops._decode import numba_step
 from ssmkit.ops._triton import decode
@@ -215,22 +215,21 @@ class Mamba2(VarlenMixer):
 
     def _block_params(self):
         mods = self._modules
-        linear = all(type(mods[m]) is nn.Linear for m in ("in_proj", "out_proj"))
+        linear = all(type(mods[m]) in LINEARS for m in ("in_proj", "out_proj"))
         if self.in_proj_multipliers is not None or not linear:
-            return None  # int8 projections, or Falcon-H1's multipliers
+            return None  # Falcon-H1's multipliers
         own = self._parameters
         norm_w = mods["norm"]._parameters["weight"] if self.rmsnorm else None
         return (*parameters_at(self, self._BLOCK_PARAMS), own["dt_bias"], own["A_log"], own["D"], norm_w)
 
-    _BLOCK_PARAMS = (("in_proj", "weight"), ("in_proj", "bias"), ("out_proj", "weight"), ("out_proj", "bias"),
-                     ("conv1d", "weight"), ("conv1d", "bias"))
+    _BLOCK_PARAMS = tuple(
+        (m, n) for m in ("in_proj", "out_proj") for n in ("weight", "weight_scale", "bias")
+    ) + (("conv1d", "weight"), ("conv1d", "bias"))
 
     def _block_arrays(self, kernels):
-        a = kernels.array
         prepared = list(self._prepared(kernels))
         prepared[9] = prepared[9] or self.d_inner  # the group norm's group size: all channels by default
-        return (a(self.in_proj.weight), a(self.in_proj.bias), *prepared, a(self.out_proj.weight),
-                a(self.out_proj.bias))
+        return (linear_arrays(self.in_proj, kernels), *prepared, linear_arrays(self.out_proj, kernels))
 
     def _fused_step_(self, fused, x_t, state):
         kernels, prepared = fused

@@ -20,6 +20,7 @@ from torch import nn
 
 from ssmkit._checks import check_tensor
 from ssmkit.layers.base import Mixer, StateDict
+from ssmkit.layers.int8 import Int8Linear
 from ssmkit.ops._decode import numba_block, numba_stack
 
 
@@ -81,11 +82,26 @@ def mask_conv_state(conv_state: torch.Tensor, seq_idx: torch.Tensor) -> torch.Te
 
 
 def parameters_at(module: nn.Module, paths: tuple) -> tuple:
-    """The parameters at `paths`, ("submodule", "name") pairs (None where a name holds none), read through
-    the modules' own dictionaries: a decoding step looks up about fifteen per layer, and nn.Module's
-    attribute lookup costs ~0.5 us a name."""
+    """The parameters (or buffers: an int8 weight) at `paths`, ("submodule", "name") pairs (None where a
+    name holds none), read through the modules' own dictionaries: a decoding step looks up about fifteen
+    per layer, and nn.Module's attribute lookup costs ~0.5 us a name."""
     mods = module._modules
-    return tuple(mods[m]._parameters.get(n) for m, n in paths)
+    out = []
+    for m, n in paths:
+        mod = mods[m]
+        p = mod._parameters.get(n)
+        out.append(mod._buffers.get(n) if p is None else p)
+    return tuple(out)
+
+
+def linear_arrays(linear: nn.Module, kernels) -> tuple:
+    """(weight, scale, bias) arrays of an nn.Linear (scale empty) or an int8 Int8Linear, as the block
+    decoding kernels take a projection."""
+    scale = linear.weight_scale if isinstance(linear, Int8Linear) else None
+    return kernels.array(linear.weight), kernels.array(scale), kernels.array(linear.bias)
+
+
+LINEARS = (nn.Linear, Int8Linear)  # the projections the block decoding kernels read
 
 
 class VarlenMixer(Mixer):

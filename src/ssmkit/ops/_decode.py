@@ -82,7 +82,8 @@ def _cached(layer, key, make, table=_prepared):
 
 
 def _all_f32_cpu(tensors) -> bool:
-    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+    """Every tensor on the CPU and float32, but for int8 weights (ssmkit.layers.int8)."""
+    return all(t.dtype in (torch.float32, torch.int8) and t.device.type == "cpu" for t in tensors)
 
 
 def numba_step(layer, op: str, backend: str, x_t: torch.Tensor, state_tensors, params, build,

@@ -33,6 +33,7 @@ from ssmkit.ops._numba.decode import (
     mamba_prepared,
 )
 from ssmkit.ops._numba.numerics import ZERO, silu
+from ssmkit.ops.int8_linear.numba import _out_rows as _int8_rows
 
 __all__ = [
     "array", "mamba2_block_", "mamba2_prepared", "mamba_block_", "mamba_prepared", "stack_", "stack_list",
@@ -66,6 +67,18 @@ def _rows(W, bias, x, y, r0, r1):
 
 
 @njit(fastmath=True)
+def _matvec(linear, x, y, r0, r1):
+    """Rows r0 <= r < r1 of y = x W^T + bias for linear = (W, scale, bias): float32 W (scale empty), or
+    int8 W with a float32 scale per row (ssmkit.ops.int8_linear's kernel, its rows streamed the same
+    way)."""
+    W, scale, bias = linear
+    if scale.size:
+        _int8_rows(x, W, scale, bias, r0, r1, y)
+    else:
+        _rows(W, bias, x, y, r0, r1)
+
+
+@njit(fastmath=True)
 def _residual(res, resmul, o, out):
     for i in range(res.shape[0]):
         for c in range(res.shape[1]):
@@ -87,7 +100,7 @@ def _norm_rows(x, w, eps):
 
 @njit(parallel=True, fastmath=True)
 def _mamba_block(res, norm_w, norm_eps, resmul, mixer, conv_state, ssm, out):
-    W_in, b_in, conv_w, conv_b, W_x, W_dt, dt_bias, A, D, W_out, b_out, bcdt_eps, dt_w, b_w, c_w = mixer
+    lin_in, conv_w, conv_b, lin_x, W_dt, dt_bias, A, D, lin_out, bcdt_eps, dt_w, b_w, c_w = mixer
     b, dm = res.shape
     E, N = A.shape
     R = W_dt.shape[1]
@@ -98,14 +111,14 @@ def _mamba_block(res, norm_w, norm_eps, resmul, mixer, conv_state, ssm, out):
     nj = (2 * E + ROWS_PER_JOB - 1) // ROWS_PER_JOB
     for j in prange(nj):
         r0, r1 = j * ROWS_PER_JOB, min(2 * E, (j + 1) * ROWS_PER_JOB)
-        _rows(W_in, b_in, h, xz, r0, r1)
+        _matvec(lin_in, h, xz, r0, r1)
         for c in range(r0, min(r1, E)):  # the x channels this job made, through the conv
             for i in range(b):
                 u[i, c] = silu(_conv_channel(xz[i, c], conv_state[i], conv_w, conv_b, c))
     x_dbl = np.empty((b, R + 2 * N), np.float32)
     nj = (R + 2 * N + 7) // 8
     for j in prange(nj):
-        _rows(W_x, np.empty(0, np.float32), u, x_dbl, j * 8, min(R + 2 * N, (j + 1) * 8))
+        _matvec(lin_x, u, x_dbl, j * 8, min(R + 2 * N, (j + 1) * 8))
     dt = x_dbl[:, :R].copy()
     B = x_dbl[:, R : R + N].copy().reshape(b, 1, N)
     C = x_dbl[:, R + N :].copy().reshape(b, 1, N)
@@ -130,24 +143,23 @@ def _mamba_block(res, norm_w, norm_eps, resmul, mixer, conv_state, ssm, out):
     o = np.empty((b, dm), np.float32)
     nj = (dm + ROWS_PER_JOB - 1) // ROWS_PER_JOB
     for j in prange(nj):
-        _rows(W_out, b_out, y, o, j * ROWS_PER_JOB, min(dm, (j + 1) * ROWS_PER_JOB))
+        _matvec(lin_out, y, o, j * ROWS_PER_JOB, min(dm, (j + 1) * ROWS_PER_JOB))
     _residual(res, resmul, o, out)
 
 
 @njit(parallel=True, fastmath=True)
 def _mamba2_block(res, norm_w, norm_eps, resmul, mixer, conv_state, S, out):
-    W_in, b_in, conv_w, conv_b, dt_bias, A_log, D, lo, hi, gnorm_w, gnorm_eps, group, gate, G = mixer[:14]
-    W_out, b_out = mixer[14], mixer[15]
+    lin_in, conv_w, conv_b, dt_bias, A_log, D, lo, hi, gnorm_w, gnorm_eps, group, gate, G, lin_out = mixer
     b, dm = res.shape
     _, H, P, N = S.shape
     d_inner = H * P
     h = np.empty((b, dm), np.float32)
     _rms_rows(res, norm_w, norm_eps, h)
-    rows = W_in.shape[0]
+    rows = lin_in[0].shape[0]
     zxbcdt = np.empty((b, rows), np.float32)
     nj = (rows + ROWS_PER_JOB - 1) // ROWS_PER_JOB
     for j in prange(nj):
-        _rows(W_in, b_in, h, zxbcdt, j * ROWS_PER_JOB, min(rows, (j + 1) * ROWS_PER_JOB))
+        _matvec(lin_in, h, zxbcdt, j * ROWS_PER_JOB, min(rows, (j + 1) * ROWS_PER_JOB))
     xbc = np.empty((b, d_inner + 2 * G * N), np.float32)
     for i in range(b):
         _m2_bc(zxbcdt, conv_state, conv_w, conv_b, d_inner, 2 * G * N, i, xbc[i])
@@ -160,21 +172,21 @@ def _mamba2_block(res, norm_w, norm_eps, resmul, mixer, conv_state, S, out):
     o = np.empty((b, dm), np.float32)
     nj = (dm + ROWS_PER_JOB - 1) // ROWS_PER_JOB
     for j in prange(nj):
-        _rows(W_out, b_out, y, o, j * ROWS_PER_JOB, min(dm, (j + 1) * ROWS_PER_JOB))
+        _matvec(lin_out, y, o, j * ROWS_PER_JOB, min(dm, (j + 1) * ROWS_PER_JOB))
     _residual(res, resmul, o, out)
 
 
 def mamba_block_(res, state, norm: tuple, resmul: float, mixer: tuple, out):
     """res (b, d_model) float32 -> out (b, d_model) (written); state: the (conv, ssm) arrays, written in
-    place; norm: (weight, eps); mixer: `Mamba._block_arrays` (in_proj weight and bias, conv weight and
-    bias, x_proj and dt_proj weights, dt bias, A, D, out_proj weight and bias, the dt/B/C norms' eps
-    (-1: none) and weights)."""
+    place; norm: (weight, eps); mixer: `Mamba._block_arrays` (in_proj as (weight, int8 scale or empty,
+    bias), conv weight and bias, x_proj likewise, dt_proj's weight, dt bias, A, D, out_proj likewise,
+    the dt/B/C norms' eps (-1: none) and weights)."""
     _mamba_block(res, norm[0], norm[1], resmul, mixer, state[0], state[1], out)
 
 
 def mamba2_block_(res, state, norm: tuple, resmul: float, mixer: tuple, out):
-    """As mamba_block_ for Mamba-2; mixer: `Mamba2._block_arrays` (in_proj weight and bias, then
-    decode.mamba2_prepared's arrays and scalars, then out_proj weight and bias)."""
+    """As mamba_block_ for Mamba-2; mixer: `Mamba2._block_arrays` (in_proj as (weight, int8 scale or
+    empty, bias), then decode.mamba2_prepared's arrays and scalars, then out_proj likewise)."""
     _mamba2_block(res, norm[0], norm[1], resmul, mixer, state[0], state[1], out)
 
 
