@@ -196,13 +196,15 @@ class VarlenMixer(Mixer):
             return None
 
         def build(kernels):
-            return (kernels.stack_list((kernels.array(norm.weight), float(norm.eps)) for norm in norms),
-                    kernels.stack_list(mixer._block_arrays(kernels) for mixer in mixers),
-                    [mixer._state_shapes() for mixer in mixers])
+            norm_tuple = kernels.stack_tuple((kernels.array(norm.weight), float(norm.eps)) for norm in norms)
+            mixer_tuple = kernels.stack_tuple(mixer._block_arrays(kernels) for mixer in mixers)
+            if norm_tuple is None or mixer_tuple is None:
+                return None  # blocks of different array types: one call each (block_step_)
+            return norm_tuple, mixer_tuple, [mixer._state_shapes() for mixer in mixers]
 
         fused = numba_stack(owner, cls._block_op, mixers[0].backend, residual_t, tensors, params, build)
         b = residual_t.shape[0]
-        if fused is None or not b or residual_t.shape != (b, mixers[0].d_model):
+        if fused is None or fused[1] is None or not b or residual_t.shape != (b, mixers[0].d_model):
             return None
         kernels, (norm_list, mixer_list, shapes) = fused
         for (conv_shape, ssm_shape), conv, ssm in zip(shapes, tensors[::2], tensors[1::2]):

@@ -18,7 +18,7 @@ For a few batch rows (ssmkit.ops._decode.BLOCK_ROWS): a larger batch is a matrix
 from __future__ import annotations
 
 import numpy as np
-from numba import typed
+from numba import typeof, types
 
 from ssmkit.ops._numba import njit, prange
 from ssmkit.ops._numba.decode import (
@@ -36,7 +36,7 @@ from ssmkit.ops._numba.numerics import ZERO, silu
 from ssmkit.ops.int8_linear.numba import _out_rows as _int8_rows
 
 __all__ = [
-    "array", "mamba2_block_", "mamba2_prepared", "mamba_block_", "mamba_prepared", "stack_", "stack_list",
+    "array", "mamba2_block_", "mamba2_prepared", "mamba_block_", "mamba_prepared", "stack_", "stack_tuple",
 ]
 
 ROWS_PER_JOB = 32  # weight rows per parallel job
@@ -214,17 +214,18 @@ def _mamba2_stack(res, norms, resmul, mixers, states, out, tmp):
         src = dst
 
 
-def stack_list(items) -> typed.List:
-    """A numba typed list of `items` (each block's norm or mixer tuple), made once per model."""
-    out = typed.List()
-    for item in items:
-        out.append(item)
-    return out
+def stack_tuple(items) -> tuple | None:
+    """`items` (each block's norm or mixer tuple) as one tuple that the stack kernels index by block,
+    made once per model; None where the blocks' arrays differ in type (dtype, rank or layout), which a
+    tuple indexed at run time cannot hold. A tuple and not a numba typed list: a typed list compiles its
+    methods for a new item type in every process (~0.7 s before the first token)."""
+    out = tuple(items)
+    return out if isinstance(typeof(out), types.UniTuple) else None
 
 
 def stack_(kernel: str, res, states: tuple, norms, resmul: float, mixers, out):
     """Every block of a plain Mamba (kernel "mamba_block_") or Mamba-2 ("mamba2_block_") stack:
     res (b, d_model) -> out (written); states: a tuple of each block's (conv, ssm) arrays, written in
-    place; norms, mixers: `stack_list`s of each block's (weight, eps) and mixer tuple (mamba_block_'s)."""
+    place; norms, mixers: `stack_tuple`s of each block's (weight, eps) and mixer tuple (mamba_block_'s)."""
     fn = _mamba_stack if kernel == "mamba_block_" else _mamba2_stack
     fn(res, norms, float(resmul), mixers, states, out, np.empty_like(res))
