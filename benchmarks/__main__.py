@@ -18,6 +18,7 @@ SUITE = {
     "model_cpu": "benchmarks.model_cpu",  # 24-layer Mamba-130M-shaped forward, HF vs our scan patched in
     "parallel_scan": "benchmarks.parallel_scan",
     "decode": "benchmarks.decode",
+    "decode_paths": "benchmarks.decode_paths",  # one 130M token: whole-stack / per-block kernels / per part
     "kernel_memory": "benchmarks.kernel_memory",  # S4D Vandermonde kernel vs the one-shot (d, n, L) einsum
     # ssmkit serve on loopback: batching, prefix cache, 1,000 sessions, SIGKILL
     "serve_load": "benchmarks.serve_load",
