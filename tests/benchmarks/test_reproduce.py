@@ -255,3 +255,16 @@ def test_mqar_verdict_judges_the_reference_attention_and_shows_the_plain_one():
     assert v["figures"]["Attention (rotary), no conv"] == 0.16 and "outside the verdict" in v["verdict"]
     rows[0]["acc"] = 0.5                                   # the reference fails: not reproduced
     assert not report.judge("mqar", {"rows": rows, "in_context": 1 / 8})["reproduced"]
+
+
+def test_listops_fixed_learning_rates_are_the_best_of_their_recorded_sweep():
+    """ListOps fixes each model's rate (the harness's short sweep would compare rows at the majority
+    class): every model has one and it is the best of the sweep the configuration records."""
+    from benchmarks.reproduce import long_range as LR
+
+    lo = LR.CONFIGS["small"]["listops"]
+    assert set(lo["lr"]) == {pattern for _, pattern, _ in LR.MODELS}
+    for pattern, rate in lo["lr"].items():
+        scores = lo["lr_sweep"][pattern]
+        assert float(max(scores, key=scores.get)) == rate, pattern
+    assert "Transformer 1e-3: 17.0%" in LR._sweep_note(lo)
