@@ -124,8 +124,10 @@ class Ssmkit:
     def __init__(self, ckpt: str, gguf: str, threads: int):
         import torch
 
+        from ssmkit.inference.memory import return_freed_memory
         from ssmkit.interop import from_hf
 
+        return_freed_memory()  # as `ssmkit generate` and `ssmkit serve` do
         self.torch = torch
         self.model = from_hf(ckpt)
         if self.int8:

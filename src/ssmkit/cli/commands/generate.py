@@ -28,9 +28,11 @@ def run(args) -> int:
 
     from ssmkit.cli.errors import UsageError
     from ssmkit.cli.loading import load_model_and_tokenizer
+    from ssmkit.inference.memory import return_freed_memory
     from ssmkit.interop.hf.files import generation_ids
     from ssmkit.serve.textstream import TextStream
 
+    return_freed_memory()  # an inference process: freed activations go back (ssmkit.inference.memory)
     model, tok, directory = load_model_and_tokenizer(args.checkpoint, args.int8)
     model.eval()
     torch.manual_seed(args.seed)

@@ -36,8 +36,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ssmkit.cli.loading import model_dir
+    from ssmkit.inference.memory import return_freed_memory
     from ssmkit.serve.app import serve
     from ssmkit.serve.config import ServeConfig
+
+    return_freed_memory()  # an inference process: freed activations go back (ssmkit.inference.memory)
 
     keys = list(args.api_key or []) + [k for k in os.environ.get("SSMKIT_API_KEYS", "").split(",") if k]
     cfg = ServeConfig(
