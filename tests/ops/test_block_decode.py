@@ -66,6 +66,20 @@ def _assert_states(got, want):
             torch.testing.assert_close(g[k], w[k], rtol=1e-5, atol=1e-5, msg=k)
 
 
+def _assert_steps_match_reference(model, b: int, steps: int) -> None:
+    """`steps` tokens through model.step_ (the kernels where they apply) == the reference ops' step,
+    logits and every state."""
+    ids = torch.randint(0, 41, (b,))
+    state = _warm_state(model, b)
+    owned = state.clone()
+    with torch.no_grad():
+        for _ in range(steps):
+            want = _reference(model).step(ids, state)
+            got = _auto(model).step_(ids, owned)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            _assert_states(owned.layers, state.layers)
+
+
 @pytest.mark.parametrize("mlp", [False, True])
 @pytest.mark.parametrize("b", [1, 3])
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -87,15 +101,7 @@ def test_block_kernel_equals_the_unfused_block(name, b, mlp):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_stack_kernel_equals_the_unfused_model(name):
     model = _model(name)
-    ids = torch.randint(0, 41, (2,))
-    state = _warm_state(model, 2)
-    owned = state.clone()
-    with torch.no_grad():
-        for _ in range(3):
-            want = _reference(model).step(ids, state)
-            got = _auto(model).step_(ids, owned)
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-            _assert_states(owned.layers, state.layers)
+    _assert_steps_match_reference(model, b=2, steps=3)
     assert _decode._stacks[model.backbone][1] is not None
 
 
@@ -119,33 +125,19 @@ def test_parallel_blocks_threads_agree_with_one_thread():
 
 def test_not_taken_where_it_does_not_apply_and_results_agree():
     model = _model("mamba", n_layer=2)
-    many = _decode.BLOCK_ROWS + 1  # a matrix product: PyTorch's
-    state = _warm_state(model, many)
-    owned = state.clone()
-    ids = torch.randint(0, 41, (many,))
-    with torch.no_grad():
-        want = _reference(model).step(ids, state)
-        got = _auto(model).step_(ids, owned)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    _assert_steps_match_reference(model, b=_decode.BLOCK_ROWS + 1, steps=1)  # a matrix product: PyTorch's
     assert model.backbone not in _decode._stacks
     # a hybrid with an MLP sublayer: no stack kernel, the blocks one by one
     hybrid = _model("mamba2", n_layer=2, d_intermediate=16)
     with torch.no_grad():
-        hybrid.step_(ids[:2], _warm_state(hybrid, 2))
+        hybrid.step_(torch.randint(0, 41, (2,)), _warm_state(hybrid, 2))
     assert hybrid.backbone not in _decode._stacks
 
 
 def test_falcon_h1_multipliers_take_the_per_part_path():
     model = _model("mamba2", n_layer=1)
     model.backbone.layers[0].mixer.in_proj_multipliers = (0.5, 1.5, 0.7, 1.2, 0.9)
-    state = _warm_state(model, 1)
-    owned = state.clone()
-    ids = torch.randint(0, 41, (1,))
-    with torch.no_grad():
-        want = _reference(model).step(ids, state)
-        got = _auto(model).step_(ids, owned)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    _assert_states(owned.layers, state.layers)
+    _assert_steps_match_reference(model, b=1, steps=1)
 
 
 def test_a_state_of_the_wrong_shape_is_refused_clearly():
@@ -160,15 +152,7 @@ def test_a_state_of_the_wrong_shape_is_refused_clearly():
 @pytest.mark.parametrize("name", ["mamba", "jamba_mamba", "mamba2", "mamba2_groups_hdimD"])
 def test_int8_projections_take_the_kernels_too(name, mlp):
     model = quantize_int8(_model(name, d_intermediate=24 if mlp else 0))
-    ids = torch.randint(0, 41, (2,))
-    state = _warm_state(model, 2)
-    owned = state.clone()
-    with torch.no_grad():
-        for _ in range(3):
-            want = _reference(model).step(ids, state)
-            got = _auto(model).step_(ids, owned)
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-            _assert_states(owned.layers, state.layers)
+    _assert_steps_match_reference(model, b=2, steps=3)
     bb = model.backbone
     table, key = (_decode._blocks, bb.layers[0].mixer) if mlp else (_decode._stacks, bb)
     assert table.get(key) is not None and table[key][1] is not None

@@ -32,6 +32,7 @@ parameter replaced or moved gets new storage). The key is not checked under a gr
 
 from __future__ import annotations
 
+import importlib
 import os
 import weakref
 
@@ -48,14 +49,14 @@ _stacks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backbone -> 
 
 
 def _kernels(module: str = "decode"):
+    """ssmkit.ops._numba.<module> ("decode" or "block_decode"), only the one asked for; None without numba."""
     if _numba_missing:
         return None
     try:
-        from ssmkit.ops._numba import block_decode, decode
+        return importlib.import_module(f"ssmkit.ops._numba.{module}")
     except ImportError:  # numba not installed: the reference paths
         _numba_missing.append(True)
         return None
-    return decode if module == "decode" else block_decode
 
 
 def _wants_grad(tensors) -> bool:
@@ -81,7 +82,7 @@ def _cached(layer, key, make, table=_prepared):
     return value
 
 
-def _all_f32_cpu(tensors) -> bool:
+def _kernel_dtypes_on_cpu(tensors) -> bool:
     """Every tensor on the CPU and float32, but for int8 weights (ssmkit.layers.int8)."""
     return all(t.dtype in (torch.float32, torch.int8) and t.device.type == "cpu" for t in tensors)
 
@@ -99,7 +100,7 @@ def numba_step(layer, op: str, backend: str, x_t: torch.Tensor, state_tensors, p
     def make():
         from ssmkit.ops._dispatch import resolve
 
-        if not _all_f32_cpu((*tensors, *present)) or resolve(op, backend, x_t).name != "numba":
+        if not _kernel_dtypes_on_cpu((*tensors, *present)) or resolve(op, backend, x_t).name != "numba":
             return None
         kernels = _kernels(module)
         return None if kernels is None else (kernels, build(kernels))
@@ -128,7 +129,7 @@ def numba_norm(norm, x: torch.Tensor):
         return None
 
     def make():
-        kernels = _kernels() if _all_f32_cpu((x, weight)) else None
+        kernels = _kernels() if _kernel_dtypes_on_cpu((x, weight)) else None
         return None if kernels is None else (kernels, kernels.array(weight))
 
     return _cached(norm, _key((), (x,), (weight,)), make)
