@@ -65,7 +65,8 @@ def check_chunking(layer, x, splits=(0.5,), tol=1e-4) -> None:
 
 
 def check_stepping(layer, x, tol=1e-4) -> None:
-    """Law 2: feeding x one token at a time through step equals layer(x), outputs and final state."""
+    """Law 2: feeding x one token at a time through step (and step_) equals layer(x), outputs and final
+    state."""
     y_full, s_full = layer(x, return_state=True)
     state = layer.init_state(x.shape[0], device=x.device, dtype=x.dtype)
     ys = []
@@ -74,6 +75,12 @@ def check_stepping(layer, x, tol=1e-4) -> None:
         ys.append(y_t)
     assert_rel(torch.stack(ys, 1), y_full, tol, "stepping: outputs")
     _states_close(state, s_full, tol, "stepping: final")
+    if not hasattr(layer, "step_"):  # a test's wrapper module, not a Mixer
+        return
+    state = layer.init_state(x.shape[0], device=x.device, dtype=x.dtype)  # step_: the state written
+    ys = [layer.step_(x[:, t], state) for t in range(x.shape[1])]
+    assert_rel(torch.stack(ys, 1), y_full, tol, "step_: outputs")
+    _states_close(state, s_full, tol, "step_: final")
 
 
 def check_causality(layer, x, t: int | None = None) -> None:

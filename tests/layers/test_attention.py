@@ -105,3 +105,35 @@ def test_bad_arguments_are_named():
     layer = Attention(32, n_head=4)
     with pytest.raises(ValueError, match="d_model=32"):
         layer(torch.randn(1, 3, 16))
+
+
+def test_step_grows_the_cache_in_place():
+    """step_ writes each token into spare slots: a few buffers for 300 tokens, not one per token; a
+    cache captured earlier keeps its contents; step on the same state still concatenates."""
+    layer = Attention(16, n_head=2).eval()
+    with torch.no_grad():
+        _, st = layer(torch.randn(1, 5, 16), return_state=True)
+        buffers, early = set(), None
+        for t in range(300):
+            layer.step_(torch.randn(1, 16), st)
+            buffers.add(st["k"].untyped_storage().data_ptr())
+            if t == 10:
+                early, early_copy = st["k"], st["k"].clone()
+        assert st["k"].shape[2] == 305 and st["pos"].item() == 305
+        assert len(buffers) <= 3, f"{len(buffers)} cache buffers for 300 tokens"
+        assert torch.equal(early, early_copy), "a cache captured at token 10 changed"
+        k_before = st["k"].clone()
+        _, new = layer.step(torch.randn(1, 16), st)
+        assert torch.equal(st["k"], k_before) and new["k"].shape[2] == 306
+
+
+def test_step_never_writes_into_a_tensor_it_did_not_allocate():
+    """A cache that is a slice of the caller's longer tensor is copied, not extended in place."""
+    layer = Attention(16, n_head=2).eval()
+    with torch.no_grad():
+        _, full = layer(torch.randn(1, 9, 16), return_state=True)
+        k_all, v_all = full["k"].clone(), full["v"].clone()
+        st = {"k": full["k"][:, :, :6], "v": full["v"][:, :, :6], "pos": torch.tensor([6])}
+        layer.step_(torch.randn(1, 16), st)
+        assert torch.equal(full["k"], k_all) and torch.equal(full["v"], v_all)
+        assert st["k"].untyped_storage().data_ptr() != full["k"].untyped_storage().data_ptr()

@@ -26,6 +26,12 @@ holds the token at position `pos[i] - t + j`; a negative position marks an empty
 lets rows with different history lengths share one cache (left-padded with empty slots, see
 `Attention.cat_states`), which is how a batch of prompts of different lengths is decoded together.
 A window cache keeps only the last `window` slots, so its size is bounded.
+
+Decoding with `step_` (the caller owns the state) grows the cache in place: the cache tensors are views
+of a buffer with spare slots (a quarter more, at least 256), the new key and value are written into the
+next slot, and only a full buffer is copied into a bigger one; `forward` and `step` concatenate (a new
+tensor per call, the state passed in untouched). Concatenating copied the whole cache every token:
+at a 2048-token context that was a third of a Zamba2 token's time.
 """
 
 from __future__ import annotations
@@ -62,6 +68,38 @@ def rotary(
     x1, x2 = x.to(work).chunk(2, dim=-1)
     out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)      # (b, h, l, hd)
     return out.to(x.dtype)
+
+
+_ROOM = "_ssmkit_cache_room"  # marks a buffer allocated by append_cache, whose spare slots it may fill
+
+
+def append_cache(cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """torch.cat([cache, new], dim=2) for a cache the caller owns: written into the spare slots of
+    cache's buffer when cache is a leading view of a buffer this function allocated (the result then
+    shares cache's storage; cache itself is unchanged), else into a new buffer with a quarter more
+    slots (at least 256), so the copying averages O(1) slots per appended token.
+
+    cache: (b, h, t, d); new: (b, h, l, d) -> (b, h, t + l, d).
+    """
+    b, h, t, d = cache.shape
+    l = new.shape[2]
+    base = cache._base
+    roomy = (
+        base is not None
+        and getattr(base, _ROOM, False)
+        and base.dtype == new.dtype
+        and cache.data_ptr() == base.data_ptr()
+        and cache.stride() == base.stride()
+        and base.shape[:2] == (b, h)
+        and t + l <= base.shape[2]
+    )
+    if not roomy:
+        base = new.new_empty(b, h, t + l + max(256, (t + l) // 4), d)
+        setattr(base, _ROOM, True)
+        base[:, :, :t] = cache
+    out = base[:, :, : t + l]
+    out[:, :, t:] = new
+    return out
 
 
 @register("attention", config=("n_head", "n_kv_head", "rope_theta", "window"))
@@ -149,11 +187,14 @@ class Attention(Mixer):
         *,
         attention_mask: torch.Tensor | None = None,
         in_proj_delta: torch.Tensor | None = None,
+        in_place: bool = False,
     ):
         """x (b, l, d_model) -> y (b, l, d_out) [, state]. attention_mask (b, l), 1 = token, 0 = pad: no
         query attends to a pad (a pad attends to itself only), so with rotary's relative positions each
         row's tokens are computed as if the row had no pads (calls without a carried state).
-        in_proj_delta: added to in_proj(x) (see the module docstring)."""
+        in_proj_delta: added to in_proj(x) (see the module docstring). in_place: the caller owns `state`
+        (step_): the new keys and values go into the cache's spare slots (`append_cache`), so the
+        returned cache may share storage with state's and `state` must not be extended again."""
         if (empty := self._empty_forward(x, state, return_state)) is not None:
             return empty
         if state is not None or return_state:
@@ -183,8 +224,10 @@ class Attention(Mixer):
         positions = pos0[:, None] + torch.arange(l, device=x.device)  # (b, l)
         q = rotary(q, positions, self.rope_theta, self.rotary_dim)
         k = rotary(k, positions, self.rope_theta, self.rotary_dim)
-        if state is not None:
-            k = torch.cat([state["k"].to(k.dtype), k], dim=2)  # (b, Hk, t + l, hd)
+        if state is not None and in_place and self.window is None:
+            k, v = append_cache(state["k"], k), append_cache(state["v"], v)  # (b, Hk, t + l, hd)
+        elif state is not None:
+            k = torch.cat([state["k"].to(k.dtype), k], dim=2)
             v = torch.cat([state["v"].to(v.dtype), v], dim=2)
         t_past = k.shape[2] - l
 
@@ -219,6 +262,14 @@ class Attention(Mixer):
             return empty
         y, state = self.forward(x_t[:, None], state=state, return_state=True)
         return y[:, 0], state
+
+    def step_(self, x_t: torch.Tensor, state: StateDict) -> torch.Tensor:
+        """step, the cache grown in place (see the module docstring)."""
+        if (empty := self._empty_step(x_t, state)) is not None:
+            return empty[0]
+        y, new = self.forward(x_t[:, None], state=state, return_state=True, in_place=True)
+        state.update(new)
+        return y[:, 0]
 
     # ---- batching states of different lengths -----------------------------------------------
     @classmethod

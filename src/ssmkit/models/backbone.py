@@ -216,15 +216,17 @@ class Backbone(nn.Module):
     def _shared_block(self, j: int) -> shared.SharedBlock:
         return self.shared_blocks[j % len(self.shared_blocks)]
 
-    def _inject(self, i, blk, residual, embeddings, states, attention_mask=None):
+    def _inject(self, i, blk, residual, embeddings, states, attention_mask=None, in_place=False):
         """(the shared block's output for block i, its use's new state), or (None, None) when block i
-        uses none. residual, embeddings: (b, l, d_model), or (b, d_model) for one step."""
+        uses none. residual, embeddings: (b, l, d_model), or (b, d_model) for one step; in_place: step_'s
+        (the use's cache grows in place)."""
         if blk.adapter is None:
             return None, None
         j = self.config.shared_uses.index(i)
         s = None if states is None else states[self._use_slot(i)]
         if residual.dim() == 2:
-            t, s = self._shared_block(j)(residual[:, None], embeddings[:, None], blk.adapter, s)
+            shared = self._shared_block(j)
+            t, s = shared(residual[:, None], embeddings[:, None], blk.adapter, s, in_place=in_place)
             return t[:, 0], s
         return self._shared_block(j)(residual, embeddings, blk.adapter, s, attention_mask=attention_mask)
 
@@ -283,7 +285,7 @@ class Backbone(nn.Module):
         if (out := self._stack_step_(residual, states)) is not None:
             return self.norm_f(out).to(self.dtype)
         for i, blk in enumerate(self.layers):
-            inject, s = self._inject(i, blk, residual, embeddings, states)
+            inject, s = self._inject(i, blk, residual, embeddings, states, in_place=True)
             if s is not None:
                 states[self._use_slot(i)].update(s)
             residual = blk.step_(residual, states[i], inject)

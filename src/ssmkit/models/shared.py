@@ -122,12 +122,16 @@ class SharedBlock(nn.Module):
         adapter: SharedAdapter,
         state: StateDict | None = None,
         attention_mask: torch.Tensor | None = None,
+        in_place: bool = False,
     ) -> tuple[torch.Tensor, StateDict]:
-        """x, embeddings (b, l, d_model) -> this use's t (b, l, d_model), its attention's new state."""
+        """x, embeddings (b, l, d_model) -> this use's t (b, l, d_model), its attention's new state
+        (in_place: the caller owns `state`, its cache grows in place: Attention's forward)."""
         h = torch.cat([x, embeddings.to(x.dtype)], dim=-1) if self.with_embedding else x
         h = self.norm(h).to(self.norm.weight.dtype)  # (b, l, width)
         kw = {"attention_mask": attention_mask} if attention_mask is not None else {}
-        a, state = self.attention(h, state=state, return_state=True, in_proj_delta=adapter.qkv(h), **kw)
+        a, state = self.attention(
+            h, state=state, return_state=True, in_proj_delta=adapter.qkv(h), in_place=in_place, **kw
+        )
         a = self.norm2(a).to(self.norm2.weight.dtype)  # (b, l, d_model)
         return adapter.proj(self.mlp(a, fc1_delta=adapter.fc1(a))), state
 
