@@ -127,3 +127,24 @@ def test_dtype_and_backend_errors():
         fft_conv(torch.zeros(1, 2, 4), torch.zeros(2, 4), backend="fast")
     with pytest.raises(TypeError, match="positional"):
         fft_conv(torch.zeros(1, 2, 4), torch.zeros(2, 4), None)     # D is keyword-only
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("channels", [None, 3])
+def test_fft_path_in_channel_blocks_matches_one_block(monkeypatch, channels, keep):
+    """With a block budget of one channel's spectra, outputs and gradients equal the one-block path,
+    the spectra kept for the backward or recomputed there."""
+    u, k, D = _inputs(2, 5, 33, 20, torch.float64, channels)
+
+    def run():
+        leaves = [t.detach().clone().requires_grad_(True) for t in (u, k, D)]
+        y = fft_conv(leaves[0], leaves[1], D=leaves[2], backend="fft")
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        return [y.detach()] + [t.grad for t in leaves]
+
+    whole = run()
+    monkeypatch.setattr(fft, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(fft, "SAVE_BYTES", 1 << 30 if keep else 0)
+    assert len(fft._blocks(2, channels or 1, 5, fft.fft_size(33), torch.float64)) == 5
+    for got, want, name in zip(run(), whole, ("y", "du", "dk", "dD")):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=name)
