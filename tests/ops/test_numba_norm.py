@@ -1,6 +1,7 @@
-"""The numba RMSNorm of many rows (ssmkit.ops._numba.norm), RMSNorm's prefill path, against
-RMSNorm.reference: plain, grouped, gated before and after the norm, a row-strided gate, huge inputs;
-the reference wherever a gradient is wanted, under SSMKIT_BACKEND=reference, or for float64."""
+"""The numba RMSNorm of many rows (ssmkit.ops._numba.norm), RMSNorm's prefill and training paths, against
+RMSNorm.reference: plain, grouped, gated before and after the norm, a row-strided gate, huge inputs,
+outputs and the gradients of x, z and the weight; the reference under SSMKIT_BACKEND=reference or for
+float64."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ def _norm(group_size):
     return norm
 
 
-def _spy(monkeypatch):
+def _spy(monkeypatch, name="rms_norm_rows"):
     calls = []
-    orig = kernels.rms_norm_rows
-    monkeypatch.setattr(kernels, "rms_norm_rows", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    orig = getattr(kernels, name)
+    monkeypatch.setattr(kernels, name, lambda *a, **k: calls.append(1) or orig(*a, **k))
     return calls
 
 
@@ -61,24 +62,66 @@ def test_prefill_kernel_of_huge_inputs_keeps_the_direction():
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_reference_where_gradients_are_wanted_or_asked_for(monkeypatch):
-    calls = _spy(monkeypatch)
+@pytest.mark.parametrize("gate", ["none", "before", "after"])
+@pytest.mark.parametrize("group_size", [128, 32])
+def test_training_kernel_equals_the_reference_with_gradients(gate, group_size, monkeypatch):
+    monkeypatch.setenv("SSMKIT_POISON", "1")
+    calls = _spy(monkeypatch, "rms_norm_rows_grad")
+    norm = _norm(group_size)
+    wide = torch.randn(*SHAPE[:2], 2 * SHAPE[2] + 5)
+    x = (torch.randn(SHAPE) * 3).requires_grad_()
+    z = None if gate == "none" else wide[..., 3 : 3 + SHAPE[2]].clone().requires_grad_()
+    dy = torch.randn(SHAPE)
+    got = norm(x, z, gate_after=gate == "after")
+    assert calls == [1]
+    ins = [x, norm.weight] + ([] if z is None else [z])
+    g_got = torch.autograd.grad(got, ins, dy)
+    ref = norm.reference(x, z, gate_after=gate == "after")
+    g_ref = torch.autograd.grad(ref, ins, dy)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    for name, a, b in zip(["x", "weight", "z"], g_got, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m, n=name: f"d{n}: {m}")
+    # a row-strided x and a transposed (non-contiguous) output gradient read the same
+    xs = torch.cat([torch.randn(*SHAPE[:2], 7), x.detach()], dim=-1)[..., 7:].requires_grad_()
+    dyt = dy.transpose(0, 1).contiguous().transpose(0, 1)
+    got_s = norm(xs, z, gate_after=gate == "after")
+    torch.testing.assert_close(got_s, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(got_s, xs, dyt)[0], g_ref[0], rtol=1e-4, atol=1e-4)
+
+
+def test_training_kernel_of_huge_inputs_keeps_the_direction():
+    norm = _norm(32)
+    x = torch.randn(SHAPE)
+    x[0, :3] *= 1e25  # x^2 overflows float32 in these rows
+    x.requires_grad_()
+    dy = torch.randn(SHAPE)
+    got = norm(x)
+    (gx,) = torch.autograd.grad(got, x, dy)
+    ref = norm.reference(x)
+    (rx,) = torch.autograd.grad(ref, x, dy)
+    assert torch.isfinite(got).all() and torch.isfinite(gx).all()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-4)
+
+
+def test_reference_where_asked_for_or_float64(monkeypatch):
+    calls, grad_calls = _spy(monkeypatch), _spy(monkeypatch, "rms_norm_rows_grad")
     norm = _norm(32)
     x = torch.randn(SHAPE, requires_grad=True)
     z = torch.randn(SHAPE)
-    y = norm(x, z)
-    y.sum().backward()  # the reference ran: the gradient flows
-    assert calls == [] and x.grad is not None
+    norm.double()(x.double(), z.double()).sum().backward()  # float64: the reference
+    assert calls == grad_calls == [] and x.grad is not None
+    norm.float()
+    monkeypatch.setenv("SSMKIT_BACKEND", "reference")
+    norm(x, z)
     with torch.no_grad():
-        norm.double()(x.double(), z.double())  # float64: the reference
-        assert calls == []
-        norm.float()
-        monkeypatch.setenv("SSMKIT_BACKEND", "reference")
         norm(x, z)
-        assert calls == []
-        monkeypatch.delenv("SSMKIT_BACKEND")
+    assert calls == grad_calls == []
+    monkeypatch.delenv("SSMKIT_BACKEND")
+    norm(x, z)
+    with torch.no_grad():
         norm(x, z)
-        assert calls == [1]
+    assert calls == grad_calls == [1]
 
 
 @pytest.mark.parametrize("norm_before_gate", [False, True])
@@ -92,7 +135,7 @@ def test_mamba2_forward_with_the_prefill_norm_equals_the_reference(norm_before_g
     with torch.no_grad():
         got = layer(x)
     assert calls == [1]
-    monkeypatch.setattr(layer.norm, "_prefill_kernel", lambda *a: False)
+    monkeypatch.setattr(layer.norm, "_rows_kernel", lambda *a: None)
     with torch.no_grad():
         ref = layer(x)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

@@ -165,7 +165,8 @@ class ConvSSM(Mixer):
             x0 = x0.to(complex_of(real) if self.is_complex else real)
             if state is not None:
                 y = y + self._free_response(rec, x0, L)
-        y = self._block_output(y.transpose(1, 2)).to(x.dtype)              # (b, L, H)
+        # channels-last before the activation: gelu's backward on the transposed view is ~10x slower
+        y = self._block_output(y.transpose(1, 2).contiguous()).to(x.dtype)  # (b, L, H)
         if not return_state:
             return y
         return y, {self.state_key: self._final_state(rec, x0, u)}

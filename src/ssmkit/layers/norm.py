@@ -30,10 +30,10 @@ class RMSNorm(nn.Module):
     `forward(x, z, gate_after=True)` gates the normalized output instead: RMSNorm_groups(x) * weight *
     silu(z) (Mamba-2's norm_before_gate).
 
-    float32 CPU inputs without gradients take numba kernels that form the mean square in float64, where
-    it cannot overflow: a few rows (decoding) ssmkit.ops._decode.numba_norm, more rows (prefill) one
-    parallel pass per row, gate included (ssmkit.ops._numba.norm; not under SSMKIT_BACKEND=reference
-    or chunked). `reference` below is what both are tested against.
+    float32 CPU inputs take numba kernels that form the mean square in float64, where it cannot
+    overflow: without gradients, a few rows (decoding) ssmkit.ops._decode.numba_norm; more rows one
+    parallel pass per row, gate included, forward and (training) backward (ssmkit.ops._numba.norm; not
+    under SSMKIT_BACKEND=reference or chunked). `reference` below is what they are tested against.
     """
 
     def __init__(self, d: int, eps: float = 1e-5, group_size: int | None = None):
@@ -49,23 +49,26 @@ class RMSNorm(nn.Module):
         if z is None and self.group_size == x.shape[-1] and (fused := numba_norm(self, x)):
             kernels, weight = fused
             return kernels.rms_norm(x, weight, self.eps)
-        if self._prefill_kernel(x, z):
-            from ssmkit.ops._numba.norm import rms_norm_rows
+        if (kernel := self._rows_kernel(x, z)) is not None:
+            from ssmkit.ops._numba import norm
 
-            return rms_norm_rows(x, z, self.weight, self.eps, self.group_size, gate_after)
+            fn = norm.rms_norm_rows_grad if kernel == "grad" else norm.rms_norm_rows
+            return fn(x, z, self.weight, self.eps, self.group_size, gate_after)
         return self.reference(x, z, gate_after)
 
-    def _prefill_kernel(self, x: torch.Tensor, z: torch.Tensor | None) -> bool:
-        """Whether (x, z) takes the numba kernel of many rows (see the class docstring)."""
+    def _rows_kernel(self, x: torch.Tensor, z: torch.Tensor | None) -> str | None:
+        """Whether (x, z) takes the numba kernels of many rows (see the class docstring): "grad" when a
+        gradient is wanted, "prefill" when not, None for the reference."""
         tensors = (x, self.weight) if z is None else (x, z, self.weight)
-        return (
+        if not (
             _NUMBA
             and x.numel() > NORM_ELEMENTS
             and (z is None or z.shape == x.shape)
             and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             and os.environ.get(ENV, "auto") not in ("reference", "chunked")
-        )
+        ):
+            return None
+        return "grad" if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) else "prefill"
 
     def reference(self, x: torch.Tensor, z: torch.Tensor | None = None, gate_after: bool = False):
         """The PyTorch form (any device and dtype, differentiable)."""
