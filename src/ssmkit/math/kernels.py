@@ -76,6 +76,18 @@ def _powers(dtA: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
     return torch.exp(torch.where(l == 0, torch.zeros((), dtype=x.dtype, device=x.device), x))
 
 
+def _powers_re_im(dtA: torch.Tensor, l: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re and Im of exp(dtA_n l) for complex dtA, from real exp, cos and sin, with l's axis inserted at
+    `dim` (-2: (..., T, n); -1: (..., n, T)) and, as `_powers`, exactly 1 at l = 0."""
+    at_zero = (l == 0) if dim == -1 else (l == 0)[:, None]
+    l = l if dim == -1 else l[:, None]
+    a, b = dtA.real.unsqueeze(dim), dtA.imag.unsqueeze(dim)
+    zero = torch.zeros((), dtype=a.dtype, device=a.device)
+    r = torch.exp(torch.where(at_zero, zero, a * l))
+    phase = torch.where(at_zero, zero, b * l)
+    return r * torch.cos(phase), r * torch.sin(phase)
+
+
 def vandermonde_kernel(dtA: torch.Tensor, BC: torch.Tensor, L: int, *, conj_sym: bool = False,
                        chunk: int | None = None) -> torch.Tensor:
     """K_l = sum_n BC_n exp(dtA_n l), l < L (2 Re of it if conj_sym): (..., L).
@@ -116,13 +128,20 @@ def vandermonde_kernel(dtA: torch.Tensor, BC: torch.Tensor, L: int, *, conj_sym:
     real = dtA.real.dtype
     j = torch.arange(T, device=dtA.device, dtype=real)
     c = torch.arange(n_blocks, device=dtA.device, dtype=real) * T
+    if conj_sym and dtype.is_complex:
+        # 2 Re(W V) = 2 [Re W, -Im W] @ [Re V; Im V]: one real matmul over 2n, the tables built from real
+        # exp, cos and sin (a complex exp costs several times those, and torch's batched matmul of the
+        # strided .real/.imag views runs matrix by matrix)
+        Vr, Vi = _powers_re_im(dtA, j, -1)                             # (..., n, T) each
+        Pr, Pi = _powers_re_im(dtA, c, -2)                             # (..., L/T, n) each
+        Br, Bi = BC.real.unsqueeze(-2), BC.imag.unsqueeze(-2)
+        W = torch.cat([Br * Pr - Bi * Pi, -(Br * Pi + Bi * Pr)], -1)   # (..., L/T, 2n)
+        K = 2 * (W @ torch.cat([Vr, Vi], -2))                          # (..., L/T, T)
+        return K.flatten(-2)[..., :L]
     V = _powers(dtA, j)                                                # (..., n, T)
     W = (BC.unsqueeze(-1) * _powers(dtA, c)).transpose(-1, -2)         # (..., L/T, n)
-    if conj_sym and dtype.is_complex:                                  # 2 Re(W V): two real matmuls, not four
-        K = 2 * (W.real @ V.real - W.imag @ V.imag)
-    else:
-        K = W @ V
-        K = 2 * K.real if conj_sym else K                              # (..., L/T, T)
+    K = W @ V
+    K = 2 * K.real if conj_sym else K                                  # (..., L/T, T)
     return K.flatten(-2)[..., :L]
 
 
