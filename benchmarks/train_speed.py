@@ -5,6 +5,7 @@ this CPU; optionally the same models on an earlier commit's ssmkit, interleaved 
     .venv/bin/python -m benchmarks train_speed                     # this tree, both sizes
     .venv/bin/python -m benchmarks train_speed --before 5bbea7e    # also ssmkit at that commit
     .venv/bin/python -m benchmarks train_speed --sizes repro --steps 4 --rounds 1
+    .venv/bin/python -m benchmarks train_speed --breakdown         # where a step's time goes, this tree
 
 Sizes: "repro" is the reproduction's models (2 layers, d_model 64, batch 32), "demo" the demo's (4
 layers, d_model 128, batch 16); both at length 256, vocabulary 256. The Transformer is attention plus
@@ -23,6 +24,12 @@ selective scan at 6 FLOPs per state element and step, the SSD chunk products, S4
 each times 3 for forward + backward). The matmul rate is the best of a few torch.mm shapes measured in a
 fresh process in the same run (2 M N K / time). floor_ratio = measured step time / floor time (1 would
 be a step at the matmul peak with no other work).
+
+--breakdown: instead, one profiled cell per model (torch.profiler over `--steps` steps after the
+warm-up) and the share of the step's self CPU time (the main thread's, so a parallel op counts once)
+in each kind of op: matrix products, attention, the fused numba kernels (autograd Functions: scans,
+convolution, norms), FFTs, the loss (log_softmax, nll_loss), the optimizer, and the rest (elementwise
+ops, copies, fills, reductions, Python and dispatch).
 """
 
 from __future__ import annotations
@@ -141,6 +148,67 @@ def _cell(model: str, size_name: str, steps: int, warmup: int, threads: int | No
             net(ids[0], labels=ids[0]).loss.backward()
         out["counted_flops"] = counter.get_total_flops()
     return out
+
+
+KINDS = (  # (kind, test on an op's name), first match wins
+    ("attention", lambda k: "scaled_dot_product" in k),
+    ("matmul", lambda k: k in ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm")),
+    ("numba kernels", lambda k: not k.startswith(("aten::", "autograd::")) and (k.endswith("Fn")
+                                                                             or k.endswith("FnBackward"))),
+    ("fft", lambda k: k.startswith("aten::_fft")),
+    ("loss", lambda k: "log_softmax" in k or "nll_loss" in k),
+    ("optimizer", lambda k: "adamw" in k.lower() or k.startswith("Optimizer.")),
+)
+
+
+def _breakdown(model: str, size_name: str, steps: int, threads: int | None) -> dict:
+    """Self CPU time of a few profiled steps by kind of op (KINDS, else "other")."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    if threads:
+        torch.set_num_threads(threads)
+    from ssmkit import SSMConfig, SSMForCausalLM
+    from ssmkit.training.optim import build_optimizer
+
+    size = SIZES[size_name]
+    torch.manual_seed(0)
+    net = SSMForCausalLM(SSMConfig(**config_kwargs(model, size)))
+    opt = build_optimizer(net, 1e-3, 0.1)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, VOCAB, (size["batch"], size["seq_len"]), generator=g)
+
+    def step():
+        loss = net(ids, labels=ids).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    totals: dict[str, float] = {}
+    for e in prof.key_averages():
+        kind = next((name for name, test in KINDS if test(e.key)), "other")
+        totals[kind] = totals.get(kind, 0.0) + e.self_cpu_time_total / 1e6 / steps
+    return {"kinds": totals, "step_s": sum(totals.values()), "threads": torch.get_num_threads(),
+            "loadavg": os.getloadavg()[0]}
+
+
+def breakdown_markdown(rows: list[dict]) -> str:
+    kinds = [k for k, _ in KINDS] + ["other"]
+    lines = ["| size | model | profiled ms/step | " + " | ".join(f"{k} %" for k in kinds) + " |",
+             "|" + "---|" * (3 + len(kinds))]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['size']} | {r['model']} | {r['error']} |")
+            continue
+        shares = [100 * r["kinds"].get(k, 0.0) / r["step_s"] for k in kinds]
+        lines.append(f"| {r['size']} | {r['model']} | {1e3 * r['step_s']:.0f} | "
+                     + " | ".join(f"{x:.0f}" for x in shares) + " |")
+    return "\n".join(lines)
 
 
 def _matmul_rate(threads: int | None) -> dict:
@@ -291,11 +359,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per cell")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_speed.json"))
+    p.add_argument("--breakdown", action="store_true",
+                   help="where a step's time goes, by kind of op (this tree only; see the docstring)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         kind, *rest = json.loads(args.child)
-        print(json.dumps(_cell(*rest) if kind == "cell" else _matmul_rate(*rest)))
+        fn = {"cell": _cell, "breakdown": _breakdown, "matmul": _matmul_rate}[kind]
+        print(json.dumps(fn(*rest)))
+        return
+    if args.breakdown:
+        rows = []
+        for size in args.sizes.split(","):
+            for model in args.models.split(","):
+                res = _run_child(["breakdown", model, size, args.steps, args.threads], None, args.timeout)
+                rows.append({"size": size, "model": model, **res})
+        print(breakdown_markdown(rows))
+        print(f"load average (1, 5, 15 min): {[round(x, 1) for x in os.getloadavg()]}")
         return
     load = os.getloadavg()
     r = run(args.sizes.split(","), args.models.split(","), args.steps, args.rounds, args.before,
