@@ -91,6 +91,9 @@ def test_mixed_length_caches_batch_like_separate_rows():
         y = layer(nxt, state=st)
         assert_rel(y[:1], layer(nxt[:1], state=sa), 1e-5, "short row")
         assert_rel(y[1:], layer(nxt[1:], state=sb), 1e-5, "long row")
+        y_t = layer.step_(nxt[:, 0], st)  # one token: the short row's empty slots still masked
+        assert_rel(y_t[:1], layer.step(nxt[:1, 0], sa)[0], 1e-5, "short row, one step")
+        assert_rel(y_t[1:], layer.step(nxt[1:, 0], sb)[0], 1e-5, "long row, one step")
 
 
 def test_bad_arguments_are_named():

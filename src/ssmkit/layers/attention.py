@@ -46,28 +46,32 @@ from ssmkit.layers.norm import RMSNorm
 from ssmkit.layers.registry import register
 
 
+def rotary_tables(positions: torch.Tensor, dim: int, theta: float, work: torch.dtype):
+    """cos, sin of position * theta**(-2i/dim) for i < dim/2: (b, 1, l, dim/2) each, in `work`; the
+    angles are formed in float64 (exact at 64k+ positions)."""
+    inv_freq = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
+    angles = positions.to(torch.float64)[:, None, :, None] * inv_freq          # (b, 1, l, dim/2)
+    return angles.cos().to(work), angles.sin().to(work)
+
+
 def rotary(
-    x: torch.Tensor, positions: torch.Tensor, theta: float, rotary_dim: int | None = None
+    x: torch.Tensor, positions: torch.Tensor, theta: float, rotary_dim: int | None = None, tables=None
 ) -> torch.Tensor:
     """Rotate channel pairs (i, i + rd/2) of x by position * theta**(-2i/rd) (GPT-NeoX), rd = rotary_dim.
 
     x: (b, h, l, head_dim); positions: (b, l) int64; rotary_dim (default head_dim): only the first
-    rotary_dim channels rotate, the others pass through. Angles are formed in float64 (exact at 64k+
-    positions) and the rotation runs in float32, or float64 for a float64 x.
+    rotary_dim channels rotate, the others pass through; tables: `rotary_tables` for these positions
+    (computed when not given: q and k share them). The rotation runs in float32, or float64 for a
+    float64 x.
     """
-    if rotary_dim is not None and rotary_dim < x.shape[-1]:
-        if rotary_dim == 0:
-            return x
-        head, rest = x.split([rotary_dim, x.shape[-1] - rotary_dim], dim=-1)
-        return torch.cat([rotary(head, positions, theta), rest], dim=-1)
-    hd = x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, hd, 2, dtype=torch.float64, device=x.device) / hd)
-    angles = positions.to(torch.float64)[:, None, :, None] * inv_freq         # (b, 1, l, hd/2)
+    rd = x.shape[-1] if rotary_dim is None else rotary_dim
+    if rd == 0:
+        return x
     work = torch.promote_types(x.dtype, torch.float32)
-    cos, sin = angles.cos().to(work), angles.sin().to(work)
-    x1, x2 = x.to(work).chunk(2, dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)      # (b, h, l, hd)
-    return out.to(x.dtype)
+    cos, sin = rotary_tables(positions, rd, theta, work) if tables is None else tables
+    x1, x2 = x[..., :rd].to(work).chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)   # (b, h, l, rd)
+    return out if rd == x.shape[-1] else torch.cat([out, x[..., rd:]], dim=-1)
 
 
 _ROOM = "_ssmkit_cache_room"  # marks a buffer allocated by append_cache, whose spare slots it may fill
@@ -222,8 +226,11 @@ class Attention(Mixer):
 
         pos0 = state["pos"] if state is not None else torch.zeros(b, dtype=torch.long, device=x.device)
         positions = pos0[:, None] + torch.arange(l, device=x.device)  # (b, l)
-        q = rotary(q, positions, self.rope_theta, self.rotary_dim)
-        k = rotary(k, positions, self.rope_theta, self.rotary_dim)
+        rd = hd if self.rotary_dim is None else self.rotary_dim
+        work = torch.promote_types(q.dtype, torch.float32)
+        tables = rotary_tables(positions, rd, self.rope_theta, work) if rd else None  # shared by q and k
+        q = rotary(q, positions, self.rope_theta, rd, tables)
+        k = rotary(k, positions, self.rope_theta, rd, tables)
         if state is not None and in_place and self.window is None:
             k, v = append_cache(state["k"], k), append_cache(state["v"], v)  # (b, Hk, t + l, hd)
         elif state is not None:
@@ -236,6 +243,10 @@ class Attention(Mixer):
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=not self.bidirectional, scale=self.scale, enable_gqa=H != Hk
             )
+        elif pad_mask is None and l == 1 and self.window is None and not bool((pos0 < t_past).any()):
+            # one query per row and no empty slot (a row's first cached position, pos0 - t_past, is
+            # >= 0): every key is in the query's past, no mask to build
+            y = F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=H != Hk)
         else:
             key_pos = pos0[:, None] - t_past + torch.arange(t_past + l, device=x.device)  # (b, t + l)
             mask = (key_pos >= 0)[:, None, :].expand(b, l, t_past + l)
