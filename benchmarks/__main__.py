@@ -19,6 +19,7 @@ SUITE = {
     "parallel_scan": "benchmarks.parallel_scan",
     "decode": "benchmarks.decode",
     "decode_paths": "benchmarks.decode_paths",  # one 130M token: whole-stack / per-block kernels / per part
+    "attention_decode": "benchmarks.attention_decode",  # a KV-cache token: in place vs cat, matmuls vs SDPA
     "kernel_memory": "benchmarks.kernel_memory",  # S4D Vandermonde kernel vs the one-shot (d, n, L) einsum
     # ssmkit serve on loopback: batching, prefix cache, 1,000 sessions, SIGKILL
     "serve_load": "benchmarks.serve_load",

@@ -140,3 +140,20 @@ def test_step_never_writes_into_a_tensor_it_did_not_allocate():
         layer.step_(torch.randn(1, 16), st)
         assert torch.equal(full["k"], k_all) and torch.equal(full["v"], v_all)
         assert st["k"].untyped_storage().data_ptr() != full["k"].untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("kw", [dict(n_head=4, n_kv_head=2), dict(n_head=6, n_kv_head=1, scale=0.3)])
+def test_grouped_decode_by_matmuls_matches_sdpa(monkeypatch, kw):
+    """One query over a grouped-query cache through the two matmuls (forced here: threshold 0) gives
+    scaled_dot_product_attention's output, and decoding through it keeps the laws."""
+    import ssmkit.layers.attention as attention
+
+    layer = Attention(24, **kw).eval()
+    x = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        _, st = layer(x[:, :8], return_state=True)
+        y_sdpa = layer.step(x[:, 8], st)[0]
+        monkeypatch.setattr(attention, "GROUPED_MATMUL_BYTES", 0)
+        y_mm = layer.step(x[:, 8], st)[0]
+    assert_rel(y_mm, y_sdpa, 1e-5, "matmul path")
+    check_laws(layer, x)
