@@ -19,8 +19,8 @@ cells, each in its own subprocess (benchmarks/_cells.py; 2 threads, float32, bat
     attention floor  ssmkit's attention kernels of the prefill (every F.scaled_dot_product_attention
              call, its q, k, v shapes and layouts and its mask) replayed alone: transformers' time over
              matmuls + attention bounds the gain of an engine doing both as PyTorch does
-With --decode 0 only prefill runs. --rounds R repeats the prefill cells R times, interleaved
-(transformers, ssmkit, the floors, then again), and keeps each cell's fastest round: the one other
+With --decode 0 only prefill runs. --rounds R repeats the cells R times, interleaved (transformers,
+ssmkit, the floors, both decodes, then again), and keeps each cell's fastest round: the one other
 processes disturbed least.
 Peak MB is the growth of the cell's resident high-water mark during the timed calls (glibc's
 default allocator settings, as a user's process has: a lower bound). Before timing, the parent
@@ -346,7 +346,7 @@ def main(argv=None) -> None:
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--length", type=int, default=2048, help="prompt tokens (default 2048)")
     p.add_argument("--decode", type=int, default=32, help="decode steps timed (default 32, 0: none)")
-    p.add_argument("--rounds", type=int, default=1, help="prefill cells repeated, interleaved, fastest kept")
+    p.add_argument("--rounds", type=int, default=1, help="cells repeated, interleaved, fastest kept")
     p.add_argument("--calls", type=int, default=2, help="timed calls per cell, the median reported")
     p.add_argument("--cap", type=float, default=900.0, help="seconds per cell before it is skipped")
     p.add_argument("--out", default="benchmarks/results/hf_families.md")
@@ -356,7 +356,7 @@ def main(argv=None) -> None:
     load0 = os.getloadavg()
     lines = [
         f"# hf_families: transformers' CPU path vs ssmkit, b=1, float32, 2 threads, prompt {args.length}, "
-        f"{args.decode} decode steps, {max(1, args.rounds)} prefill rounds "
+        f"{args.decode} decode steps, {max(1, args.rounds)} rounds "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         "| family | params | logits rel. err | path | prefill tok/s | prefill peak MB | decode tok/s | "
@@ -369,7 +369,7 @@ def main(argv=None) -> None:
         cell = lambda name, fam=fam, **kw: run_cell(  # noqa: E731
             f"{_HERE}:{name}", {"family": fam, **kw}, args.cap, calls=args.calls, exact_peak=False
         )
-        prefill = {}  # interleaved rounds, each cell's fastest kept
+        best = {}  # interleaved rounds, each cell's fastest kept
         for _ in range(max(1, args.rounds)):
             got = {
                 "hf": cell("prefill_cell", path="hf", L=args.length),
@@ -377,13 +377,17 @@ def main(argv=None) -> None:
                 "matmuls": cell("matmul_floor_cell", L=args.length, n=0),
                 "attention": cell("attention_floor_cell", L=args.length),
             }
+            if args.decode:
+                for path in ("hf", "ssmkit"):
+                    got[f"{path} decode"] = cell("decode_cell", path=path, L=args.length, n=args.decode)
             for k, r in got.items():
-                if k not in prefill or ("t" in r and r["t"] < prefill[k].get("t", float("inf"))):
-                    prefill[k] = r
+                if k not in best or ("t" in r and r["t"] < best[k].get("t", float("inf"))):
+                    best[k] = r
+        prefill = best
         dec = {}
         for path in ("hf", "ssmkit"):
             pre = prefill[path]
-            dec[path] = cell("decode_cell", path=path, L=args.length, n=args.decode) if args.decode else {}
+            dec[path] = best.get(f"{path} decode", {})
             cells = []
             for r, tokens in ((pre, args.length), (dec[path], args.decode)):
                 if not tokens:

@@ -249,24 +249,30 @@ class Attention(Mixer):
             # >= 0): every key is in the query's past, no mask to build
             y = self._attend_one(q, k, v)
         else:
-            key_pos = pos0[:, None] - t_past + torch.arange(t_past + l, device=x.device)  # (b, t + l)
-            mask = (key_pos >= 0)[:, None, :].expand(b, l, t_past + l)
-            if not self.bidirectional:
-                mask = mask & (key_pos[:, None, :] <= positions[:, :, None])
-            if self.window is not None and not self.bidirectional:
-                mask = mask & (positions[:, :, None] - key_pos[:, None, :] < self.window)
-            if pad_mask is not None:                                   # stateless: keys are this call's
-                eye = torch.eye(l, dtype=torch.bool, device=x.device)
-                mask = mask & pad_mask.bool()[:, None, :] | eye
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask[:, None], scale=self.scale, enable_gqa=H != Hk
-            )
+            y = self._attend_masked(q, k, v, pos0, positions, pad_mask)
         y = self.out_proj(y.transpose(1, 2).reshape(b, l, H * hd))  # (b, l, d_out)
         if not return_state:
             return y
         if self.window is not None:
             k, v = k[:, :, -self.window :], v[:, :, -self.window :]
         return y, {"k": k, "v": v, "pos": pos0 + l}
+
+    def _attend_masked(self, q, k, v, pos0, positions, pad_mask) -> torch.Tensor:
+        """Attention with the mask of the cache's positions (empty slots, causality, the window) and
+        of the call's pads: q (b, H, l, hd), k, v (b, Hk, t + l, hd), positions (b, l) -> (b, H, l, hd)."""
+        b, l, t_all = q.shape[0], q.shape[2], k.shape[2]
+        key_pos = pos0[:, None] - (t_all - l) + torch.arange(t_all, device=q.device)   # (b, t + l)
+        mask = (key_pos >= 0)[:, None, :].expand(b, l, t_all)
+        if not self.bidirectional:
+            mask = mask & (key_pos[:, None, :] <= positions[:, :, None])
+        if self.window is not None and not self.bidirectional:
+            mask = mask & (positions[:, :, None] - key_pos[:, None, :] < self.window)
+        if pad_mask is not None:                                   # stateless: keys are this call's
+            eye = torch.eye(l, dtype=torch.bool, device=q.device)
+            mask = mask & pad_mask.bool()[:, None, :] | eye
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask[:, None], scale=self.scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
 
     def _attend_one(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """One query per row over a whole cache: q (b, H, 1, hd), k, v (b, Hk, t, hd) -> (b, H, 1, hd).
