@@ -36,9 +36,12 @@ from ssmkit.layers.base import check_param_dtype
 
 
 def relu2(x: torch.Tensor) -> torch.Tensor:
-    """Squared ReLU (Primer; Nemotron-H's MLPs); without autograd squared in place (one buffer less)."""
-    y = F.relu(x)
-    return y.square_() if not torch.is_grad_enabled() else torch.square(y)
+    """Squared ReLU (Primer; Nemotron-H's MLPs). Without autograd it overwrites x (the MLPs pass their
+    fresh fc1 output): no new buffer of the MLP's width (a Nemotron-H prefill of 2048 tokens spent 3% of
+    its time allocating the out-of-place ReLU's)."""
+    if not torch.is_grad_enabled():
+        return F.relu_(x).square_()
+    return torch.square(F.relu(x))
 
 
 ACTIVATIONS = {
@@ -123,7 +126,7 @@ class GatedMLP(nn.Module):
         y, gate = (h if fc1_delta is None else h + fc1_delta).chunk(2, dim=-1)
         if self.gate_multiplier != 1.0:
             gate = gate * self.gate_multiplier
-        a = self.act(gate)  # a new tensor (every activation): without autograd, gated in place
+        a = self.act(gate)  # without autograd gated in place (a new tensor, or gate itself: relu2)
         out = self.fc2(a.mul_(y) if not torch.is_grad_enabled() else y * a)
         return out if self.out_multiplier == 1.0 else out * self.out_multiplier
 
