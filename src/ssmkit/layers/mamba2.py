@@ -280,7 +280,8 @@ class Mamba2(VarlenMixer):
             return p
         GN = self.ngroups * self.d_state
         sizes = (self.d_inner, self.d_inner, GN, GN, self.nheads)
-        return p * torch.cat([p.new_full((n,), m) for n, m in zip(sizes, self.in_proj_multipliers)])
+        scale = torch.cat([p.new_full((n,), m) for n, m in zip(sizes, self.in_proj_multipliers)])
+        return p * scale if torch.is_grad_enabled() else p.mul_(scale)  # in place on in_proj's output
 
     def _forward(self, x, state, seq_idx, mask):
         z, xBC, dt = self._project(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)

@@ -128,7 +128,9 @@ class GatedMLP(nn.Module):
             gate = gate * self.gate_multiplier
         a = self.act(gate)  # without autograd gated in place (a new tensor, or gate itself: relu2)
         out = self.fc2(a.mul_(y) if not torch.is_grad_enabled() else y * a)
-        return out if self.out_multiplier == 1.0 else out * self.out_multiplier
+        if self.out_multiplier == 1.0:
+            return out
+        return out * self.out_multiplier if torch.is_grad_enabled() else out.mul_(self.out_multiplier)
 
 
 class MoE(nn.Module):

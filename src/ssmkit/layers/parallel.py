@@ -91,11 +91,16 @@ class Parallel(Mixer):
         return x if m == 1.0 else x * m
 
     def _sum(self, ys: dict[str, torch.Tensor]) -> torch.Tensor:
+        """sum_name out_multipliers[name] * ys[name]; without autograd in place on the branches' outputs
+        (fresh tensors), one buffer of the block's output instead of one per factor and sum."""
         out = None
+        grad = torch.is_grad_enabled()
         for name, y in ys.items():
             m = self.out_multipliers[name]
-            y = y if m == 1.0 else y * m
-            out = y if out is None else out + y
+            if out is None:
+                out = y if m == 1.0 else (y * m if grad else y.mul_(m))
+            else:
+                out = out + y * m if grad else out.add_(y if m == 1.0 else y.mul_(m))
         return out
 
     # ---- the protocol ------------------------------------------------------------------------
