@@ -40,9 +40,11 @@ def fft_size(l: int) -> int:
 
 
 def _blocks(b: int, c: int, d: int, n: int, real: torch.dtype):
-    """Channel ranges [d0, d1) whose (b, c, d1 - d0, n/2 + 1) complex spectra fit BLOCK_BYTES."""
+    """Channel ranges [d0, d1) whose (b, c, d1 - d0, n/2 + 1) complex spectra fit BLOCK_BYTES, as even
+    as can be (64 channels that fit 63 at a time go as 32 + 32, not 63 + 1)."""
     per_channel = max(b, 1) * c * (n // 2 + 1) * 2 * torch.finfo(real).bits // 8
-    step = max(1, BLOCK_BYTES // per_channel)
+    blocks = -(-d // max(1, BLOCK_BYTES // per_channel))
+    step = -(-d // blocks)
     return [(d0, min(d, d0 + step)) for d0 in range(0, d, step)]
 
 
