@@ -107,8 +107,8 @@ def core_flops(model: str, size: dict) -> float:
 
 
 # ---- one cell, in a fresh process ----------------------------------------------------------------
-def _cell(model: str, size_name: str, steps: int, warmup: int, threads: int | None,
-          count_flops: bool = False) -> dict:
+def _trainer(model: str, size_name: str, threads: int | None, batches: int):
+    """(net, ids (batches, batch, seq_len), step(ids_i)): one cell's model, AdamW and fixed batches."""
     import torch
 
     if threads:
@@ -121,13 +121,25 @@ def _cell(model: str, size_name: str, steps: int, warmup: int, threads: int | No
     net = SSMForCausalLM(SSMConfig(**config_kwargs(model, size)))
     opt = build_optimizer(net, 1e-3, 0.1)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, VOCAB, (warmup + steps, size["batch"], size["seq_len"]), generator=g)
+    ids = torch.randint(0, VOCAB, (batches, size["batch"], size["seq_len"]), generator=g)
 
-    def step(i):
-        loss = net(ids[i], labels=ids[i]).loss
+    def step(x):
+        loss = net(x, labels=x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    return net, ids, step
+
+
+def _cell(model: str, size_name: str, steps: int, warmup: int, threads: int | None,
+          count_flops: bool = False) -> dict:
+    import torch
+
+    net, ids, step_on = _trainer(model, size_name, threads, warmup + steps)
+
+    def step(i):
+        step_on(ids[i])
 
     for i in range(warmup):
         step(i)
@@ -166,23 +178,10 @@ def _breakdown(model: str, size_name: str, steps: int, threads: int | None) -> d
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    if threads:
-        torch.set_num_threads(threads)
-    from ssmkit import SSMConfig, SSMForCausalLM
-    from ssmkit.training.optim import build_optimizer
-
-    size = SIZES[size_name]
-    torch.manual_seed(0)
-    net = SSMForCausalLM(SSMConfig(**config_kwargs(model, size)))
-    opt = build_optimizer(net, 1e-3, 0.1)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, VOCAB, (size["batch"], size["seq_len"]), generator=g)
+    _, ids, step_on = _trainer(model, size_name, threads, 1)
 
     def step():
-        loss = net(ids, labels=ids).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step_on(ids[0])
 
     for _ in range(2):
         step()

@@ -34,8 +34,11 @@ __all__ = ["rms_norm_rows", "rms_norm_rows_grad"]
 
 
 @njit(parallel=True, fastmath=True)
-def _rms_rows(x, x0, z, z0, w, eps, group, gate, out):
+def _rms_rows(x, x0, z, z0, w, eps, group, gate, out, r):
+    """out = the norm of x's rows (gate: 0 none, 1 silu(z) before, 2 after); r (R, d / group) float64:
+    keeps rsqrt(mean square + eps) of row i's group k for the backward, or (0, 0) to keep nothing."""
     R, d = out.shape
+    keep = r.shape[0] > 0
     for i in prange(R):
         xi = x[i, x0: x0 + d]
         o = out[i]
@@ -46,19 +49,26 @@ def _rms_rows(x, x0, z, z0, w, eps, group, gate, out):
         else:
             for c in range(d):
                 o[c] = xi[c]
-        for g0 in range(0, d, group):
+        for k in range(d // group):
+            g0 = k * group
             seg = o[g0: g0 + group]
             wg = w[g0: g0 + group]
             ss = 0.0  # float64: x^2 cannot overflow
             for c in range(group):
                 ss += np.float64(seg[c]) * np.float64(seg[c])
-            inv = np.float32(1.0 / np.sqrt(ss / group + eps))
+            inv = 1.0 / np.sqrt(ss / group + eps)
+            if keep:
+                r[i, k] = inv
+            inv32 = np.float32(inv)
             for c in range(group):
-                seg[c] = seg[c] * inv * wg[c]
+                seg[c] = seg[c] * inv32 * wg[c]
         if gate == 2:
             zi = z[i, z0: z0 + d]
             for c in range(d):
                 o[c] *= silu(zi[c])
+
+
+_KEEP_NOTHING = np.zeros((0, 0))
 
 
 def _as_rows(t: torch.Tensor) -> tuple[np.ndarray, int]:
@@ -81,40 +91,9 @@ def rms_norm_rows(x: torch.Tensor, z: torch.Tensor | None, weight: torch.Tensor,
         za, z0 = _as_rows(z)
         gate = 2 if gate_after else 1
     out = out_tensor(x.shape)
-    _rms_rows(xa, x0, za, z0, weight.detach().numpy(), float(eps), int(group), gate, out.view(-1, d).numpy())
+    _rms_rows(xa, x0, za, z0, weight.detach().numpy(), float(eps), int(group), gate, out.view(-1, d).numpy(),
+              _KEEP_NOTHING)
     return out
-
-
-@njit(parallel=True, fastmath=True)
-def _rms_rows_train(x, x0, z, z0, w, eps, group, gate, out, r):
-    """_rms_rows, also keeping r[i, k] = rsqrt(mean square + eps) of row i's group k (float64)."""
-    R, d = out.shape
-    for i in prange(R):
-        xi = x[i, x0: x0 + d]
-        o = out[i]
-        if gate == 1:
-            zi = z[i, z0: z0 + d]
-            for c in range(d):
-                o[c] = xi[c] * silu(zi[c])
-        else:
-            for c in range(d):
-                o[c] = xi[c]
-        for k in range(d // group):
-            g0 = k * group
-            seg = o[g0: g0 + group]
-            wg = w[g0: g0 + group]
-            ss = 0.0
-            for c in range(group):
-                ss += np.float64(seg[c]) * np.float64(seg[c])
-            inv = 1.0 / np.sqrt(ss / group + eps)
-            r[i, k] = inv
-            inv32 = np.float32(inv)
-            for c in range(group):
-                seg[c] = seg[c] * inv32 * wg[c]
-        if gate == 2:
-            zi = z[i, z0: z0 + d]
-            for c in range(d):
-                o[c] *= silu(zi[c])
 
 
 @njit(parallel=True, fastmath=True)
@@ -188,7 +167,7 @@ class _RMSNormFn(torch.autograd.Function):
         out = out_tensor(x.shape)
         r = np.empty((xa.shape[0], d // group), dtype=np.float64)
         w = weight.detach().numpy()
-        _rms_rows_train(xa, x0, za, z0, w, float(eps), int(group), gate, out.view(-1, d).numpy(), r)
+        _rms_rows(xa, x0, za, z0, w, float(eps), int(group), gate, out.view(-1, d).numpy(), r)
         ctx.save_for_backward(x, z, weight)
         ctx.r, ctx.group, ctx.gate = r, int(group), gate
         return out
