@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown entries {unknown}; known: {report.ENTRIES}")
     which = "full" if args.full else "tiny" if args.tiny else "small"
+    H.PAUSES = H.PauseClock()
     t0 = time.perf_counter()
     for name in names:
         module = importlib.import_module(f"benchmarks.reproduce.{name}")

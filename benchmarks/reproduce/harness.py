@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -59,6 +60,36 @@ def hardware() -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_avg_1min": round(os.getloadavg()[0], 1),           # other work on the machine, if any
     }
+
+
+class PauseClock:
+    """Time this process spent stopped (SIGSTOP: on the shared machine, another user's benchmark pauses
+    the other processes), seen by a daemon thread as gaps between its ticks. Wall times are recorded
+    without it: what a run costs, not how long it was held."""
+
+    def __init__(self, tick: float = 0.25, gap: float = 2.0):
+        self.tick, self.gap, self.gaps = tick, gap, []                    # gaps: (end, seconds stopped)
+        threading.Thread(target=self._run, daemon=True, name="pause-clock").start()
+
+    def _run(self) -> None:
+        last = time.perf_counter()                # CLOCK_MONOTONIC: it runs on while the process is stopped
+        while True:
+            time.sleep(self.tick)
+            now = time.perf_counter()
+            if now - last > self.gap:
+                self.gaps.append((now, now - last - self.tick))
+            last = now
+
+    def since(self, t0: float) -> float:
+        return sum(g for end, g in list(self.gaps) if end > t0)
+
+
+PAUSES: PauseClock | None = None                                          # started by the runner
+
+
+def stopped_since(t0: float) -> float:
+    """Seconds this process was stopped since perf_counter() read t0 (0 when no PauseClock runs)."""
+    return PAUSES.since(t0) if PAUSES is not None else 0.0
 
 
 def command(name: str, full: bool) -> str:
@@ -151,7 +182,7 @@ def train(model, batches, steps: int, lr: float, warmup: int | None = None, weig
             curve.append(point)
             log(f"  step {step + 1}/{steps}: loss {point['loss']:.4g}"
                 + (f", metric {point['metric']:.4g}" if "metric" in point else ""))
-    train_s = time.perf_counter() - t0 - eval_s
+    train_s = time.perf_counter() - t0 - eval_s - stopped_since(t0)
     return {"steps": steps, "lr": lr, "warmup": warmup, "train_s": round(train_s, 1),
             "s_per_step": round(train_s / max(1, steps), 4),
             "final_loss": round(_mean(losses[-max(1, steps // 20):]), 4), "curve": curve}
@@ -258,8 +289,11 @@ def save(result: dict, out_dir: str = RESULTS_DIR) -> str:
 
 
 def result(name: str, claim: str, cfg: dict, rows: list[dict], t0: float, full: bool, **extra) -> dict:
+    """wall_s: the entry's wall time, not counting time the process was stopped (stopped_s, if any)."""
+    stopped = stopped_since(t0)
     return {"name": name, "claim": claim, "config": cfg, "rows": rows, **extra,
-            "wall_s": round(time.perf_counter() - t0, 1), "command": command(name, full),
+            "wall_s": round(time.perf_counter() - t0 - stopped, 1),
+            **({"stopped_s": round(stopped, 1)} if stopped else {}), "command": command(name, full),
             "hardware": hardware(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 

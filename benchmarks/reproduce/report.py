@@ -92,7 +92,9 @@ def render(results: dict[str, dict]) -> str:
         notes = getattr(module, "notes", None)
         if notes:
             out += [notes(r), ""]
-        out += [f"Command: `{r['command']}` — {r['date']}, {r['wall_s']:.0f} s wall.  ",
+        stopped = (f" (not counting {r['stopped_s']:.0f} s it was stopped while another process measured)"
+                   if r.get("stopped_s") else "")
+        out += [f"Command: `{r['command']}` — {r['date']}, {r['wall_s']:.0f} s wall{stopped}.  ",
                 f"Hardware: {_hardware(r)}."]
     total = sum(r["wall_s"] for r in results.values())
     out += ["", f"Total wall time of the entries above: {total / 60:.1f} min.", ""]

@@ -336,15 +336,43 @@ def _scaling(r):
         )
     steep = [x for x in rows if x["model"] != "Transformer" and (ssm.get(x["model"]) or 0) > 1.25]
     if steep:
+        # the rows whose long convolution is the same FFT convolution (ssmkit.ops.fft_conv) at the same
+        # lengths: where they stay linear, that op's n log n is not what makes a steep row steep
+        fft_peers = [m for m in FFT_CONV_ROWS if m in ssm and ssm[m] is not None and ssm[m] <= 1.25
+                     and m not in {x["model"] for x in steep}]
+        loaded = (h.get("load_avg_1min") or 0) > (h.get("cores") or 0)
         why.append(
-            "per token, the steps of " + ", ".join(_per_token(x) for x in steep)
-            + (f"; attention's {_per_token(_row(rows, 'Transformer'))}" if _row(rows, "Transformer") else "")
-            + f". The SSMs' cost per token is flat at the shorter lengths and steps up at the longest, where "
-            f"a step's working set is hundreds of MB, with the 1-min load average at "
-            f"{h.get('load_avg_1min_before', '?')}-{h.get('load_avg_1min', '?')} on {h.get('cores', '?')} "
-            f"cores sharing memory bandwidth; the experiment that settles it: the same run on an idle machine"
+            "the training step per token of " + ", ".join(_per_token(x) for x in steep)
+            + (f" (attention's {_per_token(_row(rows, 'Transformer'))})" if _row(rows, "Transformer") else "")
+            + "; " + "; ".join(_excess(x) for x in steep)
+            + (f". {' and '.join(fft_peers)}, whose long convolutions are the same FFT convolution "
+               f"(ssmkit.ops.fft_conv) at the same lengths, stay at slopes "
+               f"{' and '.join(str(ssm[m]) for m in fft_peers)}: the FFT's n log n does not account for it"
+               if fft_peers else "")
+            + (f"; the 1-min load average was {h.get('load_avg_1min')} on {h.get('cores')} cores, so other "
+               f"processes shared the memory bandwidth: rerun on an idle machine" if loaded else
+               "; the experiment that settles it: the steep row's step profiled by op at its middle and "
+               "longest lengths")
         )
     return False, figures, text + " NOT reproduced" + (": " + "; ".join(why) if why else "") + "."
+
+
+FFT_CONV_ROWS = ("S4", "S4D", "H3", "Hyena")    # long convolutions through ssmkit.ops.fft_conv
+
+
+def _excess(x: dict) -> str:
+    """How much more a row's step per token grows from its middle to its longest length than an FFT
+    convolution's log factor (log 2L) accounts for, and its peak memory there."""
+    by_length = x.get("by_length", {})
+    pts = sorted((int(L), v) for L, v in by_length.items() if v.get("train_step_s"))
+    if len(pts) < 3:
+        return f"{x['model']}: too few lengths"
+    (l0, v0), (l1, v1) = pts[len(pts) // 2], pts[-1]
+    growth = (v1["train_step_s"] / l1) / (v0["train_step_s"] / l0)
+    log_factor = math.log(2 * l1) / math.log(2 * l0)
+    mem = f", peak memory {v1['peak_mem_mb']:.0f} MB at {l1}" if v1.get("peak_mem_mb") else ""
+    return (f"{x['model']}'s per-token cost grows x{growth:.2f} from {l0} to {l1}, where log 2L accounts "
+            f"for x{log_factor:.2f}{mem}")
 
 
 def _per_token(x: dict) -> str:

@@ -257,14 +257,68 @@ def test_mqar_verdict_judges_the_reference_attention_and_shows_the_plain_one():
     assert not report.judge("mqar", {"rows": rows, "in_context": 1 / 8})["reproduced"]
 
 
-def test_listops_fixed_learning_rates_are_the_best_of_their_recorded_sweep():
-    """ListOps fixes each model's rate (the harness's short sweep would compare rows at the majority
-    class): every model has one and it is the best of the sweep the configuration records."""
+def test_long_range_fixed_learning_rates_are_the_best_of_their_recorded_sweep():
+    """Both tasks fix each model's rate (ListOps: the harness's short sweep would compare rows at the
+    majority class): every model has one and it is the best of the sweep the configuration records."""
     from benchmarks.reproduce import long_range as LR
 
-    lo = LR.CONFIGS["small"]["listops"]
-    assert set(lo["lr"]) == {pattern for _, pattern, _ in LR.MODELS}
-    for pattern, rate in lo["lr"].items():
-        scores = lo["lr_sweep"][pattern]
-        assert float(max(scores, key=scores.get)) == rate, pattern
-    assert "Transformer 1e-3: 17.0%" in LR._sweep_note(lo)
+    for task in ("listops", "fmnist"):
+        own = LR.CONFIGS["small"][task]
+        assert set(own["lr"]) == {pattern for _, pattern, _ in LR.MODELS}, task
+        for pattern, rate in own["lr"].items():
+            scores = own["lr_sweep"][pattern]
+            assert float(max(scores, key=scores.get)) == rate, (task, pattern)
+        assert own["lr_sweep"]["where"] in LR._sweep_note(own)
+    assert "Transformer 1e-3: 17.0%" in LR._sweep_note(LR.CONFIGS["small"]["listops"])
+
+
+def test_selective_copying_fixed_learning_rates_are_the_best_of_their_recorded_sweep():
+    from benchmarks.reproduce import selective_copying as SC
+
+    cfg = SC.CONFIGS["small"]
+    assert set(cfg["lr"]) == set(cfg["rows"]) == set(cfg["lr_sweep"]["scores"])
+    for model, rate in cfg["lr"].items():
+        scores = cfg["lr_sweep"]["scores"][model]
+        assert float(max(scores, key=scores.get)) == rate, model
+    rows = [{"model": m, "arch": "", "layer": "", "params": 1, "steps": 1, "acc": 0.5, "seq_acc": 0.0,
+             "paper": None, "lr": cfg["lr"][m], "lr_sweep": None} for m in cfg["rows"]]
+    r = {"config": cfg, "rows": rows, "chance": 1 / 14, "source": SC.SOURCE}
+    text = SC.notes(r)
+    assert cfg["lr_sweep"]["where"] in text and "Hyena (3e-3: 34.6%, 1e-2: 7.2% -> 0.003)" in text
+    assert "fixed, from the sweep below" in SC.markdown(r)
+
+
+def test_scaling_verdict_measures_a_steep_row_against_its_fft_peers():
+    """A steep FFT-convolution row is compared with the log factor and with the rows that run the same
+    FFT convolution linearly; on a loaded machine the verdict asks for an idle rerun instead."""
+    lengths = (1024, 2048, 4096, 8192)
+
+    def row(m, p):
+        return {"model": m, "by_length": {str(L): {"train_step_s": (L / 1024) ** p, "peak_mem_mb": L / 8}
+                                          for L in lengths}}
+
+    r = {"rows": [row("Transformer", 2.0), row("S4D", 1.0), row("Hyena", 1.5)],
+         "hardware": {"cores": 2, "load_avg_1min": 0.5}}
+    v = report.judge("scaling", r)
+    assert not v["reproduced"]
+    assert "where log 2L accounts for x1.08" in v["verdict"] and "S4D, whose long convolutions" in v["verdict"]
+    assert "profiled by op" in v["verdict"] and "idle" not in v["verdict"]
+    r["hardware"]["load_avg_1min"] = 4.0
+    assert "rerun on an idle machine" in report.judge("scaling", r)["verdict"]
+
+
+def test_pause_clock_counts_the_time_the_process_was_stopped():
+    """A run stopped by another process (SIGSTOP ... SIGCONT) records its wall time without the pause."""
+    import os
+    import subprocess
+    import time
+
+    clock = H.PauseClock(tick=0.05, gap=0.5)
+    t0 = time.perf_counter()
+    time.sleep(0.2)
+    assert clock.since(t0) == 0.0
+    subprocess.run(["sh", "-c", f"kill -STOP {os.getpid()}; sleep 1.5; kill -CONT {os.getpid()}"],
+                   start_new_session=True)
+    time.sleep(0.2)
+    assert 1.0 < clock.since(t0) < 2.0
+    assert clock.since(time.perf_counter()) == 0.0
