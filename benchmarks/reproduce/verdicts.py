@@ -118,14 +118,31 @@ def _selective_copying(r):
     if best["acc"] > sel["acc"] - LTI_MARGIN:
         noise = r.get("config", {}).get("seq_len")
         pts = [p for p in best.get("curve", []) if "metric" in p]
+        rising = H.still_improving(best.get("curve") or [])
         whys.append(
             f"{best['model']} came within {100 * LTI_MARGIN:.0f} points of Mamba"
-            + (f" ({_curve_text(pts)})" if pts else "")
+            + (f" ({_curve_text(pts)}{', still rising at the end' if rising else ''})" if pts else "")
+            + _half_way(sel, best)
             + (f": over a noise region of {noise} tokens (the paper's: 4096) a time-invariant layer of this "
-               f"size can learn where the tokens sit; the paper's gap is a long-sequence one. The experiment "
-               f"that settles it: the same rows over a longer region (`--full`: 1024)" if noise else "")
+               f"size learns where the tokens sit"
+               + (", and more steps would narrow the gap further, not widen it" if rising else "")
+               + "; the paper's gap is a long-sequence one. The experiment that settles it: the same rows "
+               "over a region many times the layers' state (`--full`: 1024), with the steps Mamba needs "
+               "to leave its plateau there" if noise else "")
         )
     return False, figures, text + f" NOT reproduced: {'; '.join(whys)}."
+
+
+def _half_way(sel: dict, lti: dict) -> str:
+    """When each row's learning curve first reached 50%, where the LTI row got there first: Mamba's
+    plateau (its loss at chance while it finds what to select) against a kernel learning positions."""
+    def first(x):
+        return next((p["step"] for p in x.get("curve", []) if p.get("metric", 0) >= 0.5), None)
+
+    a, b = first(sel), first(lti)
+    if a is None or b is None or a <= b:
+        return ""
+    return f"; it reached 50% by step {b}, Mamba by step {a}"
 
 
 def _induction_heads(r):

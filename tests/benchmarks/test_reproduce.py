@@ -87,6 +87,11 @@ def test_verdict_thresholds():
     r = _copying(0.8, 0.1)
     r["rows"][0].update(curve=rising, steps=100)
     assert "still improving" in report.judge("selective_copying", r)["verdict"]
+    r = _copying(1.0, 0.85)                      # a time-invariant row still rising, ahead of Mamba early
+    for row, accs in zip(r["rows"], ((0.1, 0.2, 0.9, 1.0), (0.5, 0.6, 0.7, 0.85))):
+        row["curve"] = [{"step": s, "metric": m} for s, m in zip((25, 50, 75, 100), accs)]
+    v = report.judge("selective_copying", r)["verdict"]
+    assert "still rising at the end" in v and "reached 50% by step 25, Mamba by step 75" in v
     r = _copying(0.99, 0.5)                      # the gated S4D is reported, outside the criterion
     r["rows"].append({"model": "S4D in the Mamba block", "acc": 0.97, "steps": 10})
     v = report.judge("selective_copying", r)
@@ -301,7 +306,8 @@ def test_scaling_verdict_measures_a_steep_row_against_its_fft_peers():
          "hardware": {"cores": 2, "load_avg_1min": 0.5}}
     v = report.judge("scaling", r)
     assert not v["reproduced"]
-    assert "where log 2L accounts for x1.08" in v["verdict"] and "S4D, whose long convolutions" in v["verdict"]
+    assert "where log 2L accounts for x1.08" in v["verdict"]
+    assert "S4D, whose long convolutions" in v["verdict"]
     assert "profiled by op" in v["verdict"] and "idle" not in v["verdict"]
     r["hardware"]["load_avg_1min"] = 4.0
     assert "rerun on an idle machine" in report.judge("scaling", r)["verdict"]
