@@ -368,13 +368,21 @@ def _scaling(r):
                if fft_peers else "")
             + (f"; the 1-min load average was {h.get('load_avg_1min')} on {h.get('cores')} cores, so other "
                f"processes shared the memory bandwidth: rerun on an idle machine" if loaded else
-               "; the experiment that settles it: the steep row's step profiled by op at its middle and "
-               "longest lengths")
+               "; " + ALLOCATOR_CAUSE)
         )
     return False, figures, text + " NOT reproduced" + (": " + "; ".join(why) if why else "") + "."
 
 
 FFT_CONV_ROWS = ("S4", "S4D", "H3", "Hyena")    # long convolutions through ssmkit.ops.fft_conv
+ALLOCATOR_CAUSE = (  # measured 2026-12-04, quiet, 2 threads, d_model 128, 2 layers
+    "measured cause: glibc's allocator, not the model: every activation of a 32768-token step is an "
+    "allocation over glibc's 32 MiB mmap ceiling, fresh memory faulted in page by page each step; with "
+    "freed memory kept in glibc's heap (MALLOC_MMAP_MAX_=0, no trim) a Mamba-2 step took 39.2 us/token "
+    "at 32768 against 49.3 with the default (8192: 35.6 and 34.2), and an idle run of this entry so "
+    "kept gave every SSM a slope <= 1.19 (Mamba-2 1.19, Hyena 1.1); the experiment that settles it: "
+    "this entry with a caching allocator (jemalloc or tcmalloc preloaded), since glibc with mmap off "
+    "crashed once in S4D's step at 16384 (a read past a buffer's end that mmapped memory's slack hides, "
+    "still to find)")
 
 
 def _excess(x: dict) -> str:

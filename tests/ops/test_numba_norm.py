@@ -139,3 +139,22 @@ def test_mamba2_forward_with_the_prefill_norm_equals_the_reference(norm_before_g
     with torch.no_grad():
         ref = layer(x)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("d", [64, 1])
+def test_kernels_read_a_transposed_channels_first_input(d, monkeypatch):
+    """x and dy as (1, l, d) views of contiguous (1, d, l) tensors (S4D's channels-first activations at
+    batch 1): their rows are columns in memory; both kernels once read such a view past its end."""
+    monkeypatch.setenv("SSMKIT_POISON", "1")
+    norm = RMSNorm(d)
+    x = (torch.randn(1, d, 300) * 3).transpose(1, 2).requires_grad_()   # (1, 300, d), channels-first
+    dy = torch.randn(1, d, 300).transpose(1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(kernels.rms_norm_rows(x, None, norm.weight, norm.eps, d, False),
+                                   norm.reference(x), rtol=1e-5, atol=1e-5)
+    got = kernels.rms_norm_rows_grad(x, None, norm.weight, norm.eps, d, False)
+    ref = norm.reference(x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    ins = [x, norm.weight]
+    for a, b in zip(torch.autograd.grad(got, ins, dy), torch.autograd.grad(ref, ins, dy)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

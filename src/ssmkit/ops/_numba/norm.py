@@ -73,9 +73,13 @@ _KEEP_NOTHING = np.zeros((0, 0))
 
 def _as_rows(t: torch.Tensor) -> tuple[np.ndarray, int]:
     """(..., d) -> (2-D C-contiguous array whose rows hold t's rows from column col0, col0): a view for
-    a contiguous tensor or a column slice of a wider one, else a copy."""
+    a contiguous tensor or a column slice of a wider one, else a copy. `rows` may answer a tensor
+    whose rows are columns in memory (a transposed channels-first view, e.g. (1, l, d) of a (1, d, l))
+    with its (d, rows) form: that one is copied into rows (read as rows it ran past the array's end)."""
     d = t.shape[-1]
-    arr, col0, _ = rows(t.reshape(1, -1, d).transpose(1, 2))
+    arr, col0, channels_last = rows(t.reshape(1, -1, d).transpose(1, 2))
+    if not channels_last:
+        return t.detach().float().reshape(-1, d).contiguous().numpy(), 0
     return arr, col0
 
 
