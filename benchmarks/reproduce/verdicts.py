@@ -380,9 +380,8 @@ ALLOCATOR_CAUSE = (  # measured 2026-12-04, quiet, 2 threads, d_model 128, 2 lay
     "freed memory kept in glibc's heap (MALLOC_MMAP_MAX_=0, no trim) a Mamba-2 step took 39.2 us/token "
     "at 32768 against 49.3 with the default (8192: 35.6 and 34.2), and an idle run of this entry so "
     "kept gave every SSM a slope <= 1.19 (Mamba-2 1.19, Hyena 1.1); the experiment that settles it: "
-    "this entry with a caching allocator (jemalloc or tcmalloc preloaded), since glibc with mmap off "
-    "crashed once in S4D's step at 16384 (a read past a buffer's end that mmapped memory's slack hides, "
-    "still to find)")
+    "this entry's timing with freed memory kept (its first try crashed in S4D's step: the RMSNorm "
+    "kernels read a transposed view past its end, fixed since) or with a caching allocator preloaded")
 
 
 def _excess(x: dict) -> str:
