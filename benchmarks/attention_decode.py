@@ -36,27 +36,25 @@ def measure(heads: int, kv_heads: int, head_dim: int, t: int, steps: int, rounds
     x = torch.randn(1, heads * head_dim, generator=g)
     threshold = attention.GROUPED_MATMUL_BYTES
 
+    def timed(call):
+        out = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            call()
+            out.append(time.perf_counter() - t0)
+        return out
+
     def in_place(sdpa: bool):
         st = dict(cache)
         attention.GROUPED_MATMUL_BYTES = float("inf") if sdpa else threshold
         try:
             layer.step_(x, st)  # the first append allocates the roomy buffer: untimed
-            out = []
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                layer.step_(x, st)
-                out.append(time.perf_counter() - t0)
-            return out
+            return timed(lambda: layer.step_(x, st))
         finally:
             attention.GROUPED_MATMUL_BYTES = threshold
 
     def functional():
-        out = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            layer.step(x, cache)
-            out.append(time.perf_counter() - t0)
-        return out
+        return timed(lambda: layer.step(x, cache))
 
     ways = {"step_": lambda: in_place(False), "step_ sdpa": lambda: in_place(True), "step": functional}
     times = {w: [] for w in ways}

@@ -83,10 +83,9 @@ def _as_rows(t: torch.Tensor) -> tuple[np.ndarray, int]:
     return arr, col0
 
 
-def rms_norm_rows(x: torch.Tensor, z: torch.Tensor | None, weight: torch.Tensor, eps: float, group: int,
-                  gate_after: bool) -> torch.Tensor:
-    """x, z (..., d) float32, weight (d,) -> (..., d) float32: RMSNorm within groups of `group` channels
-    times weight, gated by silu(z) before the norm, or after it if gate_after (the module docstring)."""
+def _forward(x, z, weight, eps, group, gate_after, keep: bool):
+    """The norm's kernel call, shared by inference and training: (out, r: the kept inverse RMS per row
+    and group, or an empty array when keep is False, gate: _rms_rows' code)."""
     d = x.shape[-1]
     xa, x0 = _as_rows(x)
     if z is None:
@@ -95,9 +94,17 @@ def rms_norm_rows(x: torch.Tensor, z: torch.Tensor | None, weight: torch.Tensor,
         za, z0 = _as_rows(z)
         gate = 2 if gate_after else 1
     out = out_tensor(x.shape)
-    _rms_rows(xa, x0, za, z0, weight.detach().numpy(), float(eps), int(group), gate, out.view(-1, d).numpy(),
-              _KEEP_NOTHING)
-    return out
+    r = np.empty((xa.shape[0], d // group), dtype=np.float64) if keep else _KEEP_NOTHING
+    w = weight.detach().numpy()
+    _rms_rows(xa, x0, za, z0, w, float(eps), int(group), gate, out.view(-1, d).numpy(), r)
+    return out, r, gate
+
+
+def rms_norm_rows(x: torch.Tensor, z: torch.Tensor | None, weight: torch.Tensor, eps: float, group: int,
+                  gate_after: bool) -> torch.Tensor:
+    """x, z (..., d) float32, weight (d,) -> (..., d) float32: RMSNorm within groups of `group` channels
+    times weight, gated by silu(z) before the norm, or after it if gate_after (the module docstring)."""
+    return _forward(x, z, weight, eps, group, gate_after, keep=False)[0]
 
 
 @njit(parallel=True, fastmath=True)
@@ -161,17 +168,7 @@ class _RMSNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, z, weight, eps, group, gate_after):
-        d = x.shape[-1]
-        xa, x0 = _as_rows(x)
-        if z is None:
-            za, z0, gate = xa, x0, 0
-        else:
-            za, z0 = _as_rows(z)
-            gate = 2 if gate_after else 1
-        out = out_tensor(x.shape)
-        r = np.empty((xa.shape[0], d // group), dtype=np.float64)
-        w = weight.detach().numpy()
-        _rms_rows(xa, x0, za, z0, w, float(eps), int(group), gate, out.view(-1, d).numpy(), r)
+        out, r, gate = _forward(x, z, weight, eps, group, gate_after, keep=True)
         ctx.save_for_backward(x, z, weight)
         ctx.r, ctx.group, ctx.gate = r, int(group), gate
         return out
