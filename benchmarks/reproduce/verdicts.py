@@ -368,7 +368,7 @@ def _scaling(r):
                if fft_peers else "")
             + (f"; the 1-min load average was {h.get('load_avg_1min')} on {h.get('cores')} cores, so other "
                f"processes shared the memory bandwidth: rerun on an idle machine" if loaded else
-               "; " + ALLOCATOR_CAUSE)
+               "; " + (KEPT_CAUSE if r.get("config", {}).get("allocator") else ALLOCATOR_CAUSE))
         )
     return False, figures, text + " NOT reproduced" + (": " + "; ".join(why) if why else "") + "."
 
@@ -379,9 +379,12 @@ ALLOCATOR_CAUSE = (  # measured 2026-12-04, quiet, 2 threads, d_model 128, 2 lay
     "allocation over glibc's 32 MiB mmap ceiling, fresh memory faulted in page by page each step; with "
     "freed memory kept in glibc's heap (MALLOC_MMAP_MAX_=0, no trim) a Mamba-2 step took 39.2 us/token "
     "at 32768 against 49.3 with the default (8192: 35.6 and 34.2), and an idle run of this entry so "
-    "kept gave every SSM a slope <= 1.19 (Mamba-2 1.19, Hyena 1.1); the experiment that settles it: "
-    "this entry's timing with freed memory kept (its first try crashed in S4D's step: the RMSNorm "
-    "kernels read a transposed view past its end, fixed since) or with a caching allocator preloaded")
+    "kept gave every SSM a slope <= 1.21; the experiment that settles it: this entry's timing with freed "
+    "memory kept (its default on glibc) or with a caching allocator preloaded")
+KEPT_CAUSE = (  # a run whose timing already kept freed memory: the allocator is ruled out
+    "this run's timing kept freed memory in glibc's heap (no fresh pages each step), so the allocator "
+    "does not account for it; the experiment that settles it: the steep row's step profiled at its "
+    "longest length (python -m benchmarks train_speed --breakdown)")
 
 
 def _excess(x: dict) -> str:

@@ -309,6 +309,9 @@ def test_scaling_verdict_measures_a_steep_row_against_its_fft_peers():
     assert "where log 2L accounts for x1.08" in v["verdict"]
     assert "S4D, whose long convolutions" in v["verdict"]
     assert "measured cause: glibc" in v["verdict"] and "rerun on an idle" not in v["verdict"]
+    r["config"] = {"allocator": "glibc, freed memory kept (no mmap)"}    # the allocator ruled out
+    v = report.judge("scaling", r)["verdict"]
+    assert "measured cause: glibc" not in v and "does not account for it" in v
     r["hardware"]["load_avg_1min"] = 4.0
     assert "rerun on an idle machine" in report.judge("scaling", r)["verdict"]
 
