@@ -8,7 +8,8 @@ stores them in docs/results/<entry>.json; the report prints them. Thresholds are
     MQAR               Mamba-2's accuracy rises with its state (each N above the last by 2 points, or
                        both solved at >= 95%: no room left; the largest N above the smallest), attention
                        >= 90% (the row marked "reference": Zoology's, a short convolution before it)
-    long range         on every task, the best SSM ahead of the same-size Transformer
+    long range         on every task, the best SSM ahead of the same-size Transformer by more than two
+                       standard errors of the difference (binomial over the test examples)
     forecasting        on every series, the best SSM's MAE below the best naive baseline's and the
                        Transformer's
     scaling            the Transformer's training step grows faster than linearly (log-log slope over the
@@ -244,12 +245,18 @@ def _long_range(r):
             continue
         best = max(ssm, key=lambda x: x["acc"])
         figures[task] = {"best_ssm": best["model"], "best_ssm_acc": best["acc"], "transformer_acc": tf["acc"]}
-        ahead = best["acc"] > tf["acc"]
+        se = _diff_se(best["acc"], tf["acc"], t.get("n_test"))
+        figures[task]["margin_se"] = None if se is None else round(se, 4)
+        ahead = best["acc"] > tf["acc"] + Z_MARGIN * (se or 0.0)
         ok = ok and ahead
         floor = t.get("majority")
         if floor is not None and max(best["acc"], tf["acc"]) < floor + 0.03:
             why = (f"neither is above the majority class's {H.pct(floor)}: the task was not learned in this "
                    f"budget ({_cause(best)})")
+        elif best["acc"] > tf["acc"]:
+            why = (f"ahead by {100 * (best['acc'] - tf['acc']):.1f} points, within {Z_MARGIN:g} standard "
+                   f"errors of the difference (one: {100 * se:.1f} points over {t['n_test']} test examples): "
+                   f"not separated; {_cause(best)}")
         else:
             why = f"behind: {_cause(best)}"
         parts.append(
@@ -258,6 +265,17 @@ def _long_range(r):
         )
     text = "; ".join(parts) + "." if parts else "No task ran."
     return ok, figures, text + (" Reproduced." if ok else " NOT reproduced.")
+
+
+Z_MARGIN = 2.0    # long range: the best SSM ahead by more than this many standard errors of the difference
+
+
+def _diff_se(p1: float, p2: float, n: int | None) -> float | None:
+    """The standard error of the difference of two accuracies, each over the same n test examples
+    (binomial, independent): None when n is not recorded."""
+    if not n:
+        return None
+    return math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
 
 
 def _forecasting(r):

@@ -97,6 +97,15 @@ def test_verdict_thresholds():
     v = report.judge("selective_copying", r)
     assert v["reproduced"] and v["figures"]["gated_s4d_acc"] == 0.97 and "a finding" in v["verdict"]
 
+    def long_range(ssm: float, tf: float, n: int = 2000) -> dict:
+        rows = [{"model": "S4D", "acc": ssm, "steps": 10}, {"model": "Transformer", "acc": tf, "steps": 10}]
+        return {"tasks": {"listops": {"rows": rows, "n_test": n, "majority": 0.16}}}
+
+    assert report.judge("long_range", long_range(0.40, 0.32))["reproduced"]
+    v = report.judge("long_range", long_range(0.321, 0.318))                # 0.3 points, SE 1.5 points
+    assert not v["reproduced"] and "not separated" in v["verdict"]
+    assert report.judge("long_range", long_range(0.321, 0.318, n=10**7))["reproduced"]
+
     def scaling(attn_power: float, mem: float) -> dict:
         lengths = (1024, 2048, 4096)
         row = lambda m, p: {"model": m, "by_length": {str(L): {"train_step_s": (L / 1024) ** p,  # noqa: E731
