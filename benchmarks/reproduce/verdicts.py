@@ -140,8 +140,8 @@ def _sizing(r: dict) -> str:
     runs = [x for x in r.get("config", {}).get("sizing", []) if x["acc"].get("Mamba", 1.0) < 0.95]
     if not runs:
         return ""
-    return ("; harder settings, where the time-invariant rows would fall further behind, leave Mamba on its "
-            "plateau within the same budget (" + "; ".join(
+    return ("; longer regions or more tokens, where the time-invariant rows would fall further behind, "
+            "leave Mamba on its plateau within a budget we can run (" + "; ".join(
                 f"region {x['region']} with {x['tokens']} tokens, {x['steps']} steps: "
                 + ", ".join(f"{m} {H.pct(a)}" for m, a in x["acc"].items()) for x in runs)
             + "), so no setting within this budget shows the paper's gap")
