@@ -157,8 +157,9 @@ def notes(r: dict) -> str:
     text = f"Learning-rate sweep, accuracy after {steps} steps{where}: " + "; ".join(parts) + "."
     for run in r["config"].get("sizing", []):
         accs = ", ".join(f"{m} {H.pct(a)}" for m, a in run["acc"].items())
-        text += (f"\n\nSetting tried while sizing (not in the table): region {run['region']}, {run['tokens']} "
-                 f"tokens, batch {run['batch']}, {run['steps']} steps: {accs} ({run['note']}).")
+        text += (f"\n\nSetting tried while sizing (not in the table): region {run['region']}, "
+                 f"{run['tokens']} tokens, batch {run['batch']}, {run['steps']} steps: {accs} "
+                 f"({run['note']}).")
     if blind:
         text += (f" For {', '.join(blind)} every rate was still below twice chance "
                  f"({H.pct(2 * r['chance'])}) when the sweep chose: a longer sweep would choose on a signal.")
