@@ -274,13 +274,17 @@ def _long_range(r):
             why = f"behind: {_cause(best)}"
         parts.append(
             f"{task}: best SSM {best['model']} {H.pct(best['acc'])} vs Transformer {H.pct(tf['acc'])}"
-            + ("" if ahead else f" ({why})")
+            + (f" ({why})" if not ahead else _lead(best["acc"] - tf["acc"], se))
         )
     text = "; ".join(parts) + "." if parts else "No task ran."
     return ok, figures, text + (" Reproduced." if ok else " NOT reproduced.")
 
 
 Z_MARGIN = 2.0    # long range: the best SSM ahead by more than this many standard errors of the difference
+
+
+def _lead(gap: float, se: float | None) -> str:
+    return f" (+{100 * gap:.1f} points, {gap / se:.1f} standard errors)" if se else ""
 
 
 def _diff_se(p1: float, p2: float, n: int | None) -> float | None:
