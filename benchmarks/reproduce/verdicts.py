@@ -27,6 +27,8 @@ import math
 from benchmarks.reproduce import harness as H
 
 LTI_MARGIN = 0.20
+LINEAR_SLOPE = 1.25               # scaling: a log-log slope at most this is linear growth
+QUADRATIC_SLOPE = 1.5             # scaling: at least this, attention's superlinear growth
 GATED_S4D = "S4D in the Mamba block"
 SOLVED = 0.95                     # MQAR: accuracy at which a larger state has no room to add
 
@@ -136,7 +138,7 @@ def _selective_copying(r):
 
 
 def _sizing(r: dict) -> str:
-    """The harder settings tried for this configuration (config["sizing"]), where Mamba fell short."""
+    """The longer settings tried for this configuration (config["sizing"]) where Mamba fell short."""
     runs = [x for x in r.get("config", {}).get("sizing", []) if x["acc"].get("Mamba", 1.0) < 0.95]
     if not runs:
         return ""
@@ -354,8 +356,8 @@ def _scaling(r):
     ssm = {m: f["train_slope"] for m, f in figures.items() if m != "Transformer"}
     ok = (
         tf is not None
-        and tf >= 1.5
-        and all(s is not None and s <= 1.25 for s in ssm.values())
+        and tf >= QUADRATIC_SLOPE
+        and all(s is not None and s <= LINEAR_SLOPE for s in ssm.values())
         and not zero_mem
     )
     text = (
@@ -368,7 +370,7 @@ def _scaling(r):
     if zero_mem:
         text += f" Peak memory not measured (0 or missing) for {sorted(set(zero_mem))}."
     tf_mem = figures.get("Transformer", {}).get("memory_slope")
-    if tf_mem is not None and tf_mem < 1.5:
+    if tf_mem is not None and tf_mem < QUADRATIC_SLOPE:
         text += (" Attention's peak memory grows linearly too: torch's scaled_dot_product_attention on the "
                  "CPU works in blocks and never holds the L x L score matrix (as FlashAttention does), so "
                  "its quadratic term is in time only.")
@@ -386,11 +388,11 @@ def _scaling(r):
             f"cores; rerun with a larger cap_s (longer sequences, where the length term dominates) to "
             f"settle it"
         )
-    steep = [x for x in rows if x["model"] != "Transformer" and (ssm.get(x["model"]) or 0) > 1.25]
+    steep = [x for x in rows if x["model"] != "Transformer" and (ssm.get(x["model"]) or 0) > LINEAR_SLOPE]
     if steep:
         # the rows whose long convolution is the same FFT convolution (ssmkit.ops.fft_conv) at the same
         # lengths: where they stay linear, that op's n log n is not what makes a steep row steep
-        fft_peers = [m for m in FFT_CONV_ROWS if m in ssm and ssm[m] is not None and ssm[m] <= 1.25
+        fft_peers = [m for m in FFT_CONV_ROWS if m in ssm and ssm[m] is not None and ssm[m] <= LINEAR_SLOPE
                      and m not in {x["model"] for x in steep}]
         loaded = (h.get("load_avg_1min") or 0) > (h.get("cores") or 0)
         why.append(
